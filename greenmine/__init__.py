@@ -1,0 +1,21 @@
+"""greenmine: the distribution's own package.
+
+It holds only what belongs to the whole product rather than one part of it:
+the version, the console script's dispatch (`greenmine.cli`), logging set-up
+and where the shipped example configs and device profiles live. The parts
+themselves are the top-level packages `schemas`, `agent`, `server` and
+`simulators` (see DESIGN.md, "Layout").
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+from pathlib import Path
+
+try:
+    __version__ = _version("greenmine")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+src"
+
+#: The repository's `config/` folder: example configs, device profiles, scenarios.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+PROFILES_DIR = CONFIG_DIR / "profiles"
+SCENARIOS_DIR = CONFIG_DIR / "scenarios"

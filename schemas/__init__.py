@@ -1,0 +1,48 @@
+"""The MQTT wire contract, version 1: message models, topic names, validation.
+
+This package imports only pydantic and the standard library (a test enforces
+it), so the agent, the server and third parties can all depend on it.
+
+Models are frozen, forbid unknown fields, and carry a literal `schema` field.
+A new field means a new schema version; the server accepts a known set.
+"""
+
+from schemas.errors import WireError, WireRejectReason
+from schemas.status import AgentState, AgentStatus, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
+from schemas.telemetry import (
+    IDENTIFIER_PATTERN,
+    METRICS,
+    TELEMETRY_SCHEMA_V1,
+    Quality,
+    Reading,
+    TelemetryBatch,
+    WireLimits,
+    parse_status,
+    parse_telemetry,
+)
+from schemas.topics import Topic, TopicKind, parse_topic, status_topic, subscription, telemetry_topic
+
+__all__ = [
+    "IDENTIFIER_PATTERN",
+    "METRICS",
+    "STATUS_SCHEMA_V1",
+    "TELEMETRY_SCHEMA_V1",
+    "AgentState",
+    "AgentStatus",
+    "DeviceState",
+    "DeviceStatus",
+    "Quality",
+    "Reading",
+    "TelemetryBatch",
+    "Topic",
+    "TopicKind",
+    "WireError",
+    "WireLimits",
+    "WireRejectReason",
+    "parse_status",
+    "parse_telemetry",
+    "parse_topic",
+    "status_topic",
+    "subscription",
+    "telemetry_topic",
+]

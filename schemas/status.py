@@ -1,0 +1,54 @@
+"""Agent status v1: the retained birth message and the MQTT will."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
+
+from schemas.telemetry import Identifier, _Wire
+
+STATUS_SCHEMA_V1 = "greenmine.status.v1"
+
+
+class AgentState(str, Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class DeviceState(str, Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+class DeviceStatus(_Wire):
+    device: Identifier
+    state: DeviceState
+    since: AwareDatetime | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class AgentStatus(_Wire):
+    """Published retained on greenmine/v1/{site}/{agent}/status.
+
+    The birth message says `online` with the counters; the will, registered at
+    connect time, says `offline` and carries only what was known then.
+    """
+
+    schema_: Literal["greenmine.status.v1"] = Field(default=STATUS_SCHEMA_V1, alias="schema")
+    site: Identifier
+    agent: Identifier
+    state: AgentState
+    ts: AwareDatetime = Field(description="when this status was produced")
+    version: str | None = Field(default=None, max_length=64)
+    config_hash: str | None = Field(default=None, max_length=128)
+    outbox_depth: int | None = Field(default=None, ge=0, description="batches waiting in the outbox")
+    outbox_bytes: int | None = Field(default=None, ge=0)
+    dropped_batches: int | None = Field(default=None, ge=0, description="batches dropped by the outbox bound, ever")
+    dropped_readings: int | None = Field(default=None, ge=0)
+    devices: list[DeviceStatus] = Field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -1,0 +1,187 @@
+"""Telemetry v1: a batch of readings from one agent.
+
+`parse_telemetry` is the one way in from the wire: it turns raw bytes into a
+`TelemetryBatch` or raises `WireError` with a reason from a closed set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import WireError, WireRejectReason
+
+TELEMETRY_SCHEMA_V1 = "greenmine.telemetry.v1"
+
+#: Identifiers go into topics and line-protocol tags, so they are restricted.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+
+#: The metric vocabulary the KPIs read (DESIGN.md). Other names are stored but not used by KPIs.
+METRICS = frozenset(
+    {
+        "energy_kwh_total",
+        "power_kw",
+        "water_fresh_m3_total",
+        "water_reused_m3_total",
+        "water_flow_m3h",
+        "dust_tsp_mgm3",
+        "dust_pm10_mgm3",
+        "dust_pm25_mgm3",
+        "noise_laeq_db",
+        "ore_t_total",
+    }
+)
+
+
+class Quality(str, Enum):
+    GOOD = "good"
+    BAD = "bad"
+    STALE = "stale"
+    OUT_OF_RANGE = "out_of_range"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Reading(_Wire):
+    """One value of one metric of one device, at the time it was polled."""
+
+    device: Identifier = Field(description="device name, unique within the site")
+    metric: Identifier = Field(description="metric name, e.g. energy_kwh_total")
+    ts: AwareDatetime = Field(description="time of the poll (not of sending), timezone-aware")
+    value: float = Field(allow_inf_nan=False, description="engineering value after scale and offset")
+    unit: str = Field(default="", max_length=16, description="unit, e.g. kWh, m3, mg/m3, dB(A)")
+    quality: Quality = Field(default=Quality.GOOD, description="good | bad | stale | out_of_range")
+
+
+class TelemetryBatch(_Wire):
+    """A batch of readings, published QoS 1 on greenmine/v1/{site}/{agent}/telemetry."""
+
+    schema_: Literal["greenmine.telemetry.v1"] = Field(default=TELEMETRY_SCHEMA_V1, alias="schema")
+    site: Identifier
+    agent: Identifier
+    seq: int = Field(ge=0, description="monotonic per agent, survives restarts")
+    sent_at: AwareDatetime
+    readings: list[Reading] = Field(min_length=1)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Bounds applied to incoming messages. The server config sets them."""
+
+    max_payload_bytes: int = 512 * 1024
+    max_readings: int = 10_000
+    max_future_skew_s: float = 300.0
+
+
+_ID_FIELDS = {"site", "agent", "device", "metric"}
+
+
+def _classify(exc: ValidationError) -> WireError:
+    order = [
+        WireRejectReason.UNKNOWN_SCHEMA,
+        WireRejectReason.NAN_OR_INF,
+        WireRejectReason.BAD_IDENTIFIER,
+        WireRejectReason.EMPTY_BATCH,
+        WireRejectReason.INVALID,
+    ]
+    found: dict[WireRejectReason, str] = {}
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        where = ".".join(str(p) for p in loc) or "<root>"
+        kind = err["type"]
+        if loc == ("schema",):
+            reason = WireRejectReason.UNKNOWN_SCHEMA
+        elif kind == "finite_number":
+            reason = WireRejectReason.NAN_OR_INF
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] in _ID_FIELDS:
+            reason = WireRejectReason.BAD_IDENTIFIER
+        elif loc == ("readings",) and kind == "too_short":
+            reason = WireRejectReason.EMPTY_BATCH
+        else:
+            reason = WireRejectReason.INVALID
+        found.setdefault(reason, f"{where}: {err['msg']}")
+    for reason in order:
+        if reason in found:
+            return WireError(reason, found[reason])
+    return WireError(WireRejectReason.INVALID, str(exc))  # pragma: no cover
+
+
+def _load_json(payload: bytes | str, limits: WireLimits) -> Any:
+    size = len(payload)
+    if size > limits.max_payload_bytes:
+        raise WireError(WireRejectReason.OVERSIZE, f"payload is {size} bytes, limit {limits.max_payload_bytes}")
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(WireRejectReason.NOT_JSON, str(exc)[:200]) from None
+
+
+def _has_non_finite(doc: Any) -> bool:
+    if isinstance(doc, float):
+        return not math.isfinite(doc)
+    if isinstance(doc, dict):
+        return any(_has_non_finite(v) for v in doc.values())
+    if isinstance(doc, list):
+        return any(_has_non_finite(v) for v in doc)
+    return False
+
+
+def parse_telemetry(
+    payload: bytes | str,
+    *,
+    limits: WireLimits = WireLimits(),
+    now: datetime | None = None,
+) -> TelemetryBatch:
+    """Validate a telemetry payload. Raises WireError; never anything else."""
+    doc = _load_json(payload, limits)
+    if not isinstance(doc, dict):
+        raise WireError(WireRejectReason.INVALID, f"payload is a JSON {type(doc).__name__}, not an object")
+    schema = doc.get("schema")
+    if schema != TELEMETRY_SCHEMA_V1:
+        raise WireError(WireRejectReason.UNKNOWN_SCHEMA, f"schema {schema!r} is not {TELEMETRY_SCHEMA_V1!r}")
+    readings = doc.get("readings")
+    if isinstance(readings, list) and len(readings) > limits.max_readings:
+        raise WireError(WireRejectReason.OVERSIZE, f"{len(readings)} readings, limit {limits.max_readings}")
+    if _has_non_finite(doc):
+        raise WireError(WireRejectReason.NAN_OR_INF, "a value is NaN or Infinity")
+    try:
+        batch = TelemetryBatch.model_validate(doc)
+    except ValidationError as exc:
+        raise _classify(exc) from None
+    horizon = (now or datetime.now(timezone.utc)) + timedelta(seconds=limits.max_future_skew_s)
+    for i, reading in enumerate(batch.readings):
+        if reading.ts > horizon:
+            raise WireError(
+                WireRejectReason.FUTURE_TIMESTAMP,
+                f"readings.{i}.ts {reading.ts.isoformat()} is more than {limits.max_future_skew_s:g} s in the future",
+            )
+    return batch
+
+
+def parse_status(payload: bytes | str, *, limits: WireLimits = WireLimits()):
+    """Validate a status payload (birth or will). Raises WireError."""
+    from schemas.status import STATUS_SCHEMA_V1, AgentStatus
+
+    doc = _load_json(payload, limits)
+    if not isinstance(doc, dict):
+        raise WireError(WireRejectReason.INVALID, f"payload is a JSON {type(doc).__name__}, not an object")
+    if doc.get("schema") != STATUS_SCHEMA_V1:
+        raise WireError(WireRejectReason.UNKNOWN_SCHEMA, f"schema {doc.get('schema')!r} is not {STATUS_SCHEMA_V1!r}")
+    if _has_non_finite(doc):
+        raise WireError(WireRejectReason.NAN_OR_INF, "a value is NaN or Infinity")
+    try:
+        return AgentStatus.model_validate(doc)
+    except ValidationError as exc:
+        raise _classify(exc) from None
