@@ -1,0 +1,262 @@
+"""The agent's config: site identity, MQTT, outbox, buses, devices, poll groups.
+
+Loading is pure (STYLE.md §2): it reads files (the config and the device
+profiles it names) and never connects. Every problem is an error that names
+its place; nothing is warned about and dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
+
+from agent.codec import WordOrder
+from agent.registermap import IDENT, Register, check_register_layout, load_profile, merge_registers
+from greenmine import PROFILES_DIR
+from greenmine.configfile import ConfigError, load_model, resolve_path
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    ca_file: str | None = Field(default=None, description="CA bundle to verify the broker (PEM); default: system CAs")
+    cert_file: str | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
+    key_file: str | None = Field(default=None, description="client private key (PEM), for mutual TLS")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Model):
+    host: str = Field(default="127.0.0.1", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 for TLS, by convention)")
+    client_id: str | None = Field(default=None, description="MQTT client id; default greenmine-agent-<site>-<agent_id>")
+    username: str | None = Field(default=None, description="user name, if the broker requires one")
+    password: SecretStr | None = Field(default=None, description='password; use "${ENV_VAR}" to keep it out of the file')
+    tls: TlsConfig | None = Field(default=None, description="enable TLS with these files; absent: plain TCP")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive")
+    reconnect_min_s: float = Field(default=1.0, gt=0, description="first reconnect delay; doubles up to reconnect_max_s")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="longest reconnect delay")
+    status_interval_s: float = Field(default=60.0, ge=1, description="how often the retained online status is refreshed")
+    max_inflight: int = Field(default=20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once")
+
+
+class FullPolicy(str, Enum):
+    DROP_OLDEST = "drop_oldest"
+
+
+class OutboxConfig(_Model):
+    path: str = Field(default="outbox.sqlite", description="SQLite outbox file; relative to the config file's folder")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, description="bound on stored batches, in bytes")
+    max_age_s: float = Field(default=30 * 86400, ge=60, description="batches older than this are dropped (counted)")
+    full_policy: FullPolicy = Field(default=FullPolicy.DROP_OLDEST, description="drop_oldest: never block polling")
+    batch_max_readings: int = Field(default=500, ge=1, le=10000, description="readings per published batch, at most")
+    drain_batches_per_s: float = Field(default=50.0, gt=0, description="backlog publish rate after an outage")
+
+
+class Transport(str, Enum):
+    TCP = "tcp"
+    RTU = "rtu"
+    RTU_OVER_TCP = "rtu_over_tcp"
+
+
+class BusConfig(_Model):
+    """One serial port or one TCP endpoint. Requests on a bus are strictly serialised."""
+
+    name: str = Field(pattern=IDENT, description="bus name, referenced by devices")
+    transport: Transport = Field(description="tcp | rtu | rtu_over_tcp")
+    host: str | None = Field(default=None, description="for tcp and rtu_over_tcp: gateway or meter address")
+    port: int | None = Field(default=None, ge=1, le=65535, description="for tcp and rtu_over_tcp; default 502")
+    serial_port: str | None = Field(default=None, description="for rtu: e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, description="for rtu: bits per second")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="for rtu: N, E or O")
+    stopbits: Literal[1, 2] = Field(default=1, description="for rtu")
+    bytesize: Literal[7, 8] = Field(default=8, description="for rtu")
+    timeout_ms: int = Field(default=1000, ge=10, le=60000, description="per-request response timeout")
+    retries: int = Field(default=1, ge=0, le=10, description="retries of a failed request before the device counts as failing")
+    inter_request_delay_ms: int = Field(default=0, ge=0, le=10000, description="pause between requests on this bus")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> BusConfig:
+        if self.transport is Transport.RTU:
+            if not self.serial_port:
+                raise ValueError("transport 'rtu' needs serial_port")
+            if self.host or self.port:
+                raise ValueError("transport 'rtu' uses serial_port, not host/port")
+            if self.baudrate not in (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200):
+                raise ValueError(f"baudrate {self.baudrate} is not a standard rate")
+        else:
+            if not self.host:
+                raise ValueError(f"transport '{self.transport.value}' needs host")
+            if self.serial_port:
+                raise ValueError(f"transport '{self.transport.value}' uses host/port, not serial_port")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        if self.transport is Transport.RTU:
+            return f"rtu:{self.serial_port}@{self.baudrate}{self.parity}{self.bytesize}{self.stopbits}"
+        return f"{self.transport.value}://{self.host}:{self.port or 502}"
+
+
+class DeviceConfig(_Model):
+    """One meter: where it sits, which profile describes it, how often each group is polled."""
+
+    name: str = Field(pattern=IDENT, description="device name, unique in the site; used in topics and tags")
+    bus: str = Field(description="name of the bus it is on")
+    unit_id: int = Field(ge=0, le=255, description="Modbus unit id (slave address) on the bus, 1..247 on RTU")
+    profile: str | None = Field(default=None, description="profile name: config/profiles/<profile>.toml")
+    word_order: WordOrder | None = Field(default=None, description="override the profile's default word order")
+    registers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="register overrides by name (only the fields given change), or extra registers",
+    )
+    exclude: list[str] = Field(default_factory=list, description="profile registers not to poll")
+    poll_groups: dict[str, float] = Field(
+        default_factory=lambda: {"default": 10.0},
+        description="poll group name -> interval in seconds, e.g. {fast = 1, totals = 60}",
+    )
+    max_registers_per_request: int | None = Field(
+        default=None, ge=1, le=125, description="largest read; default: the profile's (usually 125)"
+    )
+    max_gap: int = Field(default=8, ge=0, le=124, description="unused registers one request may read across")
+    forbidden: list[tuple[int, int]] = Field(
+        default_factory=list, description="address ranges [first, last] the meter must not be asked for"
+    )
+    timeout_ms: int | None = Field(default=None, ge=10, le=60000, description="default: the bus's")
+    retries: int | None = Field(default=None, ge=0, le=10, description="default: the bus's")
+    backoff_max_s: float = Field(default=300.0, ge=1, description="cap of the exponential back-off of a failing device")
+    enabled: bool = Field(default=True, description="false: keep the config, do not poll")
+
+    _registers: tuple[Register, ...] = PrivateAttr(default=())
+    _default_order: WordOrder = PrivateAttr(default=WordOrder.ABCD)
+    _max_regs: int = PrivateAttr(default=125)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> DeviceConfig:
+        for name, interval in self.poll_groups.items():
+            if not interval > 0:
+                raise ValueError(f'poll_groups.{name}: interval must be > 0 s, got {interval}')
+        for lo, hi in self.forbidden:
+            if lo > hi or lo < 0 or hi > 65535:
+                raise ValueError(f"forbidden range [{lo}, {hi}] is not a valid address range")
+        search = (info.context or {}).get("profile_dirs") or [PROFILES_DIR]
+        order, max_regs, base = WordOrder.ABCD, 125, ()
+        if self.profile is not None:
+            try:
+                prof = load_profile(self.profile, search)
+            except ConfigError as exc:
+                raise ValueError("; ".join(exc.messages)) from None
+            order, max_regs, base = prof.word_order, prof.max_registers_per_request, prof.registers
+        elif not self.registers:
+            raise ValueError("needs a profile or registers")
+        regs = merge_registers(base, self.registers, self.exclude)
+        problems = check_register_layout(regs)
+        for reg in regs:
+            if reg.poll_group not in self.poll_groups:
+                problems.append(
+                    f'register "{reg.name}": poll_group "{reg.poll_group}" has no interval in poll_groups '
+                    f"(defined: {', '.join(sorted(self.poll_groups))})"
+                )
+            for lo, hi in self.forbidden:
+                if not reg.type.is_bit and reg.address <= hi and reg.end >= lo:
+                    problems.append(f'register "{reg.name}" ({reg.address}..{reg.end}) is in forbidden range [{lo}, {hi}]')
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "_registers", tuple(regs))
+        object.__setattr__(self, "_default_order", self.word_order or order)
+        object.__setattr__(self, "_max_regs", self.max_registers_per_request or max_regs)
+        return self
+
+    @property
+    def resolved_registers(self) -> tuple[Register, ...]:
+        """The profile's registers with this device's overrides applied."""
+        return self._registers
+
+    @property
+    def default_word_order(self) -> WordOrder:
+        return self._default_order
+
+    @property
+    def max_registers(self) -> int:
+        return self._max_regs
+
+
+class AgentConfig(_Model):
+    """`greenmine agent run --config FILE`: one gateway of one site."""
+
+    kind: Literal["agent"] = Field(default="agent", description="config kind, for check-config")
+    site: str = Field(pattern=IDENT, description="site id, e.g. gs-jinchang-cu01; part of every topic")
+    agent_id: str = Field(pattern=IDENT, description="this gateway's id, unique within the site")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics on 127.0.0.1; absent: off")
+    metrics_host: str = Field(default="127.0.0.1", description="address the /metrics endpoint binds to")
+    profile_dirs: list[str] = Field(
+        default_factory=list, description="extra folders searched for profiles before the shipped config/profiles"
+    )
+    buses: list[BusConfig] = Field(min_length=1)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _cross(self) -> AgentConfig:
+        problems = []
+        buses = {}
+        for i, bus in enumerate(self.buses):
+            if bus.name in buses:
+                problems.append(f'buses[{i}] "{bus.name}": duplicate bus name')
+            buses[bus.name] = bus
+        names: dict[str, int] = {}
+        units: dict[tuple[str, int], str] = {}
+        for i, dev in enumerate(self.devices):
+            where = f'devices[{i}] "{dev.name}"'
+            if dev.name in names:
+                problems.append(f"{where}: duplicate device name (also devices[{names[dev.name]}])")
+            names.setdefault(dev.name, i)
+            if dev.bus not in buses:
+                problems.append(f'{where}: bus "{dev.bus}" is not defined (buses: {", ".join(buses) or "none"})')
+                continue
+            if (dev.bus, dev.unit_id) in units:
+                problems.append(f'{where}: unit_id {dev.unit_id} on bus "{dev.bus}" is also used by "{units[(dev.bus, dev.unit_id)]}"')
+            units.setdefault((dev.bus, dev.unit_id), dev.name)
+            if buses[dev.bus].transport is not Transport.TCP and not 1 <= dev.unit_id <= 247:
+                problems.append(f"{where}: unit_id {dev.unit_id} is not a serial address (1..247)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def bus(self, name: str) -> BusConfig:
+        return next(b for b in self.buses if b.name == name)
+
+    def config_hash(self) -> str:
+        doc = self.model_dump(mode="json", exclude={"mqtt": {"password"}})
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resolve(self, value: str) -> Path:
+        return resolve_path(value, self._path.parent if self._path else Path.cwd())
+
+
+def load_agent_config(path: str | Path, doc: dict | None = None) -> AgentConfig:
+    """Load and validate an agent config. Raises ConfigError."""
+    path = Path(path)
+    from greenmine.configfile import read_toml
+
+    if doc is None:
+        doc = read_toml(path)
+    dirs = [resolve_path(d, path.parent) for d in doc.get("profile_dirs", []) if isinstance(d, str)]
+    dirs += [path.parent / "profiles", PROFILES_DIR]
+    cfg = load_model(AgentConfig, path, context={"profile_dirs": dirs}, doc=doc)
+    object.__setattr__(cfg, "_path", path)
+    return cfg

@@ -1,0 +1,123 @@
+"""Loading TOML config files: pure, no connections (STYLE.md §2).
+
+Shared by the agent, server and simulator configs:
+
+- `${VAR}` anywhere in a string value is replaced by the environment variable
+  VAR, so secrets need not live in the file (as Telegraf does). An unset
+  variable is an error that names the place; `$${` escapes a literal `${`.
+- Validation errors are rewritten to name the exact place, with the names of
+  the list items on the way, e.g.
+  `devices[3] "crusher-2": registers[0] "kwh_total": scale: Input should be a valid number`.
+
+    ConfigError(ValueError)   one file that cannot be loaded; .messages lists every problem
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+_VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: Path | str, messages: list[str]) -> None:
+        self.path = str(path)
+        self.messages = messages
+        super().__init__("\n".join(f"{self.path}: {m}" for m in messages))
+
+
+def place(doc: Any, loc: tuple[Any, ...]) -> str:
+    """Render a pydantic error location, naming list items by their `name` (or `id`)."""
+    parts: list[str] = []
+    node = doc
+    for key in loc:
+        if isinstance(key, int) and parts:
+            parts[-1] += f"[{key}]"
+        else:
+            parts.append(str(key))
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if isinstance(key, int) and isinstance(node, dict):
+            name = node.get("name") or node.get("id")
+            if isinstance(name, str):
+                parts[-1] += f' "{name}"'
+    return ": ".join(parts) if parts else "<top level>"
+
+
+def format_validation_error(exc: ValidationError, doc: Any) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (typo?)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif msg.startswith("Assertion failed, "):
+            msg = msg[len("Assertion failed, ") :]
+        out.append(f"{place(doc, loc)}: {msg}" if loc else msg)
+    return out
+
+
+def _expand(node: Any, where: str, env: dict[str, str], errors: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1):  # $${VAR} -> literal ${VAR}
+                return "${" + m.group(2) + "}"
+            name = m.group(2)
+            if name not in env:
+                errors.append(f"{where}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else k, env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{where}[{i}]", env, errors) for i, v in enumerate(node)]
+    return node
+
+
+def read_toml(path: Path | str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read a TOML file and expand `${VAR}` references. Raises ConfigError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"TOML syntax error: {exc}"]) from None
+    errors: list[str] = []
+    doc = _expand(doc, "", dict(os.environ) if env is None else env, errors)
+    if errors:
+        raise ConfigError(path, errors)
+    return doc
+
+
+def load_model(model: type, path: Path | str, *, context: dict[str, Any] | None = None, doc: dict | None = None):
+    """Read and validate one config file into `model`. Raises ConfigError naming every problem."""
+    if doc is None:
+        doc = read_toml(path)
+    try:
+        return model.model_validate(doc, context=context)
+    except ValidationError as exc:
+        raise ConfigError(path, format_validation_error(exc, doc)) from None
+
+
+def resolve_path(value: str | Path, base: Path) -> Path:
+    """Relative paths in a config file are relative to the file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)

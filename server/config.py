@@ -1,0 +1,139 @@
+"""The server's config: MQTT ingest, spool, store, sites and their limits, SMTP.
+
+Loading is pure: it never connects (STYLE.md §2). Secrets can be given as
+"${ENV_VAR}". Sections owned by later features (alert rules, uplinks) are
+added here as their models land, each in its own module.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from greenmine.configfile import load_model, resolve_path
+
+IDENT = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerMqttConfig(_Model):
+    host: str = Field(default="127.0.0.1", description="broker host")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    client_id: str = Field(default="greenmine-server-1", description="MQTT client id; the persistent session is keyed on it, so each server process needs its own")
+    username: str | None = Field(default=None, description="user name, if the broker requires one")
+    password: SecretStr | None = Field(default=None, description='password; use "${ENV_VAR}"')
+    ca_file: str | None = Field(default=None, description="enable TLS, verifying the broker with this CA bundle")
+    shared_group: str | None = Field(
+        default=None, pattern=IDENT, description="subscribe as $share/<group>/...: N servers split one stream"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive")
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, description="how long the broker keeps our session while we are away")
+
+
+class UnknownSitePolicy(str, Enum):
+    REJECT = "reject"
+    ACCEPT = "accept"
+
+
+class IngestConfig(_Model):
+    spool_path: str = Field(default="spool.sqlite", description="durable spool file; relative to the config file's folder")
+    spool_max_bytes: int = Field(default=1024**3, ge=1024**2, description="bound on the spool; when full, ingest stops acknowledging (block)")
+    unknown_site: UnknownSitePolicy = Field(default=UnknownSitePolicy.REJECT, description="reject | accept telemetry of sites not configured")
+    max_payload_bytes: int = Field(default=512 * 1024, ge=1024, description="larger payloads are rejected as oversize")
+    max_readings_per_batch: int = Field(default=10_000, ge=1, description="more readings in one batch are rejected as oversize")
+    max_future_skew_s: float = Field(default=300.0, ge=0, description="readings further in the future are rejected")
+    dead_letter_payload_bytes: int = Field(default=4096, ge=0, description="how much of a rejected payload is kept")
+
+
+class SqliteStoreConfig(_Model):
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = Field(default="greenmine.sqlite", description="SQLite file; relative to the config file's folder")
+    raw_retention_days: float = Field(default=400, gt=0, description="raw rows older than this are deleted; rollups stay")
+
+
+class InfluxStoreConfig(_Model):
+    kind: Literal["influxdb"] = "influxdb"
+    url: str = Field(description="e.g. http://127.0.0.1:8086 (InfluxDB 2/3) or a VictoriaMetrics /api/v2/write base URL")
+    token: SecretStr | None = Field(default=None, description='API token; use "${INFLUX_TOKEN}"')
+    org: str = Field(default="greenmine", description="organisation")
+    bucket: str = Field(default="greenmine", description="bucket (database)")
+    precision: Literal["s", "ms"] = Field(default="ms", description="timestamp precision written")
+    batch_size: int = Field(default=5000, ge=1, description="lines per write request")
+    timeout_ms: int = Field(default=10_000, ge=100, description="write request timeout")
+
+
+class Limits(_Model):
+    """Per-site limits. Defaults are DOMAIN.md's figures; every one is configurable."""
+
+    water_reuse_min_pct: float = Field(default=85.0, ge=0, le=100, description="daily beneficiation water reuse rate floor (Gansu plan)")
+    dust_tsp_limit_mgm3: float = Field(default=1.0, gt=0, description="boundary TSP, any 1-hour average (GB 16297-1996 Table 2)")
+    noise_class: int = Field(default=2, ge=0, le=4, description="GB 12348-2008 functional-area class 0..4")
+    energy_intensity_max_kgce_t: float | None = Field(default=None, gt=0, description="kgce per tonne of ore; per-mineral value is [open]")
+
+
+class SiteConfig(_Model):
+    id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
+    name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
+    timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
+    limits: Limits = Field(default_factory=Limits)
+    recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
+
+
+class SmtpConfig(_Model):
+    host: str = Field(description="mail relay host")
+    port: int = Field(default=587, ge=1, le=65535, description="587 for STARTTLS, 465 for implicit TLS, 25 plain")
+    security: Literal["starttls", "tls", "none"] = Field(default="starttls", description="starttls | tls | none")
+    username: str | None = Field(default=None, description="user name for AUTH")
+    password: SecretStr | None = Field(default=None, description='password; use "${SMTP_PASSWORD}"')
+    sender: str = Field(description="From: address")
+    timeout_s: float = Field(default=30, gt=0, description="connection timeout")
+
+
+class ServerConfig(_Model):
+    """`greenmine server run --config FILE`."""
+
+    kind: Literal["server"] = Field(default="server", description="config kind, for check-config")
+    mqtt: ServerMqttConfig = Field(default_factory=ServerMqttConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    store: SqliteStoreConfig | InfluxStoreConfig = Field(default_factory=SqliteStoreConfig, discriminator="kind")
+    http_host: str = Field(default="127.0.0.1", description="address of the /metrics and /health endpoint")
+    http_port: int | None = Field(default=None, ge=0, le=65535, description="port of /metrics and /health; absent: off")
+    sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")
+    smtp: SmtpConfig | None = Field(default=None, description="mail relay; absent: emails are written as .eml files")
+    default_recipients: list[str] = Field(default_factory=list, description="recipients for sites that list none")
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ServerConfig:
+        seen = set()
+        for i, site in enumerate(self.sites):
+            if site.id in seen:
+                raise ValueError(f'sites[{i}] "{site.id}": duplicate site id')
+            seen.add(site.id)
+            try:
+                from zoneinfo import ZoneInfo
+
+                ZoneInfo(site.timezone)
+            except Exception:
+                raise ValueError(f'sites[{i}] "{site.id}": unknown timezone "{site.timezone}"') from None
+        return self
+
+    def site(self, site_id: str) -> SiteConfig | None:
+        return next((s for s in self.sites if s.id == site_id), None)
+
+    def resolve(self, value: str) -> Path:
+        return resolve_path(value, self._path.parent if self._path else Path.cwd())
+
+
+def load_server_config(path: str | Path, doc: dict | None = None) -> ServerConfig:
+    """Load and validate a server config. Raises ConfigError."""
+    cfg = load_model(ServerConfig, path, doc=doc)
+    object.__setattr__(cfg, "_path", Path(path))
+    return cfg

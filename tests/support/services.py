@@ -1,0 +1,171 @@
+"""Real services for tests, each on a free loopback port: Mosquitto, VictoriaMetrics.
+
+A service whose binary is missing is a skip locally and a failure under CI=true
+(never a silent skip in CI). Each service can be stopped and started again on
+the same port, so tests can stage outages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None) \
+        or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if path is None:
+        msg = f"{name} not found: install it with 'sudo apt-get install -y {package}'"
+        if IN_CI:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Service:
+    """A child process on a fixed port that can be stopped and restarted."""
+
+    name = "service"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        return port_open(self.port)
+
+    def start(self) -> None:
+        assert self.proc is None, f"{self.name} already running"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        try:
+            wait_for(lambda: self.ready() or self.proc.poll() is not None, 20, what=f"{self.name} to listen")
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            code = self.proc.returncode
+            self.proc = None
+            raise RuntimeError(f"{self.name} exited with {code}: {self.log.read_text()[-2000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+        wait_for(lambda: not port_open(self.port), 10, what=f"{self.name} port to close")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Mosquitto(Service):
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.binary = need_binary("mosquitto", "mosquitto")
+        self.conf = workdir / "mosquitto.conf"
+        # persistence keeps persistent sessions and queued QoS 1 messages across a restart
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+
+class VictoriaMetrics(Service):
+    name = "victoria-metrics"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.binary = need_binary("victoria-metrics", "victoria-metrics")
+        self.data = workdir / "vmdata"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.data}",
+            "-search.latencyOffset=0s",
+            "-retentionPeriod=100y",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def export(self, match: str = '{__name__!=""}') -> list[dict]:
+        """All series matching `match`, via /api/v1/export (JSON lines)."""
+        import json
+        import urllib.parse
+
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=5).read()
+        q = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as r:
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
