@@ -38,9 +38,17 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("greenmine ")
 
 
-def test_log_format_json(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('kind = "agent"\nsite = 3\n')
-    out = subprocess.run([sys.executable, "-m", "greenmine", "--log-format", "json", "check-config", str(bad)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
+def test_log_format_json():
+    code = (
+        "import logging, sys\n"
+        "from greenmine.cli import build_parser\n"
+        "from greenmine.logs import setup_logging\n"
+        "args = build_parser().parse_args(['--log-format', 'json', 'check-config', 'x.toml'])\n"
+        "setup_logging(args.log_format, args.log_level)\n"
+        "logging.getLogger('greenmine.test').warning('meter %s 离线', 'crusher-1')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    import json
+
+    doc = json.loads(out.stderr.strip().splitlines()[-1])
+    assert doc["level"] == "warning" and doc["msg"] == "meter crusher-1 离线" and doc["logger"] == "greenmine.test"
