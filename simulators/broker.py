@@ -472,7 +472,12 @@ class DemoBroker:
         except PacketError as exc:
             self.stats["bad_packets"] += 1
             log.warning("%s: %s; closing it", conn, exc)
-            conn.send_disconnect(exc.code)
+            if conn.session is None:
+                # Before CONNACK a v5 client is told why in the CONNACK (5.0 §3.2.2.2), not a DISCONNECT.
+                if conn.version == 5:
+                    conn.send(_packet(CONNACK, 0, bytes([0, exc.code]) + _encode_props([])))
+            else:
+                conn.send_disconnect(exc.code)
         except asyncio.TimeoutError:
             if conn.session is None:
                 log.warning("%s: no CONNECT within %g s; closing it", conn, self.connect_timeout_s)
@@ -670,7 +675,7 @@ class DemoBroker:
         if level == 5:
             body_out += _encode_props(ack_props)
         conn.send(_packet(CONNACK, 0, body_out))
-        log.debug("%s connected (MQTT %s, keepalive %d s, session %s)",
+        log.info("%s connected (MQTT %s, keepalive %d s, session %s)",
                   conn, "5.0" if level == 5 else "3.1.1", conn.keepalive_s, "resumed" if present else "new")
         # Unacknowledged QoS 1 messages go again, marked DUP (3.1.1 §4.4, 5.0 §4.4).
         for pid, d in list(session.inflight.items()):
@@ -709,7 +714,7 @@ class DemoBroker:
         if session is None or session.conn is not conn:
             return
         session.conn = None
-        log.debug("%s disconnected", conn)
+        log.info("%s disconnected", conn)
         if session.expiry_s == 0:
             self._end_session(session)
         elif session.expiry_s != NEVER_EXPIRES:

@@ -255,7 +255,7 @@ def test_shared_subscription_splits_stream(clients, version):
     wait_for(lambda: sum(len(m.payloads()) for m in members) >= len(sent), 5, what="all batches")
     got = [p for m in members for p in m.payloads()]
     assert sorted(got) == sorted(sent), "every message delivered exactly once across the group"
-    assert all(m.payloads() for m in members), "both members take part"
+    assert [len(m.payloads()) for m in members] == [10, 10], "round-robin between online members"
 
 
 def test_unsubscribe_stops_delivery(clients):
@@ -306,6 +306,9 @@ def test_will_on_abnormal_close_not_on_disconnect(clients, broker, version):
     crashed.drop()
     assert watcher.wait_payloads(1) == [b"offline"]
     assert watcher.messages[0].topic == "greenmine/v1/s1/crashed/status"
+    marker = clients("marker", version).connect()
+    marker.publish("greenmine/v1/s1/marker/status", b"marker")
+    assert watcher.wait_payloads(2) == [b"offline", b"marker"], "no will after a DISCONNECT"
     assert broker.stats()["wills_published"] == 1
     late = clients("late", version).connect()
     late.subscribe("greenmine/v1/s1/crashed/status")
@@ -456,3 +459,28 @@ def test_thread_wrapper_stops_cleanly_with_clients_connected():
         c.subscribe("t")
     assert c.disconnected.wait(5)
     c.c.loop_stop()
+
+
+def test_v5_malformed_connect_gets_connack_reason(broker):
+    body = _s("MQTT") + b"\x05\x02\x00\x1e" + b"\x02\x7f\x00" + _s("v5")  # unknown property 0x7f
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        sock.sendall(_pkt(0x10, body))
+        assert read_until_closed(sock) == b"\x20\x03\x00\x81\x00", "CONNACK 'malformed packet'"
+
+
+def test_v5_protocol_error_gets_disconnect_reason(broker):
+    with raw_connect(broker.port, "aliaser", level=5) as sock:
+        assert sock.recv(2) == b"\x20\x08"  # CONNACK with properties
+        sock.recv(8)
+        # PUBLISH using a topic alias, which the broker never allowed.
+        sock.sendall(_pkt(0x30, _s("a/b") + b"\x03\x23\x00\x01" + b"payload"))
+        assert read_until_closed(sock) == b"\xe0\x02\x94\x00", "DISCONNECT 'topic alias invalid'"
+    assert broker.stats()["bad_packets"] == 1
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="failed to start"):
+            DemoBrokerThread(port=taken.getsockname()[1]).start()
