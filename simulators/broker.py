@@ -52,7 +52,6 @@ SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 
 # Reason codes we send (5.0 §2.4); 3.1.1 CONNACK return codes are 0..5.
 RC_MALFORMED = 0x81
 RC_PROTOCOL_ERROR = 0x82
-RC_NOT_AUTHORIZED = 0x87
 RC_KEEPALIVE_TIMEOUT = 0x8D
 RC_SESSION_TAKEN_OVER = 0x8E
 RC_TOPIC_FILTER_INVALID = 0x8F
@@ -60,7 +59,6 @@ RC_TOPIC_NAME_INVALID = 0x90
 RC_TOPIC_ALIAS_INVALID = 0x94
 RC_PACKET_TOO_LARGE = 0x95
 RC_BAD_AUTH_METHOD = 0x8C
-RC_CLIENT_ID_INVALID = 0x85
 RC_SERVER_SHUTTING_DOWN = 0x8B
 RC_NO_SUBSCRIPTION = 0x11
 
@@ -757,7 +755,7 @@ class DemoBroker:
         self._cancel_timers(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-        for key, sub in session.subs.items():
+        for sub in session.subs.values():
             if sub.group is not None:
                 self._leave_group(session.client_id, sub)
         session.subs.clear()
