@@ -717,7 +717,7 @@ class DemoBroker:
             self._end_session(session)
         elif session.expiry_s != NEVER_EXPIRES:
             session.expiry_handle = asyncio.get_running_loop().call_later(
-                session.expiry_s, self._end_session, session)
+                session.expiry_s, self._expire_session, session)
 
     def _publish_will(self, conn: _Connection) -> None:
         will, conn.will = conn.will, None
@@ -748,6 +748,11 @@ class DemoBroker:
             if handle is not None:
                 handle.cancel()
                 setattr(session, name, None)
+
+    def _expire_session(self, session: _Session) -> None:
+        log.info("client %r: session expired after %d s offline", session.client_id, session.expiry_s)
+        self.stats["sessions_expired"] += 1
+        self._end_session(session)
 
     def _end_session(self, session: _Session) -> None:
         if session.pending_will is not None:

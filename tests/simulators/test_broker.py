@@ -374,6 +374,15 @@ def test_v5_session_expiry_zero_discards_session(clients):
     assert again.session_present is False
 
 
+def test_v5_session_expires_after_its_interval(clients, broker):
+    first = clients("server", V5, clean=False, expiry_s=1).connect()
+    first.subscribe("t", 1)
+    first.disconnect()
+    wait_for(lambda: broker.stats().get("sessions_expired") == 1, 5, what="the session to expire")
+    again = clients("server", V5, clean=False, expiry_s=1).connect()
+    assert again.session_present is False
+
+
 def test_clean_session_discards_persistent_session(clients):
     first = _persistent(clients, "server", V311).connect()
     first.subscribe("t", 1)
