@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     server_cli.register(sub)
     sim_cli.register(sub)
+    from server.uplink.hj212 import cli as hj212_cli; hj212_cli.register(sub)  # noqa: E702
     checkcmd.register(sub)
     return parser
 
