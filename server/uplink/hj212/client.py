@@ -305,10 +305,13 @@ class Hj212Client:
         delay = self.point.reconnect_initial_s
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.point.host, self.point.port, limit=_MAX_LINE_BYTES),
-                    self.point.connect_timeout_s,
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with the inner result (CPython
+                # gh-86296), which would make this loop unstoppable.
+                async with asyncio.timeout(self.point.connect_timeout_s):
+                    reader, writer = await asyncio.open_connection(
+                        self.point.host, self.point.port, limit=_MAX_LINE_BYTES
+                    )
             except (OSError, TimeoutError) as exc:
                 self._log_link_down(f"cannot connect to {self.point.host}:{self.point.port}: {exc or 'timeout'}")
                 await asyncio.sleep(delay)
@@ -326,8 +329,9 @@ class Hj212Client:
             finally:
                 self._connected.clear()
                 writer.close()
-                with contextlib.suppress(OSError, asyncio.CancelledError):
-                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                with contextlib.suppress(OSError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
             self._log_link_down(reason)
             # A link that delivered something was healthy: start backing off
             # afresh. One that delivered nothing counts as another failure.
@@ -408,7 +412,8 @@ class Hj212Client:
                 await self._write(writer, frame)
                 self.metrics.sent += 1
                 try:
-                    await asyncio.wait_for(asyncio.shield(ack), self.point.reply_timeout_s)
+                    async with asyncio.timeout(self.point.reply_timeout_s):
+                        await asyncio.shield(ack)
                 except TimeoutError:
                     continue
                 self.metrics.acked += 1
