@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -203,9 +203,6 @@ class PointConfig(_Model):
         if device is None:
             return False
         return any(w.device == device and w.start <= at < w.end for w in self.maintenance)
-
-
-PointList = Annotated[list[PointConfig], Field(description="HJ 212 monitoring points")]
 
 
 def check_unique_points(points: list[PointConfig]) -> None:
