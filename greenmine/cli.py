@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli as agent_cli
     from greenmine import checkcmd
     from server import cli as server_cli
+    from server.uplink.hj212 import cli as hj212_cli
     from simulators import cli as sim_cli
     from simulators import demo
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.register(sub)
     demo.register(sub)
     checkcmd.register(sub)
+    hj212_cli.register(sub)
     return parser
 
 

@@ -20,6 +20,8 @@ COMMANDS = [
     ["sim", "run"],
     ["demo"],
     ["check-config"],
+    ["hj212"],
+    ["hj212", "decode"],
 ]
 
 
