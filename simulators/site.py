@@ -276,7 +276,9 @@ class SimulatedSite:
                             tot = dev.totals[metric]
                             tot.shift = float(e.value) - self.model.true_total(dev, metric, t)  # type: ignore[arg-type]
                     elif e.kind is EffectKind.COUNTER_ROLLOVER:
-                        reg = next((r for r in rt.profile.registers if r.counter_width_bits), None)
+                        # The narrowest counter is the one that wraps in practice (MagFlux: the U32 litres, not the U64 mm3).
+                        counters = [r for r in rt.profile.registers if r.counter_width_bits]
+                        reg = min(counters, key=lambda r: r.counter_width_bits or 64) if counters else None
                         if reg is None or not dev.totals:
                             raise SimError(f'device "{rt.name}": counter_rollover needs a register with counter_width_bits')
                         metric = next(iter(dev.totals))
