@@ -295,7 +295,7 @@ class SiteModel:
         ck = (dev.name, key, chunk)
         cached = self._rates.get(ck)
         if cached is None:
-            effects = self.physics_effects(dev) if key == self.effects_key(dev) else self._effects_for_key(dev, key)
+            effects = self._effects_for_key(dev, key)  # the key, not the device's current list: old anchors stay valid
             tod = self._time_of_day(chunk)
             base = chunk * CHUNK_MIN
             rows = [self._minute_values(dev, base + i, mod, wd, effects) for i, (mod, wd) in enumerate(tod)]

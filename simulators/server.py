@@ -22,7 +22,6 @@ does them (pymodbus/server/requesthandler.py, 3.16.1):
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 
@@ -151,9 +150,6 @@ def _register_block(ranges: list[tuple[int, int]]) -> list[SimData]:
     return [SimData(lo, count=hi - lo + 1, values=0, datatype=SimType.REGISTERS)]
 
 
-ActionFn = Callable[..., object]
-
-
 def build_simdevice(unit_id: int, spans: dict[RegisterType, list[tuple[int, int]]], action) -> SimDevice:
     """A SimDevice with separate holding and input register spaces, served through `action`."""
     return SimDevice(
@@ -207,6 +203,6 @@ def exc_code(code: int) -> ExcCodes:
     return ExcCodes(code)
 
 
+# Re-exported so the device logic in simulators.site need not import pymodbus.
 ILLEGAL_VALUE = ExcCodes.ILLEGAL_VALUE
 ILLEGAL_FUNCTION = ExcCodes.ILLEGAL_FUNCTION
-partial = functools.partial
