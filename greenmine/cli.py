@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from greenmine import checkcmd
     from server import cli as server_cli
     from simulators import cli as sim_cli
+    from simulators import demo
 
     parser = argparse.ArgumentParser(
         prog="greenmine",
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     server_cli.register(sub)
     sim_cli.register(sub)
+    demo.register(sub)
     checkcmd.register(sub)
     return parser
 

@@ -79,7 +79,7 @@ class SimServerConfig(_Model):
     stopbits: Literal[1, 2] = Field(default=1, description="for rtu")
     bytesize: Literal[7, 8] = Field(default=8, description="for rtu")
     emulate_baud: bool = Field(default=False, description="hold each reply for the time its frame takes at baudrate")
-    devices: list[SimDeviceConfig] = Field(min_length=1)
+    devices: list[SimDeviceConfig] = Field(min_length=1, description="meters behind this endpoint, [[servers.devices]]")
 
     @model_validator(mode="after")
     def _check(self) -> SimServerConfig:
@@ -143,13 +143,13 @@ class SimSiteConfig(_Model):
     kind: Literal["sim"] = Field(default="sim", description="config kind, for check-config")
     site: str = Field(pattern=IDENT, description="site id")
     seed: int = Field(default=20251210, description="random seed: the same seed gives the same series")
-    clock: ClockConfig = Field(default_factory=ClockConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig, description="simulated clock: start and speed")
     scenarios: list[str] = Field(
         default_factory=lambda: ["normal"], description="site-wide scenarios (physics), combined in order"
     )
-    physics: PhysicsConfig = Field(default_factory=PhysicsConfig)
+    physics: PhysicsConfig = Field(default_factory=PhysicsConfig, description="site physics: shifts, water, blasting, day/night")
     control_port: int | None = Field(default=None, ge=0, le=65535, description="local HTTP control interface on 127.0.0.1; absent: off")
-    servers: list[SimServerConfig] = Field(min_length=1)
+    servers: list[SimServerConfig] = Field(min_length=1, description="listening endpoints, [[servers]]")
 
     _path: Path | None = PrivateAttr(default=None)
 
