@@ -233,8 +233,8 @@ class FlowWatcher:
     def line(self, elapsed: float, stored: int | None) -> str:
         with self.lock:
             picks = []
-            for key in (("crusher-1", "power_kw"), ("mill-1", "power_kw"), ("fresh-in", "water_flow_m3h"),
-                        ("dust-b1", "dust_tsp_mgm3"), ("noise-b1", "noise_laeq_db")):
+            for key in (("crusher-meter", "power_kw"), ("mill-meter", "power_kw"), ("fresh-intake", "water_flow_m3h"),
+                        ("dust-north", "dust_tsp_mgm3"), ("noise-east", "noise_laeq_db")):
                 if key in self.last:
                     v, u = self.last[key]
                     picks.append(f"{key[0]} {v:.1f} {u}")
