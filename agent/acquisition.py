@@ -67,8 +67,10 @@ class DevicePoller:
         *,
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        on_state_change: Callable[[], None] | None = None,
     ) -> None:
         self.dev = dev
+        self.on_state_change = on_state_change
         self.bus = bus
         self.plan = plan
         self.metrics = metrics
@@ -143,6 +145,8 @@ class DevicePoller:
             if self.state is DeviceState.OFFLINE:
                 log.info("device %s is back online", self.dev.name)
             self.state, self.since = DeviceState.ONLINE, datetime.now(timezone.utc)
+            if self.on_state_change:
+                self.on_state_change()
         self.failed_polls, self.backoff_s, self.last_error = 0, 0.0, None
 
     def _failed(self, group: str, exc: ModbusError, now: float) -> None:
@@ -161,5 +165,7 @@ class DevicePoller:
             if self.metrics:
                 self.metrics.device_online.labels(self.dev.name).set(0)
             log.error("device %s is offline after %d failed polls: %s", self.dev.name, self.failed_polls, self.last_error)
+            if self.on_state_change:
+                self.on_state_change()
         else:
             log.debug("device %s poll failed (%s); will retry next cycle", self.dev.name, exc)

@@ -47,7 +47,9 @@ class Agent:
             if not dev.enabled:
                 continue
             plan = plan_device(dev)
-            poller = self.pollers[dev.name] = DevicePoller(dev, self.buses[dev.bus], plan, metrics=self.metrics)
+            poller = self.pollers[dev.name] = DevicePoller(
+                dev, self.buses[dev.bus], plan, metrics=self.metrics, on_state_change=self.publish_status
+            )
             for group, interval in sorted(dev.poll_groups.items()):
                 if group not in plan:
                     continue
