@@ -97,6 +97,10 @@ class PollScheduler:
 
         self.jobs = jobs
         self.clock = clock
+        aps_log = logging.getLogger("apscheduler")
+        if aps_log.level == logging.NOTSET:
+            # apscheduler logs every run at info; GroupJob logs what matters (skips), once.
+            aps_log.setLevel(logging.WARNING)
         self._sched = AsyncIOScheduler(timezone=timezone.utc)
         now = clock()
         for job in jobs:
