@@ -51,6 +51,7 @@ class MqttPublisher:
         self.connected = False
         self._ever_connected = False
         self._down_logged = False
+        self._stopping = False
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -99,7 +100,7 @@ class MqttPublisher:
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
         self.connected = False
-        if was and not self._down_logged:
+        if was and not self._down_logged and not self._stopping:
             log.warning("lost the broker connection (%s); batches wait in the outbox", reason_code)
             self._down_logged = True
         self._post(self._on_disconnect, str(reason_code))
@@ -135,5 +136,6 @@ class MqttPublisher:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError):
                 pass  # could not be sent in time; the retained online status stays until the will fires
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
