@@ -59,6 +59,7 @@ class Metrics:
         for reason in REASONS:
             self.rejected.labels(reason)
         self.written.labels(sink_name)
+        self.write_seconds.labels(sink_name)
         self.store_up.labels(sink_name).set(1)
         for kind in ("unavailable", "rejected"):
             self.write_errors.labels(sink_name, kind)
