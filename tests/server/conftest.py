@@ -36,10 +36,15 @@ def victoria_dedup(tmp_path):
     vm.stop()
 
 
-def server_doc(tmp_path: Path, broker_port: int, *, name: str = "s1", store: dict | None = None, **ingest) -> dict:
+def server_doc(
+    tmp_path: Path, broker_port: int, *, name: str = "s1", store: dict | None = None, mqtt: dict | None = None, **ingest
+) -> dict:
     return {
         "kind": "server",
-        "mqtt": {"host": "127.0.0.1", "port": broker_port, "client_id": f"test-{name}", "keepalive_s": 5, "reconnect_max_s": 1},
+        "mqtt": {
+            "host": "127.0.0.1", "port": broker_port, "client_id": f"test-{name}", "keepalive_s": 5, "reconnect_max_s": 1,
+            **(mqtt or {}),
+        },
         "ingest": {
             "spool_path": str(tmp_path / f"{name}-spool.sqlite"),
             "writer_retry_min_s": 0.05,
