@@ -106,12 +106,14 @@ class SpooledBatch(NamedTuple):
     body: bytes
 
     def readings(self) -> list[StoredReading]:
-        site, agent = self.site, self.agent
-        return [StoredReading(site, agent, d, m, t, v, u, q) for d, m, t, v, u, q in json.loads(self.body)]
+        return list(map(_make_reading, json.loads(self.body)))
 
 
-def pack_readings(rows: Iterable[tuple[str, str, int, float, str, str]]) -> bytes:
-    """(device, metric, ts_ms, value, unit, quality) rows as the spool stores them."""
+_make_reading = StoredReading._make
+
+
+def pack_readings(rows: Iterable[tuple]) -> bytes:
+    """StoredReading-shaped rows (site, agent, device, metric, ts_ms, value, unit, quality) as the spool stores them."""
     return json.dumps(list(rows), separators=(",", ":"), allow_nan=False).encode()
 
 

@@ -149,3 +149,30 @@ def test_health_is_503_when_the_broker_is_gone(tmp_path, mosquitto):
             assert exc.code == 503
         mosquitto.start()
         wait_for(lambda: app.mqtt.subscribed, 10, what="reconnected")
+
+
+def test_fast_validation_agrees_with_parse_telemetry():
+    """validate_telemetry's fast path accepts exactly what schemas.parse_telemetry accepts, with the same reasons."""
+    from schemas import WireError, WireLimits, parse_telemetry
+    from server.ingest import validate_telemetry
+
+    limits = WireLimits(max_payload_bytes=16 * 1024, max_readings=100, max_future_skew_s=300)
+    now = datetime.now(timezone.utc)
+    cases = [p for _, t, p in _bad_messages() if t.endswith("telemetry")] + [
+        dumps(batch(1)), dumps(batch(2, n=100)), dumps(batch(3, n=101)), b"[]", b"null", b'"x"', b"\xff\xfe",
+        dumps(batch(1, readings=[dict(batch(1)["readings"][0], value=1e308 * 10)])),
+        dumps(batch(1, readings=[dict(batch(1)["readings"][0], extra=1)])),
+        dumps(batch(1, readings=[dict(batch(1)["readings"][0], ts="2026-01-05T08:00:00")])),  # naive
+        dumps(dict(batch(1), seq=-1)), dumps(dict(batch(1), seq=1.5)), dumps(dict(batch(1), seq="1")),
+    ]
+
+    def outcome(fn, payload):
+        try:
+            return fn(payload).model_dump()
+        except WireError as exc:
+            return exc.reason
+
+    for payload in cases:
+        assert outcome(lambda p: validate_telemetry(p, limits, now), payload) == outcome(
+            lambda p: parse_telemetry(p, limits=limits, now=now), payload
+        ), payload[:200]
