@@ -237,8 +237,8 @@ class Ingestor:
             return True
         log.warning("ingest: spool full (%d bytes); not acknowledging until the store catches up", self.spool.max_bytes)
         while not self.spool.wait_for_room(0.5):
-            if self._abort:
-                return False
+            if self._abort or self._stopping:
+                return False  # shutting down while full: leave these unacknowledged, the broker redelivers them
         log.info("ingest: spool has room again; acknowledging")
         return True
 

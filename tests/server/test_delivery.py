@@ -159,3 +159,26 @@ def test_two_servers_on_a_shared_subscription_split_the_stream(tmp_path, mosquit
         assert reader._con().execute("SELECT sum(n) FROM rollups WHERE period = 'hour'").fetchone()[0] == 2000
     finally:
         reader.close()
+
+
+def test_full_spool_stops_acknowledging_and_loses_nothing(tmp_path, mosquitto, publisher):
+    """Full policy `block`: with the store down and the spool at its bound, ingest stops acknowledging (the broker
+    keeps the rest), a graceful stop does not hang, and a later run drains the spool and the broker into the store."""
+    dead_store = {"kind": "influxdb", "url": f"http://127.0.0.1:{free_port()}", "timeout_ms": 200}
+    cfg = make_config(tmp_path, mosquitto.port, store=dead_store, spool_max_bytes=1024**2, shutdown_flush_timeout_s=0.2)
+    n_msgs, n = 900, 20
+    with running(cfg) as app:
+        m = app.metrics
+        _stream(publisher, range(n_msgs), n)
+        wait_for(lambda: m.value("greenmine_spool_full") == 1, 10, what="spool full")
+        accepted = m.value("greenmine_ingest_messages_total", result="accepted")
+        assert 0 < accepted < n_msgs, accepted
+        assert app.health()["status"] == "degraded"
+    # the same spool, now with a working store: spool and broker backlog both end up stored, once each
+    ok = make_config(tmp_path, mosquitto.port)
+    reader = SqliteReader(ok.resolve(ok.store.path))
+    try:
+        with running(ok):
+            wait_for(lambda: reader.count() == n_msgs * n, 20, what="everything stored")
+    finally:
+        reader.close()
