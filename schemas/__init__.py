@@ -16,9 +16,11 @@ from schemas.telemetry import (
     Quality,
     Reading,
     TelemetryBatch,
+    TelemetryRows,
     WireLimits,
     parse_status,
     parse_telemetry,
+    parse_telemetry_rows,
 )
 from schemas.topics import Topic, TopicKind, parse_topic, status_topic, subscription, telemetry_topic
 
@@ -34,6 +36,7 @@ __all__ = [
     "Quality",
     "Reading",
     "TelemetryBatch",
+    "TelemetryRows",
     "Topic",
     "TopicKind",
     "WireError",
@@ -41,6 +44,7 @@ __all__ = [
     "WireRejectReason",
     "parse_status",
     "parse_telemetry",
+    "parse_telemetry_rows",
     "parse_topic",
     "status_topic",
     "subscription",

@@ -188,7 +188,8 @@ class Writer:
             return
         if len(batches) == 1:
             b = batches[0]
-            dl = dead_letter(f"greenmine/v1/{b.site}/{b.agent}/telemetry", b.body, STORE_REJECTED, str(exc), now_ms, self.keep_bytes)
+            body = json.dumps(b.readings(), separators=(",", ":")).encode()  # readable rows, not the spool's pickle
+            dl = dead_letter(f"greenmine/v1/{b.site}/{b.agent}/telemetry", body, STORE_REJECTED, str(exc), now_ms, self.keep_bytes)
             log.warning("writer: store refused a batch from %s/%s seq %d: %s (dead-lettered)", b.site, b.agent, b.seq, exc)
             self.spool.delete(batches, [dl])
             self._count_dead([dl])

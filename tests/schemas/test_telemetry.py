@@ -159,3 +159,71 @@ def test_batch_requires_aware_timestamps():
     with pytest.raises(ValueError):
         TelemetryBatch(site="s", agent="a", seq=0, sent_at=datetime(2026, 1, 1),
                        readings=[Reading(device="d", metric="m", ts=NOW, value=1)])
+
+
+# --- the fast paths agree with the slow, classifying path -------------------
+
+
+def _variants() -> list:
+    """Valid and invalid payloads that probe where a fast path could differ from the reference."""
+    no_unit = {k: v for k, v in reading().items() if k not in ("unit", "quality")}
+    docs = [
+        good_doc(),
+        good_doc(readings=[no_unit]),
+        good_doc(readings=[reading(value=3), reading(device="d2", value="2.5"), reading(device="d3", value=True)]),
+        good_doc(seq="8"), good_doc(seq=8.0), good_doc(seq=8.5), good_doc(seq=-1),
+        good_doc(readings=[reading(ts="2026-11-27T16:00:00.123456+08:00"), reading(device="d2", ts="2026-11-27T08:00:00.0019Z")]),
+        good_doc(readings=[reading(ts=1795766400), reading(device="d2", ts="1795766400")]),  # numeric timestamps
+        good_doc(readings=[reading(ts="1969-12-31T23:59:59.9995Z")]),  # before the epoch: floor to ms
+        good_doc(readings=[reading(ts="2026-11-27T08:05:00Z")]),  # exactly at the 300 s horizon
+        good_doc(readings=[reading(ts="2026-11-27T08:05:00.000001Z")]),  # one microsecond past it
+        good_doc(readings=[reading(ts="2026-11-27T08:00:00")]),  # naive
+        good_doc(readings=[reading(ts="not a time")]),
+        good_doc(readings=[reading(unit="x" * 17)]),
+        good_doc(readings=[reading(quality="great")]),
+        good_doc(readings=[reading(extra=1)]),
+        good_doc(readings=[]),
+        good_doc(readings=[reading(device=f"d{i}") for i in range(11)]),  # over max_readings below
+        good_doc(readings=[reading(value=1e308 * 10)]),
+        good_doc(site="a b"),
+        good_doc(schema="greenmine.telemetry.v2"),
+        {k: v for k, v in good_doc().items() if k != "schema"},
+        {**{k: v for k, v in good_doc().items() if k != "schema"}, "schema_": "greenmine.telemetry.v1"},
+    ]
+    raw = [json.dumps(d) for d in docs]
+    raw += [
+        json.dumps(good_doc()).replace("1234.5", "NaN"),
+        json.dumps(good_doc()).replace('"seq": 7', '"seq": 7, "seq": 9'),  # duplicate key
+        json.dumps(good_doc()).encode("utf-16"),
+        b"\xef\xbb\xbf" + json.dumps(good_doc()).encode(),  # UTF-8 BOM
+        b"{not json", b"[]", b"null", b"\xff",
+    ]
+    return raw
+
+
+@pytest.mark.parametrize("i", range(len(_variants())))
+def test_parse_telemetry_rows_agrees_with_the_reference_path(i):
+    """parse_telemetry (fast path) and parse_telemetry_rows accept exactly what the slow path accepts, same reasons."""
+    from schemas import parse_telemetry_rows
+    from schemas.telemetry import _EPOCH, _MS, _parse_slow
+
+    payload = _variants()[i]
+    limits = WireLimits(max_readings=10, max_future_skew_s=300)
+
+    def outcome(fn):
+        try:
+            return ("ok", fn())
+        except WireError as exc:
+            return ("rejected", exc.reason, exc.detail)
+
+    ref = outcome(lambda: _parse_slow(payload, limits, NOW))
+    assert outcome(lambda: parse_telemetry(payload, limits=limits, now=NOW)) == ref
+    rows = outcome(lambda: parse_telemetry_rows(payload, limits=limits, now=NOW))
+    if ref[0] == "ok":
+        b = ref[1]
+        expected = [(b.site, b.agent, r.device, r.metric, (r.ts - _EPOCH) // _MS, r.value, r.unit, r.quality.value)
+                    for r in b.readings]
+        assert rows == ("ok", (b.site, b.agent, b.seq, expected))
+        assert all(type(x[5]) is float for x in rows[1].rows)
+    else:
+        assert rows == ref

@@ -166,7 +166,13 @@ def test_full_spool_stops_acknowledging_and_loses_nothing(tmp_path, mosquitto, p
     keeps the rest), a graceful stop does not hang, and a later run drains the spool and the broker into the store."""
     dead_store = {"kind": "influxdb", "url": f"http://127.0.0.1:{free_port()}", "timeout_ms": 200}
     cfg = make_config(tmp_path, mosquitto.port, store=dead_store, spool_max_bytes=1024**2, shutdown_flush_timeout_s=0.2)
-    n_msgs, n = 900, 20
+    n = 20
+    # enough batches to overfill the 1 MiB bound, whatever the spool's encoding of a batch
+    from schemas import parse_telemetry_rows
+    from server.spool import pack_readings
+
+    body_bytes = len(pack_readings(parse_telemetry_rows(dumps(batch(0, n=n))).rows))
+    n_msgs = 1024**2 // body_bytes + 300
     with running(cfg) as app:
         m = app.metrics
         _stream(publisher, range(n_msgs), n)
