@@ -97,12 +97,17 @@ ON CONFLICT (site, device, metric, period, start_ms) DO UPDATE SET
 #: rows per multi-row INSERT (8 parameters each, well under SQLite's 32766 limit)
 _CHUNK = 500
 
+_INSERT_MANY = (
+    "INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES (?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO NOTHING"
+)
+
 
 def _insert_sql(rows: int) -> str:
     values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
     return (
         f"INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES {values} "
-        "ON CONFLICT DO NOTHING RETURNING site, device, metric, ts_ms, value, quality"
+        "ON CONFLICT DO NOTHING RETURNING site, agent, device, metric, ts_ms, value, unit, quality"
     )
 
 
@@ -310,6 +315,8 @@ class SqliteStore(SqliteReader):
             self._w.execute("PRAGMA journal_mode=WAL")
             # FULL: the spool deletes a batch once this commit returns, so the commit must survive power loss too.
             self._w.execute("PRAGMA synchronous=FULL")
+            # the writer touches one leaf page per series it writes: keep them cached (the default is 2 MiB)
+            self._w.execute("PRAGMA cache_size=-32768")
             self._w.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise _translate(exc, f"cannot open {self.path}") from exc
@@ -322,11 +329,23 @@ class SqliteStore(SqliteReader):
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    inserted = []
-                    for i in range(0, len(readings), _CHUNK):
-                        chunk = readings[i : i + _CHUNK]
-                        params = list(itertools.chain.from_iterable(chunk))
-                        inserted += con.execute(_insert_sql(len(chunk)), params).fetchall()
+                    # Fast path: one executemany (about twice as fast as multi-row INSERT ...
+                    # RETURNING). If it inserted every row, all of them are new and feed the
+                    # rollups as they are. Otherwise some were there already (a redelivery):
+                    # undo it and insert again with RETURNING, so that only the rows actually
+                    # inserted are counted in the rollups.
+                    con.execute("SAVEPOINT fast")
+                    if con.executemany(_INSERT_MANY, readings).rowcount == len(readings):
+                        con.execute("RELEASE fast")
+                        inserted = readings
+                    else:
+                        con.execute("ROLLBACK TO fast")
+                        con.execute("RELEASE fast")
+                        inserted = []
+                        for i in range(0, len(readings), _CHUNK):
+                            chunk = readings[i : i + _CHUNK]
+                            params = list(itertools.chain.from_iterable(chunk))
+                            inserted += con.execute(_insert_sql(len(chunk)), params).fetchall()
                     if inserted:
                         con.executemany(_ROLLUP_UPSERT, self._aggregate(inserted))
                     con.execute("COMMIT")
@@ -336,11 +355,11 @@ class SqliteStore(SqliteReader):
             except sqlite3.Error as exc:
                 raise _translate(exc, "write") from exc
 
-    def _aggregate(self, rows: list[tuple]) -> list[tuple]:
-        """Partial rollups of newly inserted rows: one tuple per (series, period, bucket)."""
+    def _aggregate(self, rows: Sequence[tuple]) -> list[tuple]:
+        """Partial rollups of newly inserted rows (StoredReading-shaped): one tuple per (series, period, bucket)."""
         acc: dict[tuple, list] = {}
         buckets = self._buckets
-        for site, device, metric, ts, value, quality in rows:
+        for site, _agent, device, metric, ts, value, _unit, quality in rows:
             h0, h1, d0, d1 = buckets(site, ts)
             good = quality == "good"
             for key, end in (((site, device, metric, "hour", h0), h1), ((site, device, metric, "day", d0), d1)):

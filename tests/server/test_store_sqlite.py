@@ -37,6 +37,26 @@ def test_same_batch_twice_leaves_one_row_and_rollups_unchanged(store):
     assert before[0].count == 10
 
 
+def test_a_partly_stored_batch_adds_only_its_new_readings_to_the_rollups(store):
+    """A write where some readings are stored already (a redelivery overlapping new data) or repeated within
+    the write counts each new reading once: the rollups equal those of writing every reading exactly once."""
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
+    all_ = [r(t + timedelta(seconds=i), float(i), quality="good" if i % 3 else "bad") for i in range(20)]
+    store.write(all_[:8])
+    store.write(all_[5:14] + all_[12:14])
+    store.write(all_)
+    assert store.count() == 20
+    ref = SqliteStore(store.path.parent / "ref.sqlite", site_timezones={"gs-demo": "Asia/Shanghai"})
+    try:
+        ref.write(all_)
+        for period in ("hour", "day"):
+            got = store.rollups("gs-demo", "m1", "power_kw", period, t - timedelta(days=1), t + timedelta(days=1))
+            assert got == ref.rollups("gs-demo", "m1", "power_kw", period, t - timedelta(days=1), t + timedelta(days=1))
+            assert got[0].count + got[0].not_good == 20
+    finally:
+        ref.close()
+
+
 def test_first_write_of_a_reading_wins(store):
     t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
     store.write([r(t, 1.0)])
