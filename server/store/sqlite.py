@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS rollups (
 _ROLLUP_UPSERT = """
 INSERT INTO rollups (site, device, metric, period, start_ms, end_ms, n, total, vmin, vmax,
                      first_ts_ms, v_first, last_ts_ms, v_last, not_good)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES {values}
 ON CONFLICT (site, device, metric, period, start_ms) DO UPDATE SET
     n = n + excluded.n,
     total = total + excluded.total,
@@ -97,10 +97,15 @@ ON CONFLICT (site, device, metric, period, start_ms) DO UPDATE SET
 #: rows per multi-row INSERT (8 parameters each, well under SQLite's 32766 limit)
 _CHUNK = 500
 
-_INSERT_MANY = (
-    "INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES (?,?,?,?,?,?,?,?) "
-    "ON CONFLICT DO NOTHING"
-)
+
+
+def _values(n_rows: int, n_cols: int) -> str:
+    row = "(" + ",".join("?" * n_cols) + ")"
+    return ",".join([row] * n_rows)
+
+
+def _insert_plain_sql(rows: int) -> str:
+    return f"INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES {_values(rows, 8)} ON CONFLICT DO NOTHING"
 
 
 def _insert_sql(rows: int) -> str:
@@ -329,13 +334,18 @@ class SqliteStore(SqliteReader):
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    # Fast path: one executemany (about twice as fast as multi-row INSERT ...
-                    # RETURNING). If it inserted every row, all of them are new and feed the
-                    # rollups as they are. Otherwise some were there already (a redelivery):
-                    # undo it and insert again with RETURNING, so that only the rows actually
-                    # inserted are counted in the rollups.
+                    # Multi-row statements, not executemany: sqlite3 releases and retakes the
+                    # GIL around every step, and with the ingest and MQTT threads busy each
+                    # retake can wait a whole switch interval; one step per 500 rows avoids that.
+                    # Fast path: plain INSERTs; if they inserted every row, all are new and feed
+                    # the rollups as they are. Otherwise some were stored already (a redelivery):
+                    # undo, and insert again with RETURNING so that only new rows are counted.
                     con.execute("SAVEPOINT fast")
-                    if con.executemany(_INSERT_MANY, readings).rowcount == len(readings):
+                    added = 0
+                    for i in range(0, len(readings), _CHUNK):
+                        chunk = readings[i : i + _CHUNK]
+                        added += con.execute(_insert_plain_sql(len(chunk)), list(itertools.chain.from_iterable(chunk))).rowcount
+                    if added == len(readings):
                         con.execute("RELEASE fast")
                         inserted = readings
                     else:
@@ -347,7 +357,10 @@ class SqliteStore(SqliteReader):
                             params = list(itertools.chain.from_iterable(chunk))
                             inserted += con.execute(_insert_sql(len(chunk)), params).fetchall()
                     if inserted:
-                        con.executemany(_ROLLUP_UPSERT, self._aggregate(inserted))
+                        aggs = self._aggregate(inserted)
+                        for i in range(0, len(aggs), _CHUNK):
+                            chunk = aggs[i : i + _CHUNK]
+                            con.execute(_ROLLUP_UPSERT.format(values=_values(len(chunk), 15)), list(itertools.chain.from_iterable(chunk)))
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
