@@ -65,7 +65,7 @@ class IngestConfig(_Model):
     spool_commit_max_messages: int = Field(
         default=500, ge=1, description="most MQTT messages spooled in one transaction (group commit) before they are acknowledged"
     )
-    writer_batch_readings: int = Field(default=5000, ge=1, description="readings the writer hands the store per write")
+    writer_batch_readings: int = Field(default=20_000, ge=1, description="most readings the writer hands the store per write (fewer when the spool holds fewer)")
     writer_retry_min_s: float = Field(default=0.5, gt=0, description="first wait after a failed store write; doubles per failure")
     writer_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between store write retries")
     shutdown_flush_timeout_s: float = Field(
