@@ -1,6 +1,7 @@
 """Time-series stores behind one small interface (`base.Sink`).
 
 - `sqlite.SqliteStore`: the embedded default; raw rows, hourly and daily rollups, query API.
+- `process.SqliteProcessStore`: the same, with its writes in a child process (`writer_process`, default).
 - `influx.InfluxSink`: InfluxDB 2/3 or VictoriaMetrics through the v2 write API (line protocol).
 
 `open_sink(cfg)` builds the configured one; influxdb_client is imported only if it is used.
@@ -19,7 +20,10 @@ def open_sink(cfg) -> Sink:
 
     store = cfg.store
     if isinstance(store, SqliteStoreConfig):
-        from server.store.sqlite import SqliteStore
+        if store.writer_process:
+            from server.store.process import SqliteProcessStore as SqliteStore
+        else:
+            from server.store.sqlite import SqliteStore
 
         return SqliteStore(
             cfg.resolve(store.path),
