@@ -270,12 +270,15 @@ class Spool:
 
     # --- writer side -------------------------------------------------------
 
-    def peek(self, max_readings: int) -> list[SpooledBatch]:
-        """The oldest batches, up to about `max_readings` readings (at least one batch)."""
+    def peek(self, max_readings: int, after_id: int = 0) -> list[SpooledBatch]:
+        """The oldest batches (with an id above `after_id`), up to about `max_readings` readings (at least one batch)."""
         out: list[SpooledBatch] = []
         total = 0
         try:
-            cur = self._out.execute("SELECT id, site, agent, seq, n_readings, body FROM spool ORDER BY id LIMIT ?", (max(1, max_readings),))
+            cur = self._out.execute(
+                "SELECT id, site, agent, seq, n_readings, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, max(1, max_readings)),
+            )
             for row in cur:
                 if out and total + row[4] > max_readings:
                     break

@@ -13,6 +13,13 @@ transaction per reading, and a store outage keeps the data in the spool
   writing them one at a time and dead-lettered with reason `store_rejected`,
   so one bad batch cannot block the spool forever.
 
+Pipelining: with a sink that offers `write_async(readings) -> wait()` (the
+SQLite store in its child process), the writer reads and decodes the next
+batches while the store inserts the current ones, keeping at most two writes
+in flight. A batch is still deleted from the spool only after its own write
+returned, in spool order. On any failure the writer waits for what is in
+flight and goes back to one write at a time (the paths above) for a round.
+
 Listeners (`add_listener(fn)`) are called on the writer thread with every
 batch of readings the store has taken, after the write. Delivery to them is
 at least once: a batch rewritten after a crash is passed again.
@@ -66,6 +73,7 @@ class Writer:
         self._draining = False
         self._deadline = float("inf")
         self._failures = 0
+        self._sequential_rounds = 0
         self._thread = threading.Thread(target=self._run, name="greenmine-writer")
 
     @property
@@ -110,6 +118,14 @@ class Writer:
                 self.spool.wait_for_data(0.5)
                 continue
             try:
+                if self._sequential_rounds == 0 and hasattr(self.sink, "write_async"):
+                    try:
+                        self._write_pipelined(batches)
+                    except Exception as exc:  # noqa: BLE001 - sorted out by the one-at-a-time path
+                        log.debug("writer: pipelined write failed (%s); retrying one write at a time", exc)
+                        self._sequential_rounds = 1
+                    continue
+                self._sequential_rounds = max(0, self._sequential_rounds - 1)
                 self._write(batches)
             except StoreRejected as exc:
                 try:
@@ -137,6 +153,37 @@ class Writer:
         self.spool.delete(batches)
         self._ok()
         self._notify(readings)
+
+    def _write_pipelined(self, batches: list[SpooledBatch]) -> None:
+        """Write `batches` and whatever follows them in the spool, two writes in flight, until the spool is empty."""
+        inflight: list[tuple[Callable[[], None], list[SpooledBatch], list[StoredReading], float]] = []
+
+        def submit(bs: list[SpooledBatch]) -> None:
+            rs = [r for b in bs for r in b.readings()]
+            inflight.append((self.sink.write_async(rs), bs, rs, time.perf_counter()))
+
+        try:
+            submit(batches)
+            while inflight:
+                if len(inflight) < 2 and not self._stop.is_set() and not (self._draining and time.monotonic() >= self._deadline):
+                    more = self.spool.peek(self.batch_readings, after_id=inflight[-1][1][-1].id)
+                    if more:
+                        submit(more)
+                wait, bs, rs, t0 = inflight[0]
+                wait()
+                inflight.pop(0)
+                m = self.metrics
+                m.write_seconds.labels(m.sink).observe(time.perf_counter() - t0)
+                m.written.labels(m.sink).inc(len(rs))
+                self.spool.delete(bs)
+                self._ok()
+                self._notify(rs)
+        finally:
+            for wait, *_ in inflight:  # after a failure: let the store finish; those batches are rewritten (idempotent)
+                try:
+                    wait()
+                except Exception:  # noqa: BLE001
+                    pass
 
     def _store(self, readings: list[StoredReading]) -> None:
         t0 = time.perf_counter()

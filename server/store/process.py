@@ -103,6 +103,10 @@ class SqliteProcessStore(SqliteReader):
         raise StoreUnavailable(value)
 
     def _call(self, op: str, arg=None):
+        return self._send(op, arg)()
+
+    def _send(self, op: str, arg=None):
+        """Send a request; returns a function that waits for its reply. Replies come in request order."""
         with self._plock:
             if self._closed:
                 raise StoreUnavailable(f"sqlite store {self.path}: closed")
@@ -118,13 +122,18 @@ class SqliteProcessStore(SqliteReader):
                 self._stop(proc)
                 self._proc = None
                 raise StoreUnavailable(f"sqlite store {self.path}: writer process gone ({exc})") from None
+
+        def wait():
             try:
                 return self._reply(proc)
             except StoreUnavailable:
-                if proc.poll() is not None:
-                    self._stop(proc)
-                    self._proc = None
+                with self._plock:
+                    if proc.poll() is not None and self._proc is proc:
+                        self._stop(proc)
+                        self._proc = None
                 raise
+
+        return wait
 
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
@@ -144,6 +153,12 @@ class SqliteProcessStore(SqliteReader):
     def write(self, readings: Sequence[StoredReading]) -> None:
         if readings:
             self._call("write", [tuple(r) for r in readings])  # plain tuples pickle several times faster
+
+    def write_async(self, readings: Sequence[StoredReading]):
+        """Start a write; returns `wait()`, which returns when it is committed or raises. Wait in order."""
+        if not readings:
+            return lambda: None
+        return self._send("write", [tuple(r) for r in readings])
 
     def maintain(self, now_s: float | None = None) -> int:
         return self._call("maintain", now_s)

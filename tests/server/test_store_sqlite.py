@@ -120,3 +120,40 @@ def test_a_reader_in_another_connection_sees_committed_rows(store, tmp_path):
         assert reader.count() == 1
     finally:
         reader.close()
+
+
+def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
+    """SqliteProcessStore: same results as SqliteStore; readable before the first write; if the child dies, a
+    write in flight raises StoreUnavailable (unless it was committed), the next write starts a new child, and
+    close() leaves no process."""
+    import os
+    import signal
+
+    from server.errors import StoreUnavailable
+    from server.store.process import SqliteProcessStore
+
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
+    batch = [r(t + timedelta(seconds=i), float(i)) for i in range(10)]
+    s = SqliteProcessStore(tmp_path / "p.sqlite", site_timezones={"gs-demo": "Asia/Shanghai"})
+    try:
+        assert s.count() == 0
+        s.write(batch[:5])
+        s.write_async(batch)()
+        assert s.count() == 10
+        assert s.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))[0].count == 10
+        os.kill(s._proc.pid, signal.SIGKILL)
+        s._proc.wait()
+        s.write(batch)  # a new child
+        wait = s.write_async([r(t + timedelta(seconds=20 + i), 1.0) for i in range(5)])
+        os.kill(s._proc.pid, signal.SIGKILL)
+        try:
+            wait()
+        except StoreUnavailable:
+            pass  # killed before its commit: the writer would retry, as here
+        s.write(batch + [r(t + timedelta(seconds=20 + i), 1.0) for i in range(5)] + [r(t + timedelta(seconds=30), 30.0)])
+        assert s.count() == 16
+        assert s.maintain(now_s=t.timestamp()) == 0
+        proc = s._proc
+    finally:
+        s.close()
+    assert proc.poll() is not None
