@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -97,6 +98,9 @@ ON CONFLICT (site, device, metric, period, start_ms) DO UPDATE SET
 #: rows per multi-row INSERT (8 parameters each, well under SQLite's 32766 limit)
 _CHUNK = 500
 
+
+
+_PK = operator.itemgetter(0, 2, 3, 4)  # (site, device, metric, ts_ms) of a StoredReading
 
 
 def _values(n_rows: int, n_cols: int) -> str:
@@ -329,6 +333,10 @@ class SqliteStore(SqliteReader):
     def write(self, readings: Sequence[StoredReading]) -> None:
         if not readings:
             return
+        # In primary-key order, consecutive inserts land on the same leaf page: about half
+        # the CPU of inserting in arrival order (series interleaved). The sort is stable, so
+        # of two copies of a reading in one write the first still wins.
+        readings = sorted(readings, key=_PK)
         with self._wlock:
             con = self._w
             try:
