@@ -163,6 +163,9 @@ class Spool:
         self.dead_letter_max_rows = dead_letter_max_rows
         self._lock_fd: int | None = None
         self._cond = threading.Condition()
+        # Ingest commits and writer deletes take turns on this lock rather than on SQLite's
+        # file lock, whose busy handler sleeps (1 ms, 2 ms, 5 ms, ...) when they collide.
+        self._wlock = threading.Lock()
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,35 +235,36 @@ class Spool:
         if not (entries or dead or agents):
             return
         con = self._in
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with self._wlock:
             try:
-                # multi-row statements rather than executemany: one GIL round trip per
-                # chunk instead of per row (see SqliteStore.write)
-                for i in range(0, len(entries), _CHUNK):
-                    chunk = entries[i : i + _CHUNK]
-                    con.execute(
-                        f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {_values(len(chunk), 6)}",
-                        list(itertools.chain.from_iterable(chunk)),
-                    )
-                if dead:
-                    con.executemany(
-                        "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        dead,
-                    )
-                    con.execute(
-                        "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-                        (self.dead_letter_max_rows,),
-                    )
-                if agents:
-                    con.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", agents)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: commit: {exc}") from exc
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    # multi-row statements rather than executemany: one GIL round trip per
+                    # chunk instead of per row (see SqliteStore.write)
+                    for i in range(0, len(entries), _CHUNK):
+                        chunk = entries[i : i + _CHUNK]
+                        con.execute(
+                            f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {_values(len(chunk), 6)}",
+                            list(itertools.chain.from_iterable(chunk)),
+                        )
+                    if dead:
+                        con.executemany(
+                            "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            dead,
+                        )
+                        con.execute(
+                            "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                            (self.dead_letter_max_rows,),
+                        )
+                    if agents:
+                        con.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", agents)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: commit: {exc}") from exc
         if entries:
             with self._cond:
                 self._batches += len(entries)
@@ -294,24 +298,25 @@ class Spool:
         if not batches:
             return
         con = self._out
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with self._wlock:
             try:
-                for i in range(0, len(batches), _CHUNK):
-                    chunk = batches[i : i + _CHUNK]
-                    con.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(chunk))})", [b.id for b in chunk])
-                if dead:
-                    con.executemany(
-                        "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        dead,
-                    )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: delete: {exc}") from exc
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    for i in range(0, len(batches), _CHUNK):
+                        chunk = batches[i : i + _CHUNK]
+                        con.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(chunk))})", [b.id for b in chunk])
+                    if dead:
+                        con.executemany(
+                            "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            dead,
+                        )
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: delete: {exc}") from exc
         with self._cond:
             self._batches -= len(batches)
             self._readings -= sum(b.n_readings for b in batches)
