@@ -1,11 +1,13 @@
 """Ingest: validate each MQTT message, spool or dead-letter it, then acknowledge it.
 
 paho's network thread only queues deliveries (`submit`); one ingest thread
-takes up to `spool_commit_max_messages` at a time, validates each with the v1
-schemas, commits the accepted batches, the dead letters and the agent states
-in one spool transaction (group commit: one fsync for many messages), and
-only then acknowledges every message of the group. A crash before the commit
-leaves the messages unacknowledged in the broker's session, to be redelivered.
+takes up to `spool_commit_max_messages` at a time and validates each with the
+v1 schemas; a commit thread then commits the group's accepted batches, dead
+letters and agent states in one spool transaction (group commit: one fsync for
+many messages), and only then acknowledges every message of the group. The two
+overlap: the next group is validated while the previous one is being synced
+(at most one group waits between them). A crash before the commit leaves the
+messages unacknowledged in the broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
 becomes a dead letter with a reason, and an unexpected exception in
@@ -83,7 +85,13 @@ class Ingestor:
         self._stopping = False
         self._abort = False
         self._warned: set[str] = set()
+        # validated groups waiting for the commit thread: (deliveries, entries, dead letters, agent states)
+        self._handoff: queue.Queue = queue.Queue(maxsize=1)
+        # agent states prepared for groups not yet applied, so that the next group sees them (see AgentRegistry.prepare)
+        self._carry: dict = {}
+        self._carry_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
+        self._committer = threading.Thread(target=self._commit_loop, name="greenmine-spool-commit")
 
     # --- paho thread -------------------------------------------------------
 
@@ -98,19 +106,22 @@ class Ingestor:
     # --- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
+        self._committer.start()
         self._thread.start()
 
     def stop(self) -> None:
         """Spool and acknowledge what is queued, then stop. Call after the subscriber stopped consuming."""
         self._stopping = True
         self._thread.join()
+        self._committer.join()
 
     def abort(self) -> None:
         """Stop now; queued messages stay unacknowledged (the broker redelivers them)."""
         self._abort = self._stopping = True
         self.spool.wake()
-        if self._thread.is_alive():
-            self._thread.join()
+        for t in (self._thread, self._committer):
+            if t.is_alive():
+                t.join()
 
     # --- validation --------------------------------------------------------
 
@@ -156,26 +167,30 @@ class Ingestor:
     # --- the ingest thread -------------------------------------------------
 
     def _run(self) -> None:
-        while not self._abort:
-            try:
-                group = [self._q.get(timeout=0.1)]
-            except queue.Empty:
-                if self._stopping:
-                    return
-                continue
-            while len(group) < self.max_group:
+        try:
+            while not self._abort:
                 try:
-                    group.append(self._q.get_nowait())
+                    group = [self._q.get(timeout=0.1)]
                 except queue.Empty:
-                    break
-            self._process(group)
+                    if self._stopping:
+                        return
+                    continue
+                while len(group) < self.max_group:
+                    try:
+                        group.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                self._hand_off(self._validate(group))
+        finally:
+            self._hand_off(None)  # tells the commit thread that nothing follows
 
-    def _process(self, group: list[Delivery]) -> None:
+    def _validate(self, group: list[Delivery]) -> tuple:
         now_ms = int(self._clock() * 1000)
         entries: list[SpoolEntry] = []
         dead: list[DeadLetter] = []
         infos: list[AgentInfo] = []
-        pending: dict = {}
+        with self._carry_lock:
+            pending: dict = dict(self._carry)
         for d in group:
             out = self.handle(d, now_ms, pending)
             if isinstance(out, SpoolEntry):
@@ -184,11 +199,43 @@ class Ingestor:
                 infos.append(out)
             else:
                 dead.append(out)
+        if infos:
+            with self._carry_lock:
+                for info in infos:
+                    self._carry[(info.site, info.agent)] = info
+        return group, entries, dead, infos
+
+    def _hand_off(self, item) -> None:
+        while not self._abort:
+            try:
+                self._handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # --- the commit thread -------------------------------------------------
+
+    def _commit_loop(self) -> None:
+        while not self._abort:
+            try:
+                item = self._handoff.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            self._finish(*item)
+
+    def _finish(self, group: list[Delivery], entries: list, dead: list, infos: list) -> None:
         if entries and not self._wait_for_room():
             return  # aborted while full: nothing acknowledged, the broker keeps the messages
         if not self._commit(entries, dead, infos):
             return
         self.agents.applied(infos)
+        if infos:
+            with self._carry_lock:
+                for info in infos:
+                    if self._carry.get((info.site, info.agent)) is info:
+                        del self._carry[(info.site, info.agent)]
         m = self.metrics
         if entries or infos:
             m.messages.labels("accepted").inc(len(entries) + len(infos))
