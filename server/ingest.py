@@ -5,8 +5,9 @@ takes up to `spool_commit_max_messages` at a time and validates each with the
 v1 schemas; a commit thread then commits the group's accepted batches, dead
 letters and agent states in one spool transaction (group commit: one fsync for
 many messages), and only then acknowledges every message of the group. The two
-overlap: the next group is validated while the previous one is being synced
-(at most one group waits between them). A crash before the commit leaves the
+overlap: groups validated while a commit is being synced wait (up to
+`spool_commit_max_messages` messages) and go into the next commit together, so
+a slow disk gets larger groups instead of a longer queue. A crash before the commit leaves the
 messages unacknowledged in the broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
@@ -85,8 +86,11 @@ class Ingestor:
         self._stopping = False
         self._abort = False
         self._warned: set[str] = set()
-        # validated groups waiting for the commit thread: (deliveries, entries, dead letters, agent states)
-        self._handoff: queue.Queue = queue.Queue(maxsize=1)
+        # validated groups waiting for the commit thread: (deliveries, entries, dead letters, agent states);
+        # it commits all that are waiting in one transaction, so a slow fsync makes the next group larger
+        self._ready: list = []
+        self._ready_msgs = 0
+        self._ready_cond = threading.Condition()
         # agent states prepared for groups not yet applied, so that the next group sees them (see AgentRegistry.prepare)
         self._carry: dict = {}
         self._carry_lock = threading.Lock()
@@ -206,24 +210,36 @@ class Ingestor:
         return group, entries, dead, infos
 
     def _hand_off(self, item) -> None:
-        while not self._abort:
-            try:
-                self._handoff.put(item, timeout=0.1)
+        with self._ready_cond:
+            while item is not None and self._ready_msgs >= self.max_group and not self._abort:
+                self._ready_cond.wait(0.1)
+            if self._abort:
                 return
-            except queue.Full:
-                continue
+            self._ready.append(item)
+            self._ready_msgs += len(item[0]) if item is not None else 0
+            self._ready_cond.notify_all()
 
     # --- the commit thread -------------------------------------------------
 
     def _commit_loop(self) -> None:
         while not self._abort:
-            try:
-                item = self._handoff.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is None:
+            with self._ready_cond:
+                if not self._ready:
+                    self._ready_cond.wait(0.1)
+                    continue
+                items, self._ready, self._ready_msgs = self._ready, [], 0
+                self._ready_cond.notify_all()
+            last = items[-1] is None
+            items = [i for i in items if i is not None]
+            if items:
+                self._finish(
+                    [d for i in items for d in i[0]],
+                    [e for i in items for e in i[1]],
+                    [x for i in items for x in i[2]],
+                    [a for i in items for a in i[3]],
+                )
+            if last:
                 return
-            self._finish(*item)
 
     def _finish(self, group: list[Delivery], entries: list, dead: list, infos: list) -> None:
         if entries and not self._wait_for_room():

@@ -12,7 +12,8 @@ One SQLite file per server process (WAL) holds three tables:
 - `agents`: the last known status of every agent (`server.agents`).
 
 Durability: `synchronous=FULL` (default) fsyncs the WAL on every commit, so an
-acknowledged message survives power loss. `normal` in WAL mode syncs only at
+acknowledged message survives power loss. Deletes by the writer are not synced
+on their own (a lost delete only means a batch is written to the store again). `normal` in WAL mode syncs only at
 checkpoints: a commit then survives a crash of this process (SIGKILL, OOM)
 but the last transactions can be lost on power loss or a kernel crash, and
 those messages were already acknowledged. Choose it only on a UPS-backed host.
@@ -173,7 +174,10 @@ class Spool:
                 self._take_lock()
             self._in = self._connect(synchronous)  # ingest thread: inserts
             self._in.executescript(_SCHEMA)
-            self._out = self._connect(synchronous)  # writer thread: reads and deletes
+            # writer thread: reads and deletes. A delete need not survive power loss: a batch
+            # whose delete is lost is written to the store again, which is idempotent. So its
+            # commits do not wait for an fsync (the next ingest commit syncs the WAL anyway).
+            self._out = self._connect("normal")
             row = self._in.execute("SELECT count(*), coalesce(sum(n_readings), 0), coalesce(sum(length(body)), 0) FROM spool").fetchone()
         except sqlite3.Error as exc:
             self.close()
