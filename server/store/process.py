@@ -59,6 +59,10 @@ def _write_msg(f, obj: object) -> None:
     f.flush()
 
 
+class _Broken(Exception):
+    """The pipe to the child failed (as opposed to the child reporting an error)."""
+
+
 class SqliteProcessStore(SqliteReader):
     """A Sink with SqliteStore's behaviour whose writes run in a child process."""
 
@@ -86,6 +90,9 @@ class SqliteProcessStore(SqliteReader):
         try:
             _write_msg(proc.stdin, (str(self.path), self._kwargs))
             self._reply(proc)  # the child opened the store (or says why not)
+        except (_Broken, OSError) as exc:
+            self._stop(proc, kill=True)
+            raise StoreUnavailable(f"sqlite store {self.path}: writer process did not start ({exc})") from None
         except BaseException:
             self._stop(proc)
             raise
@@ -95,7 +102,7 @@ class SqliteProcessStore(SqliteReader):
         try:
             status, value = _read_msg(proc.stdout)
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
-            raise StoreUnavailable(f"sqlite store {self.path}: writer process ended ({exc})") from None
+            raise _Broken(f"sqlite store {self.path}: writer process ended ({exc})") from None
         if status == "ok":
             return value
         if status == "rejected":
@@ -119,24 +126,27 @@ class SqliteProcessStore(SqliteReader):
             try:
                 _write_msg(proc.stdin, (op, arg))
             except OSError as exc:
-                self._stop(proc)
+                self._stop(proc, kill=True)
                 self._proc = None
                 raise StoreUnavailable(f"sqlite store {self.path}: writer process gone ({exc})") from None
 
         def wait():
             try:
                 return self._reply(proc)
-            except StoreUnavailable:
+            except _Broken as exc:
+                # the pipe is broken (the child died or is dying): it cannot be used again
                 with self._plock:
-                    if proc.poll() is not None and self._proc is proc:
-                        self._stop(proc)
+                    if self._proc is proc:
+                        self._stop(proc, kill=True)
                         self._proc = None
-                raise
+                raise StoreUnavailable(str(exc)) from None
 
         return wait
 
     @staticmethod
-    def _stop(proc: subprocess.Popen) -> None:
+    def _stop(proc: subprocess.Popen, kill: bool = False) -> None:
+        if kill:
+            proc.kill()
         for f in (proc.stdin, proc.stdout):
             try:
                 f.close()
