@@ -1,14 +1,11 @@
 """Ingest: validate each MQTT message, spool or dead-letter it, then acknowledge it.
 
 paho's network thread only queues deliveries (`submit`); one ingest thread
-takes up to `spool_commit_max_messages` at a time and validates each with the
-v1 schemas; a commit thread then commits the group's accepted batches, dead
-letters and agent states in one spool transaction (group commit: one fsync for
-many messages), and only then acknowledges every message of the group. The two
-overlap: groups validated while a commit is being synced wait (up to
-`spool_commit_max_messages` messages) and go into the next commit together, so
-a slow disk gets larger groups instead of a longer queue. A crash before the commit leaves the
-messages unacknowledged in the broker's session, to be redelivered.
+takes up to `spool_commit_max_messages` at a time, validates each with the v1
+schemas, commits the accepted batches, the dead letters and the agent states
+in one spool transaction (group commit: one fsync for many messages), and
+only then acknowledges every message of the group. A crash before the commit
+leaves the messages unacknowledged in the broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
 becomes a dead letter with a reason, and an unexpected exception in
@@ -86,16 +83,7 @@ class Ingestor:
         self._stopping = False
         self._abort = False
         self._warned: set[str] = set()
-        # validated groups waiting for the commit thread: (deliveries, entries, dead letters, agent states);
-        # it commits all that are waiting in one transaction, so a slow fsync makes the next group larger
-        self._ready: list = []
-        self._ready_msgs = 0
-        self._ready_cond = threading.Condition()
-        # agent states prepared for groups not yet applied, so that the next group sees them (see AgentRegistry.prepare)
-        self._carry: dict = {}
-        self._carry_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
-        self._committer = threading.Thread(target=self._commit_loop, name="greenmine-spool-commit")
 
     # --- paho thread -------------------------------------------------------
 
@@ -110,22 +98,19 @@ class Ingestor:
     # --- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        self._committer.start()
         self._thread.start()
 
     def stop(self) -> None:
         """Spool and acknowledge what is queued, then stop. Call after the subscriber stopped consuming."""
         self._stopping = True
         self._thread.join()
-        self._committer.join()
 
     def abort(self) -> None:
         """Stop now; queued messages stay unacknowledged (the broker redelivers them)."""
         self._abort = self._stopping = True
         self.spool.wake()
-        for t in (self._thread, self._committer):
-            if t.is_alive():
-                t.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     # --- validation --------------------------------------------------------
 
@@ -171,30 +156,26 @@ class Ingestor:
     # --- the ingest thread -------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while not self._abort:
+        while not self._abort:
+            try:
+                group = [self._q.get(timeout=0.1)]
+            except queue.Empty:
+                if self._stopping:
+                    return
+                continue
+            while len(group) < self.max_group:
                 try:
-                    group = [self._q.get(timeout=0.1)]
+                    group.append(self._q.get_nowait())
                 except queue.Empty:
-                    if self._stopping:
-                        return
-                    continue
-                while len(group) < self.max_group:
-                    try:
-                        group.append(self._q.get_nowait())
-                    except queue.Empty:
-                        break
-                self._hand_off(self._validate(group))
-        finally:
-            self._hand_off(None)  # tells the commit thread that nothing follows
+                    break
+            self._process(group)
 
-    def _validate(self, group: list[Delivery]) -> tuple:
+    def _process(self, group: list[Delivery]) -> None:
         now_ms = int(self._clock() * 1000)
         entries: list[SpoolEntry] = []
         dead: list[DeadLetter] = []
         infos: list[AgentInfo] = []
-        with self._carry_lock:
-            pending: dict = dict(self._carry)
+        pending: dict = {}
         for d in group:
             out = self.handle(d, now_ms, pending)
             if isinstance(out, SpoolEntry):
@@ -203,55 +184,11 @@ class Ingestor:
                 infos.append(out)
             else:
                 dead.append(out)
-        if infos:
-            with self._carry_lock:
-                for info in infos:
-                    self._carry[(info.site, info.agent)] = info
-        return group, entries, dead, infos
-
-    def _hand_off(self, item) -> None:
-        with self._ready_cond:
-            while item is not None and self._ready_msgs >= self.max_group and not self._abort:
-                self._ready_cond.wait(0.1)
-            if self._abort:
-                return
-            self._ready.append(item)
-            self._ready_msgs += len(item[0]) if item is not None else 0
-            self._ready_cond.notify_all()
-
-    # --- the commit thread -------------------------------------------------
-
-    def _commit_loop(self) -> None:
-        while not self._abort:
-            with self._ready_cond:
-                if not self._ready:
-                    self._ready_cond.wait(0.1)
-                    continue
-                items, self._ready, self._ready_msgs = self._ready, [], 0
-                self._ready_cond.notify_all()
-            last = items[-1] is None
-            items = [i for i in items if i is not None]
-            if items:
-                self._finish(
-                    [d for i in items for d in i[0]],
-                    [e for i in items for e in i[1]],
-                    [x for i in items for x in i[2]],
-                    [a for i in items for a in i[3]],
-                )
-            if last:
-                return
-
-    def _finish(self, group: list[Delivery], entries: list, dead: list, infos: list) -> None:
         if entries and not self._wait_for_room():
             return  # aborted while full: nothing acknowledged, the broker keeps the messages
         if not self._commit(entries, dead, infos):
             return
         self.agents.applied(infos)
-        if infos:
-            with self._carry_lock:
-                for info in infos:
-                    if self._carry.get((info.site, info.agent)) is info:
-                        del self._carry[(info.site, info.agent)]
         m = self.metrics
         if entries or infos:
             m.messages.labels("accepted").inc(len(entries) + len(infos))
