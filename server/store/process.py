@@ -170,6 +170,12 @@ class SqliteProcessStore(SqliteReader):
             return lambda: None
         return self._send("write", [tuple(r) for r in readings])
 
+    def write_spooled_async(self, bodies: Sequence[bytes]):
+        """`write_async` of spool bodies (`server.spool.pack_readings`), decoded by the child rather than here."""
+        if not bodies:
+            return lambda: None
+        return self._send("write_spooled", list(bodies))
+
     def maintain(self, now_s: float | None = None) -> int:
         return self._call("maintain", now_s)
 
@@ -209,6 +215,10 @@ def _serve() -> None:
             try:
                 if op == "write":
                     value = store.write(arg)
+                elif op == "write_spooled":
+                    from server.spool import unpack_readings
+
+                    value = store.write([row for body in arg for row in unpack_readings(body)])
                 elif op == "maintain":
                     value = store.maintain(arg)
                 elif op == "ping":
