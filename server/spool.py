@@ -126,7 +126,7 @@ _make_reading = StoredReading._make
 
 
 def pack_readings(rows: Iterable[tuple]) -> bytes:
-    """StoredReading-shaped rows (site, agent, device, metric, ts_ms, value, unit, quality) as the spool stores them.
+    """StoredReading-shaped plain tuples (site, agent, device, metric, ts_ms, value, unit, quality) as the spool stores them.
 
     Pickle protocol 5 of a list of tuples of str, int and float: about five times
     cheaper than JSON both ways, and the format is stable across Python versions

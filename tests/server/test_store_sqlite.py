@@ -140,7 +140,7 @@ def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
         from server.spool import pack_readings
 
         s.write(batch[:3])
-        s.write_spooled_async([pack_readings(batch[3:5])])()
+        s.write_spooled_async([pack_readings([tuple(x) for x in batch[3:5]])])()  # the spool holds plain tuples
         s.write_async(batch)()
         assert s.count() == 10
         assert s.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))[0].count == 10
