@@ -152,27 +152,35 @@ def test_health_is_503_when_the_broker_is_gone(tmp_path, mosquitto):
 
 
 def test_fast_validation_agrees_with_parse_telemetry():
-    """validate_telemetry's fast path accepts exactly what schemas.parse_telemetry accepts, with the same reasons."""
-    from schemas import WireError, WireLimits, parse_telemetry
-    from server.ingest import validate_telemetry
+    """The fast paths ingest uses (parse_telemetry_rows, and parse_telemetry's) accept exactly what the
+    classifying slow path accepts, with the same values and the same reasons."""
+    from schemas import WireError, WireLimits, WireRejectReason, parse_telemetry, parse_telemetry_rows
+    from schemas.telemetry import _EPOCH, _MS, _parse_slow
 
     limits = WireLimits(max_payload_bytes=16 * 1024, max_readings=100, max_future_skew_s=300)
     now = datetime.now(timezone.utc)
+    no_schema = {k: v for k, v in batch(1).items() if k != "schema"}
     cases = [p for _, t, p in _bad_messages() if t.endswith("telemetry")] + [
         dumps(batch(1)), dumps(batch(2, n=100)), dumps(batch(3, n=101)), b"[]", b"null", b'"x"', b"\xff\xfe",
         dumps(batch(1, readings=[dict(batch(1)["readings"][0], value=1e308 * 10)])),
         dumps(batch(1, readings=[dict(batch(1)["readings"][0], extra=1)])),
         dumps(batch(1, readings=[dict(batch(1)["readings"][0], ts="2026-01-05T08:00:00")])),  # naive
         dumps(dict(batch(1), seq=-1)), dumps(dict(batch(1), seq=1.5)), dumps(dict(batch(1), seq="1")),
+        dumps(no_schema), dumps(dict(no_schema, schema_="greenmine.telemetry.v1")),
     ]
+
+    def rows_of(b):
+        return (b.site, b.agent, b.seq, [(b.site, b.agent, r.device, r.metric, (r.ts - _EPOCH) // _MS, r.value, r.unit,
+                                          r.quality.value) for r in b.readings])
 
     def outcome(fn, payload):
         try:
-            return fn(payload).model_dump()
+            return fn(payload)
         except WireError as exc:
             return exc.reason
 
     for payload in cases:
-        assert outcome(lambda p: validate_telemetry(p, limits, now), payload) == outcome(
-            lambda p: parse_telemetry(p, limits=limits, now=now), payload
-        ), payload[:200]
+        ref = outcome(lambda p: _parse_slow(p, limits, now), payload)
+        assert outcome(lambda p: parse_telemetry(p, limits=limits, now=now), payload) == ref, payload[:200]
+        got = outcome(lambda p: tuple(parse_telemetry_rows(p, limits=limits, now=now)), payload)
+        assert got == (ref if isinstance(ref, WireRejectReason) else rows_of(ref)), payload[:200]
