@@ -1,8 +1,10 @@
 """The running agent: acquisition -> outbox -> forwarder -> broker, plus status and /metrics.
 
     poll (GroupJob, per device and poll group)
-      -> readings collected for `linger_ms` (one batch for the polls of one tick)
-      -> Outbox.add (committed, WAL, fsync)           <- never blocks polling: own thread, drop_oldest
+      -> readings collected for `linger_ms` (one batch for the polls of one tick); readings that
+         arrive while a commit is running go into the next one (group commit, one fsync each)
+      -> Outbox.commit (WAL, fsync)                   <- never blocks polling: own thread, drop_oldest
+      -> Forwarder.offer: published from memory at once when connected and next in line
       -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack
 """
 
@@ -84,6 +86,8 @@ class Agent:
 
     def _collect(self, readings: list[Reading]) -> None:
         self._pending.extend(readings)
+        if self._flush_lock.locked():
+            return  # group commit: the flush in progress commits these as soon as its fsync is done
         if len(self._pending) >= self.cfg.outbox.batch_max_readings:
             self._schedule_flush(0)
         elif self._flush_handle is None:
@@ -98,17 +102,21 @@ class Agent:
         """Commit the collected readings as batches of at most batch_max_readings."""
         self._flush_handle = None
         async with self._flush_lock:  # batches are committed in the order the readings were taken
-            pending, self._pending = self._pending, []
-            size = self.cfg.outbox.batch_max_readings
-            for i in range(0, len(pending), size):
-                try:
-                    await self.outbox.add(pending[i : i + size], time.time())
-                except Exception:
-                    log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
-                    continue
-                if self.forwarder:
-                    self.forwarder.notify()
+            while self._pending:
+                await self._commit_pending()
             self._update_outbox_metrics()
+
+    async def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        size = self.cfg.outbox.batch_max_readings
+        for i in range(0, len(pending), size):
+            try:
+                batch = await self.outbox.commit(pending[i : i + size], time.time())
+            except Exception:
+                log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
+                continue
+            if self.forwarder:
+                self.forwarder.offer(batch)
 
     def _update_outbox_metrics(self) -> None:
         st = self.outbox.stats()
