@@ -160,6 +160,23 @@ class Agent:
         self.forwarder.on_puback(mid)
         self._update_outbox_metrics()
 
+    def _log_summary(self) -> None:
+        """What a technician checks first: identity, buses, devices, requests per cycle, broker, outbox."""
+        cfg = self.cfg
+        total = 0
+        for name, bus in self.buses.items():
+            pollers = [p for p in self.pollers.values() if p.dev.bus == name]
+            reqs = sum(len(r) for p in pollers for r in p.plan.values())
+            total += reqs
+            log.info("bus %s: %s, %d device(s) (%s), %d request(s) per cycle of every group, timeout %d ms",
+                     name, bus.cfg.endpoint, len(pollers),
+                     ", ".join(f"{p.dev.name}@{p.dev.unit_id}" for p in pollers) or "none", reqs, bus.cfg.timeout_ms)
+        st = self.outbox.stats()
+        log.info("agent %s/%s %s (config %s): %d device(s) on %d bus(es), %d request(s) per cycle; broker %s:%d%s; "
+                 "outbox %s (%d batch(es) waiting)", cfg.site, cfg.agent_id, __version__, self.config_hash,
+                 len(self.pollers), len(self.buses), total, cfg.mqtt.host, cfg.mqtt.port,
+                 " (TLS)" if cfg.mqtt.tls else "", cfg.resolve(cfg.outbox.path), st.depth)
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         from agent.publisher import MqttPublisher
@@ -186,7 +203,7 @@ class Agent:
         status_task = loop.create_task(self._status_loop(), name="status")
         self.publisher.start()
         scheduler.start()
-        log.info("agent %s/%s polling %d devices on %d buses", cfg.site, cfg.agent_id, len(self.pollers), len(self.buses))
+        self._log_summary()
         try:
             await stop.wait()
         finally:
