@@ -167,6 +167,8 @@ def point_config(tmp_path: Path, port: int, **overrides: Any) -> PointConfig:
         mn="010000A8900016F000169DC0",
         pw="100000",
         st="39",
+        site="gs-demo",
+        devices=["dust-1", "noise-1"],
         host="127.0.0.1",
         port=port,
         reply_timeout_s=0.2,

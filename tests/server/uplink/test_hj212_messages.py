@@ -115,7 +115,8 @@ def test_period_start_local() -> None:
 
 # --------------------------------------------------------------------------- config
 
-BASE = dict(name="p1", mn="010000A8900016F000169DC0", pw="100000", st="39", host="127.0.0.1", port=9000)
+BASE = dict(name="p1", mn="010000A8900016F000169DC0", pw="100000", st="39", site="gs-demo", devices=["dust-1", "noise-1"],
+            host="127.0.0.1", port=9000)
 
 
 def test_config_defaults() -> None:
