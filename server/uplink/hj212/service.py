@@ -43,7 +43,6 @@ from server.uplink.hj212.messages import (
     period_length,
     period_start,
 )
-from server.uplink.hj212.queue import PacketQueue
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +268,6 @@ class Hj212Service:
         self._period_delay_s = period_delay_s
         self._client_options = dict(client_options or {})
         self.clients: dict[str, Hj212Client] = {}
-        self._queues: list[PacketQueue] = []
         self._reader = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,14 +311,14 @@ class Hj212Service:
                 "(minute/hourly/daily data and history requests need the sqlite store)", self.cfg.store.kind,
             )
         for p in self.points:
-            queue = PacketQueue(self.cfg.resolve(str(p.queue_file)), max_messages=p.queue_max_packets)
-            self._queues.append(queue)
+            # The client opens (and closes) its queue itself, on the loop thread: sqlite3
+            # connections belong to the thread that made them. Relative to the config file.
+            p = p.model_copy(update={"queue_path": self.cfg.resolve(str(p.queue_file))})
             history = StoreHistory(p, self._reader) if self._reader is not None else None
             self.clients[p.name] = Hj212Client(
                 p,
                 realtime=PointRealtime(p, self.cache, self.device_online),
                 history=_ExecutorHistory(history, self._executor) if history is not None else None,
-                queue=queue,
                 period_delay_s=self._period_delay_s,
                 **self._client_options,
             )
@@ -388,9 +386,6 @@ class Hj212Service:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        for q in self._queues:
-            q.close()
-        self._queues.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
