@@ -182,7 +182,7 @@ def test_server_example_point_loads_when_uncommented(tmp_path) -> None:
     kind, cfg = load_any(cfg_file)
     assert kind == "server"
     (p,) = cfg.hj212
-    assert (p.site, p.devices, p.rtd_interval_s) == ("gs-demo", ["dust-north", "noise-east", "weather-mast"], 30)
+    assert (p.site, p.devices, p.rtd_interval_s) == ("gs-jinchang-cu01", ["dust-north", "noise-east", "weather-mast"], 30)
 
 
 def test_server_config_rejects_bad_points(tmp_path) -> None:
