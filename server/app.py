@@ -67,6 +67,13 @@ class App:
                 keep_bytes=ing.dead_letter_payload_bytes,
                 clock=clock,
             )
+            self.hj212 = None
+            if cfg.hj212:
+                from server.uplink.hj212.service import Hj212Service
+
+                self.hj212 = Hj212Service(cfg, self.agents)
+                self.writer.add_listener(self.hj212.on_stored)
+                self.metrics.bind_hj212(self.hj212.snapshot)
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
         except BaseException:
             if getattr(self, "sink", None) is not None:
@@ -101,6 +108,8 @@ class App:
 
     def start(self) -> None:
         self.writer.start()
+        if self.hj212 is not None:
+            self.hj212.start()
         self.ingestor.start()
         if self.http is not None:
             self.http.start()
@@ -121,6 +130,8 @@ class App:
             self.ingestor.stop()
             self.mqtt.close()
             self.writer.stop(flush_timeout_s)
+            if self.hj212 is not None:
+                self.hj212.stop()
             if self.http is not None:
                 self.http.stop()
         self.sink.close()

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from greenmine.configfile import load_model, resolve_path
+from server.uplink.hj212.config import PointConfig, check_points
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -133,6 +134,9 @@ class ServerConfig(_Model):
     sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")
     smtp: SmtpConfig | None = Field(default=None, description="mail relay; absent: emails are written as .eml files")
     default_recipients: list[str] = Field(default_factory=list, description="recipients for sites that list none")
+    hj212: list[PointConfig] = Field(
+        default_factory=list, description="HJ 212-2017 monitoring points reported to environmental platforms (docs/hj212.md)"
+    )
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -149,6 +153,7 @@ class ServerConfig(_Model):
                 ZoneInfo(site.timezone)
             except Exception:
                 raise ValueError(f'sites[{i}] "{site.id}": unknown timezone "{site.timezone}"') from None
+        check_points(self.hj212, None if self.ingest.unknown_site is UnknownSitePolicy.ACCEPT else seen)
         return self
 
     def site(self, site_id: str) -> SiteConfig | None:
