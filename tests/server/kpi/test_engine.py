@@ -49,7 +49,7 @@ def test_dirty_day_is_computed_once_closed_and_stored(store):
     assert daily.value == pytest.approx(80.0) and daily.complete and daily.breached is True
     (rolling,) = [v for v in out if v.kpi == "water_reuse_24h"]
     assert rolling.value == pytest.approx(80.0)
-    assert store.values("s1", "water_reuse_daily")[0].value == pytest.approx(80.0)
+    assert store.values("s1", "water_reuse_daily", start=day.start)[0].value == pytest.approx(80.0)
     # nothing dirty any more: a second run computes only the rolling value
     assert {v.kpi for v in eng.run_due(day.end + 180)} == {"water_reuse_24h"}
     assert [e[3] for e in store.counter_events("s1")] == ["zero"]
