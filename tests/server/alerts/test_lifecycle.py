@@ -9,7 +9,7 @@ from server.config import SiteConfig
 from server.kpi.model import KpiValue
 
 DAY = 86400.0
-T0 = 1_795_622_400.0  # 2026-11-27 00:00 Asia/Shanghai
+T0 = 1_795_708_800.0  # 2026-11-27 00:00 Asia/Shanghai
 
 SITE = SiteConfig(id="s1", name="金昌某铜矿", recipients=["officer@example.test"])
 
