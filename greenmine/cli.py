@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     agent_cli.register(sub)
     server_cli.register(sub)
+    __import__("server.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
     sim_cli.register(sub)
     checkcmd.register(sub)
     return parser

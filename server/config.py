@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from greenmine.configfile import load_model, resolve_path
+from server.alerts.config import AlertsConfig
+from server.kpi.config import KpiConfig
+from server.notify.config import NotifyConfig
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -107,6 +110,9 @@ class ServerConfig(_Model):
     sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")
     smtp: SmtpConfig | None = Field(default=None, description="mail relay; absent: emails are written as .eml files")
     default_recipients: list[str] = Field(default_factory=list, description="recipients for sites that list none")
+    kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
 
     _path: Path | None = PrivateAttr(default=None)
 

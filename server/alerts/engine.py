@@ -116,6 +116,10 @@ class AlertEngine:
     ) -> None:
         self.cfg = cfg
         self.rules = cfg.effective_rules()
+        self._metric_rules: dict[str, list[ThresholdRule]] = {}
+        for r in self.rules:
+            if isinstance(r, ThresholdRule) and r.source == "metric":
+                self._metric_rules.setdefault(r.series, []).append(r)
         self.sites = {s.id: s for s in sites}
         self.default_recipients = list(default_recipients or [])
         self.db = db
@@ -156,10 +160,12 @@ class AlertEngine:
     def observe_metric(self, site: str, device: str, metric: str, ts: float, value: float, unit: str = "",
                        now: float | None = None) -> None:
         """A raw reading, for threshold rules with source = metric."""
+        rules = [r for r in self._metric_rules.get(metric, ()) if self._applies(r, site)]
+        if not rules:
+            return
         now = self.clock() if now is None else now
-        for rule in self.rules:
-            if isinstance(rule, ThresholdRule) and rule.source == "metric" and rule.series == metric and self._applies(rule, site):
-                self._judge(rule, site, device, value, ts, now, unit=unit)
+        for rule in rules:
+            self._judge(rule, site, device, value, ts, now, unit=unit)
         self._notify(now)
 
     def observe_seen(self, site: str, agent: str, devices: dict[str, float], now: float | None = None) -> None:

@@ -64,6 +64,7 @@ class KpiConfig(_Model):
     sample_interval_s: float = Field(default=60.0, gt=0, description="expected interval between dust/noise samples, for completeness")
     completeness_min_pct: float = Field(default=90.0, ge=0, le=100, description="below this share of expected intervals a period is incomplete and not judged")
     reset_ratio: float = Field(default=0.9, gt=0, lt=1, description="a drop below this share of the previous total is a meter reset")
+    rolling_every_s: float = Field(default=900.0, gt=0, description="how often the rolling 24 h reuse rate is recomputed")
     counter_lookback_s: float = Field(default=86400.0, ge=0, description="reads before a period that are replayed to find the counter baseline")
     meters: list[MeterConfig] = Field(default_factory=list, description="per-meter width and max rate")
     kgce_per_unit: dict[str, float] = Field(

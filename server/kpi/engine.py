@@ -35,6 +35,8 @@ class KpiEngine:
         self.sites = {s.id: s for s in sites}
         self.source = source
         self.store = store
+        self._next_rolling = float("-inf")
+        self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
 
     # --- which periods a reading touches ------------------------------------
 
@@ -67,26 +69,39 @@ class KpiEngine:
 
     def note_data(self, site_id: str, metric: str, timestamps: Iterable[float]) -> None:
         """Mark the periods touched by newly stored readings as dirty (persisted)."""
+        self.note_batch(site_id, {metric: list(timestamps)})
+
+    def note_batch(self, site_id: str, by_metric: dict[str, list[float]]) -> None:
+        """Like note_data for several metrics at once: one write, none if all were marked already."""
         site = self.sites.get(site_id)
         if site is None or self.store is None:
             return
-        ps: dict[tuple[str, float], Period] = {}
-        for ts in timestamps:
-            for p in self.periods_for(site, metric, ts):
-                ps[(p.kind, p.start)] = p
+        ps: dict[tuple[str, str, float], Period] = {}
+        for metric, timestamps in by_metric.items():
+            for ts in timestamps:
+                for p in self.periods_for(site, metric, ts):
+                    key = (site_id, p.kind, p.start)
+                    if key not in self._marked:
+                        ps[key] = p
         if ps:
             self.store.mark_dirty(site_id, ps.values())
+            if len(self._marked) > 10_000:
+                self._marked.clear()
+            self._marked.update(ps)
 
     def run_due(self, now: float) -> list[KpiValue]:
-        """Compute every dirty period that has closed, plus each site's rolling 24 h reuse."""
+        """Compute every dirty period that has closed, plus each site's rolling 24 h reuse (every rolling_every_s)."""
         out: list[KpiValue] = []
         if self.store is not None:
             for site_id, p in self.store.dirty_closed(now):
                 if site_id in self.sites:
                     out += self.compute(site_id, p, now=now)
                 self.store.clear_dirty(site_id, p)
-        for site_id in self.sites:
-            out += self.compute(site_id, periods.rolling24h(now), now=now)
+                self._marked.discard((site_id, p.kind, p.start))
+        if now >= self._next_rolling:
+            self._next_rolling = now + self.cfg.rolling_every_s
+            for site_id in self.sites:
+                out += self.compute(site_id, periods.rolling24h(now), now=now)
         return out
 
     # --- computing ----------------------------------------------------------
@@ -167,8 +182,11 @@ class KpiEngine:
                 i, e = tr.feed(p.ts, p.value)
                 incs += i
                 events += e
-            if self.store is not None:
-                self.store.put_increments(site_id, dev, metric, incs, events)
+            if self.store is not None and period.kind == "day":
+                # the increments series is kept per closed day; rolling and monthly runs only read
+                self.store.put_increments(site_id, dev, metric,
+                                          [i for i in incs if period.start < i.end_ts <= period.end],
+                                          [e for e in events if period.start <= e.ts < period.end])
             for e in events:
                 if period.start <= e.ts < period.end:
                     log.debug("site %s meter %s %s: %s %g -> %g (%s)", site_id, dev, metric, e.kind.value, e.prev, e.new, e.detail)

@@ -195,15 +195,7 @@ class Notifier:
             self._end(ok)
 
     def _message(self, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
-        msg = EmailMessage()
-        msg["From"] = self.transport.sender
-        msg["To"] = rcpt
-        msg["Subject"] = subject
-        msg["Date"] = formatdate(created, localtime=False)
-        msg["Message-ID"] = msg_id
-        msg["X-Greenmine"] = "alert"
-        msg.set_content(body, charset="utf-8")
-        return msg
+        return build_message(self.transport.sender, rcpt, subject, body, msg_id, created)
 
     def rows(self, status: str | None = None) -> list[OutboxRow]:
         q = "SELECT id, recipient, subject, body, message_id, attempts, status, sent_ts, last_error FROM email_outbox"
@@ -214,3 +206,15 @@ class Notifier:
     def run_once(self, now: float | None = None) -> int:
         self.dispatch(now)
         return self.deliver(now)
+
+
+def build_message(sender: str, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = rcpt
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(created, localtime=False)
+    msg["Message-ID"] = msg_id
+    msg["X-Greenmine"] = "alert"
+    msg.set_content(body, charset="utf-8")
+    return msg

@@ -38,7 +38,7 @@ def feed_water(src, engine, reused_per_min, fresh_per_min, minutes=24 * 60 + 1, 
 
 def test_dirty_day_is_computed_once_closed_and_stored(store):
     src = MemorySource()
-    eng = KpiEngine(KpiConfig(), [SiteConfig(id="s1")], src, store)
+    eng = KpiEngine(KpiConfig(rolling_every_s=60), [SiteConfig(id="s1")], src, store)
     feed_water(src, eng, 0.8, 0.2, glitch_at=600)  # a zero read mid-day must not matter
     day = periods.day(D, "Asia/Shanghai")
     # the day is still open: only the previous day (touched by the 00:00 read) may be computed
