@@ -198,15 +198,15 @@ class AgentConfig(_Model):
     kind: Literal["agent"] = Field(default="agent", description="config kind, for check-config")
     site: str = Field(pattern=IDENT, description="site id, e.g. gs-jinchang-cu01; part of every topic")
     agent_id: str = Field(pattern=IDENT, description="this gateway's id, unique within the site")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="broker connection")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="durable store-and-forward outbox")
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics on 127.0.0.1; absent: off")
     metrics_host: str = Field(default="127.0.0.1", description="address the /metrics endpoint binds to")
     profile_dirs: list[str] = Field(
         default_factory=list, description="extra folders searched for profiles before the shipped config/profiles"
     )
-    buses: list[BusConfig] = Field(min_length=1)
-    devices: list[DeviceConfig] = Field(min_length=1)
+    buses: list[BusConfig] = Field(min_length=1, description="serial ports and TCP gateways, [[buses]]")
+    devices: list[DeviceConfig] = Field(min_length=1, description="meters to poll, [[devices]]")
 
     _path: Path | None = PrivateAttr(default=None)
 

@@ -126,7 +126,7 @@ class Profile(_Model):
     source: str = Field(description="the manual and table the register map is taken from")
     word_order: WordOrder = Field(default=WordOrder.ABCD, description="default byte and word order of multi-register values")
     max_registers_per_request: int = Field(default=125, ge=1, le=125, description="largest read the meter accepts")
-    registers: tuple[Register, ...] = Field(min_length=1)
+    registers: tuple[Register, ...] = Field(min_length=1, description="the register map, [[registers]]")
 
     @model_validator(mode="after")
     def _layout(self) -> Profile:

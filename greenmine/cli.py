@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli as agent_cli
     from greenmine import checkcmd
     from server import cli as server_cli
+    from server.uplink.hj212 import cli as hj212_cli
     from simulators import cli as sim_cli
+    from simulators import demo
 
     parser = argparse.ArgumentParser(
         prog="greenmine",
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.register(sub)
     __import__("server.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
     sim_cli.register(sub)
+    demo.register(sub)
     checkcmd.register(sub)
+    hj212_cli.register(sub)
     return parser
 
 

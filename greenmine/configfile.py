@@ -121,3 +121,52 @@ def resolve_path(value: str | Path, base: Path) -> Path:
     """Relative paths in a config file are relative to the file's folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+
+
+def _is_table(v: Any) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+
+def dump_toml(doc: dict[str, Any], _prefix: str = "") -> str:
+    """Write a config document as TOML (enough for generated configs: tables, arrays of tables, scalars)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for k, v in doc.items():
+        if v is None:
+            continue
+        if isinstance(v, dict) and v and (_prefix == "" or any(_is_table(x) for x in v.values())):
+            tables.append((k, v))  # top-level sections, and anything holding tables, get a [header]
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in tables:
+        name = f"{_prefix}{_toml_key(k)}"
+        if isinstance(v, dict):
+            lines.append(f"\n[{name}]")
+            lines.append(dump_toml(v, name + ".").rstrip("\n"))
+        else:
+            for item in v:
+                lines.append(f"\n[[{name}]]")
+                lines.append(dump_toml(item, name + ".").rstrip("\n"))
+    return "\n".join(x for x in lines if x != "") + "\n"

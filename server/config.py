@@ -55,13 +55,13 @@ class IngestConfig(_Model):
 
 
 class SqliteStoreConfig(_Model):
-    kind: Literal["sqlite"] = "sqlite"
+    kind: Literal["sqlite"] = Field(default="sqlite", description="embedded SQLite store (the default)")
     path: str = Field(default="greenmine.sqlite", description="SQLite file; relative to the config file's folder")
     raw_retention_days: float = Field(default=400, gt=0, description="raw rows older than this are deleted; rollups stay")
 
 
 class InfluxStoreConfig(_Model):
-    kind: Literal["influxdb"] = "influxdb"
+    kind: Literal["influxdb"] = Field(description="InfluxDB 2/3 or VictoriaMetrics through the v2 write API")
     url: str = Field(description="e.g. http://127.0.0.1:8086 (InfluxDB 2/3) or a VictoriaMetrics /api/v2/write base URL")
     token: SecretStr | None = Field(default=None, description='API token; use "${INFLUX_TOKEN}"')
     org: str = Field(default="greenmine", description="organisation")
@@ -84,7 +84,7 @@ class SiteConfig(_Model):
     id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
     name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=Limits, description="the site's limits; defaults from DOMAIN.md")
     recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
 
 
@@ -102,9 +102,11 @@ class ServerConfig(_Model):
     """`greenmine server run --config FILE`."""
 
     kind: Literal["server"] = Field(default="server", description="config kind, for check-config")
-    mqtt: ServerMqttConfig = Field(default_factory=ServerMqttConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    store: SqliteStoreConfig | InfluxStoreConfig = Field(default_factory=SqliteStoreConfig, discriminator="kind")
+    mqtt: ServerMqttConfig = Field(default_factory=ServerMqttConfig, description="broker connection and subscription")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="validation bounds, spool, dead letters")
+    store: SqliteStoreConfig | InfluxStoreConfig = Field(
+        default_factory=SqliteStoreConfig, discriminator="kind", description="time-series store: kind = sqlite | influxdb"
+    )
     http_host: str = Field(default="127.0.0.1", description="address of the /metrics and /health endpoint")
     http_port: int | None = Field(default=None, ge=0, le=65535, description="port of /metrics and /health; absent: off")
     sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")

@@ -14,8 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 from agent.registermap import IDENT, Profile, load_profile
-from greenmine import PROFILES_DIR
+from greenmine import PROFILES_DIR, SCENARIOS_DIR
 from greenmine.configfile import ConfigError, load_model, read_toml, resolve_path
+from simulators.scenarios import HHMM, check_names, load_scenarios
 
 
 class _Model(BaseModel):
@@ -39,7 +40,14 @@ class SimDeviceConfig(_Model):
     unit_id: int = Field(ge=0, le=247, description="Modbus unit id served")
     profile: str = Field(description="profile name: config/profiles/<profile>.toml")
     role: str | None = Field(default=None, description="what the meter measures on this site, e.g. fresh | reused | discharge for water")
-    scenarios: list[str] = Field(default_factory=lambda: ["normal"], description="scenarios to apply, combined in order")
+    scenarios: list[str] = Field(
+        default_factory=list, description="scenarios for this meter only (faults, counters), on top of the site's"
+    )
+    params: dict[str, float] = Field(
+        default_factory=dict,
+        description="physics parameters of this meter, e.g. rated_kw = 800 (energy meters), "
+        "rate_tph = 350 (belt scales), initial_total = 123456 (any totalizer); see docs/simulators.md",
+    )
 
     _profile: Profile | None = PrivateAttr(default=None)
 
@@ -66,9 +74,12 @@ class SimServerConfig(_Model):
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int | None = Field(default=None, ge=0, le=65535, description="TCP port; 0 picks a free one")
     serial_port: str | None = Field(default=None, description="for rtu: the serial device (e.g. one end of a socat pty pair)")
-    baudrate: int = Field(default=9600, description="for rtu")
+    baudrate: int = Field(default=9600, description="for rtu (and for emulate_baud on any transport)")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="for rtu: N, E or O")
+    stopbits: Literal[1, 2] = Field(default=1, description="for rtu")
+    bytesize: Literal[7, 8] = Field(default=8, description="for rtu")
     emulate_baud: bool = Field(default=False, description="hold each reply for the time its frame takes at baudrate")
-    devices: list[SimDeviceConfig] = Field(min_length=1)
+    devices: list[SimDeviceConfig] = Field(min_length=1, description="meters behind this endpoint, [[servers.devices]]")
 
     @model_validator(mode="after")
     def _check(self) -> SimServerConfig:
@@ -84,20 +95,77 @@ class SimServerConfig(_Model):
         return self
 
 
+class ShiftConfig(_Model):
+    start: str = Field(pattern=HHMM, description="local time the shift starts, HH:MM")
+    load: float = Field(ge=0, le=1.2, description="plant load during the shift, 0 (stopped) .. 1 (rated)")
+
+
+class PhysicsConfig(_Model):
+    """Site-wide physics: shifts, water circuit, blasting, day and night."""
+
+    shifts: list[ShiftConfig] = Field(
+        default_factory=lambda: [
+            ShiftConfig(start="00:00", load=0.85),
+            ShiftConfig(start="08:00", load=1.0),
+            ShiftConfig(start="16:00", load=0.95),
+        ],
+        min_length=1,
+        description="the plant's shift pattern; each shift runs until the next one starts",
+    )
+    maintenance_weekday: int | None = Field(
+        default=2, ge=0, le=6, description="weekday (0 = Monday) of the weekly maintenance stop; absent: none"
+    )
+    maintenance_start: str = Field(default="08:00", pattern=HHMM, description="maintenance stop start, local HH:MM")
+    maintenance_h: float = Field(default=4.0, ge=0, le=24, description="maintenance stop length in hours (load 0.05)")
+    process_water_m3h: float = Field(default=420.0, gt=0, description="process water demand at full load")
+    reuse_fraction: float = Field(default=0.88, ge=0, le=1, description="reused / (reused + fresh) on a normal day")
+    discharge_fraction: float = Field(default=0.04, ge=0, le=1, description="discharge as a fraction of process water")
+    blast_times: list[str] = Field(default_factory=lambda: ["12:00"], description="daily blasting times, local HH:MM")
+    day_start: str = Field(default="06:00", pattern=HHMM, description="GB 12348 day starts (local)")
+    night_start: str = Field(default="22:00", pattern=HHMM, description="GB 12348 night starts (local)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PhysicsConfig:
+        starts = [s.start for s in self.shifts]
+        if len(set(starts)) != len(starts):
+            raise ValueError("two shifts start at the same time")
+        for t in self.blast_times:
+            import re
+
+            if not re.match(HHMM, t):
+                raise ValueError(f'blast_times: "{t}" is not HH:MM')
+        return self
+
+
 class SimSiteConfig(_Model):
     """`greenmine sim run --site FILE`."""
 
     kind: Literal["sim"] = Field(default="sim", description="config kind, for check-config")
     site: str = Field(pattern=IDENT, description="site id")
     seed: int = Field(default=20251210, description="random seed: the same seed gives the same series")
-    clock: ClockConfig = Field(default_factory=ClockConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig, description="simulated clock: start and speed")
+    scenarios: list[str] = Field(
+        default_factory=lambda: ["normal"], description="site-wide scenarios (physics), combined in order"
+    )
+    physics: PhysicsConfig = Field(default_factory=PhysicsConfig, description="site physics: shifts, water, blasting, day/night")
     control_port: int | None = Field(default=None, ge=0, le=65535, description="local HTTP control interface on 127.0.0.1; absent: off")
-    servers: list[SimServerConfig] = Field(min_length=1)
+    servers: list[SimServerConfig] = Field(min_length=1, description="listening endpoints, [[servers]]")
 
     _path: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _unique(self) -> SimSiteConfig:
+    def _unique(self, info: ValidationInfo) -> SimSiteConfig:
+        dirs = (info.context or {}).get("scenario_dirs") or [SCENARIOS_DIR]
+        try:
+            known = load_scenarios(dirs)
+        except ConfigError as exc:
+            raise ValueError("; ".join(str(exc).splitlines())) from None
+        problems = [f"scenarios: {p}" for p in check_names(self.scenarios, known, device_level=False)]
+        for s in self.servers:
+            for d in s.devices:
+                problems += [f'device "{d.name}": scenarios: {p}' for p in check_names(d.scenarios, known, device_level=True)]
+        if problems:
+            raise ValueError("; ".join(problems))
         names, ports = {}, {}
         for s in self.servers:
             if s.port and s.port in ports:
@@ -112,11 +180,22 @@ class SimSiteConfig(_Model):
     def resolve(self, value: str) -> Path:
         return resolve_path(value, self._path.parent if self._path else Path.cwd())
 
+    def scenario_dirs(self) -> list[Path]:
+        """Where scenarios are looked up: the site file's `scenarios/` folder, then the shipped ones."""
+        return ([self._path.parent / "scenarios"] if self._path else []) + [SCENARIOS_DIR]
+
+    def devices(self) -> list[tuple[SimServerConfig, SimDeviceConfig]]:
+        return [(s, d) for s in self.servers for d in s.devices]
+
 
 def load_sim_config(path: str | Path, doc: dict | None = None) -> SimSiteConfig:
     path = Path(path)
     if doc is None:
         doc = read_toml(path)
-    cfg = load_model(SimSiteConfig, path, context={"profile_dirs": [path.parent / "profiles", PROFILES_DIR]}, doc=doc)
+    context = {
+        "profile_dirs": [path.parent / "profiles", PROFILES_DIR],
+        "scenario_dirs": [path.parent / "scenarios", SCENARIOS_DIR],
+    }
+    cfg = load_model(SimSiteConfig, path, context=context, doc=doc)
     object.__setattr__(cfg, "_path", path)
     return cfg

@@ -27,10 +27,19 @@ def _children() -> set[int]:
         return set()
 
 
+def _pending_tasks() -> set:
+    import asyncio
+
+    # asyncio keeps a weak set of every live task; a pending one after the test
+    # is a task the test (or the code under test) started and never finished.
+    return {t for t in list(asyncio.tasks._all_tasks) if not t.done()}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request):
     threads_before = set(threading.enumerate())
     children_before = _children()
+    tasks_before = _pending_tasks()
     yield
     deadline = time.monotonic() + 5.0
     while True:
@@ -39,11 +48,16 @@ def no_leaks(request):
             if t not in threads_before and t.is_alive() and not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))
         ]
         kids = _children() - children_before
-        if not leaked and not kids:
+        tasks = _pending_tasks() - tasks_before
+        if not leaked and not kids and not tasks:
             break
         if time.monotonic() > deadline:
             names = ", ".join(t.name for t in leaked)
-            pytest.fail(f"test leaked threads [{names}] and child processes {sorted(kids)}", pytrace=False)
+            coros = ", ".join(repr(t.get_coro()) for t in tasks)
+            pytest.fail(
+                f"test leaked threads [{names}], child processes {sorted(kids)}, asyncio tasks [{coros}]",
+                pytrace=False,
+            )
         time.sleep(0.05)
 
 

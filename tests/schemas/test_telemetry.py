@@ -1,0 +1,161 @@
+"""Wire contract v1: every rejection reason, and what a good batch looks like."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from schemas import (
+    AgentState,
+    AgentStatus,
+    Quality,
+    Reading,
+    TelemetryBatch,
+    WireError,
+    WireLimits,
+    WireRejectReason as R,
+    parse_status,
+    parse_telemetry,
+)
+
+NOW = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+
+
+def good_doc(**over):
+    doc = {
+        "schema": "greenmine.telemetry.v1",
+        "site": "gs-demo",
+        "agent": "gw-01",
+        "seq": 7,
+        "sent_at": "2026-11-27T08:00:01Z",
+        "readings": [
+            {"device": "crusher-1", "metric": "energy_kwh_total", "ts": "2026-11-27T08:00:00Z",
+             "value": 1234.5, "unit": "kWh", "quality": "good"},
+        ],
+    }
+    doc.update(over)
+    return doc
+
+
+def reading(**over):
+    r = dict(good_doc()["readings"][0])
+    r.update(over)
+    return r
+
+
+def test_good_batch_round_trips():
+    batch = parse_telemetry(json.dumps(good_doc()).encode(), now=NOW)
+    assert batch.site == "gs-demo" and batch.seq == 7
+    (r,) = batch.readings
+    assert r.value == 1234.5 and r.unit == "kWh" and r.quality is Quality.GOOD
+    assert r.ts == datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+    assert parse_telemetry(batch.to_json(), now=NOW) == batch
+    assert json.loads(batch.to_json())["schema"] == "greenmine.telemetry.v1"
+
+
+def test_models_are_frozen_and_forbid_extras():
+    batch = parse_telemetry(json.dumps(good_doc()), now=NOW)
+    with pytest.raises(Exception):
+        batch.seq = 8
+    with pytest.raises(WireError) as info:
+        parse_telemetry(json.dumps(good_doc(extra_field=1)), now=NOW)
+    assert info.value.reason is R.INVALID and "extra_field" in info.value.detail
+
+
+def reject(payload, limits=WireLimits()) -> WireError:
+    if not isinstance(payload, (bytes, str)):
+        payload = json.dumps(payload)
+    with pytest.raises(WireError) as info:
+        parse_telemetry(payload, limits=limits, now=NOW)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "payload, reason, detail",
+    [
+        (b"{not json", R.NOT_JSON, "Expecting"),
+        (b"\xff\xfe", R.NOT_JSON, ""),
+        (b"[1, 2]", R.INVALID, "JSON list"),
+        (good_doc(schema="greenmine.telemetry.v2"), R.UNKNOWN_SCHEMA, "greenmine.telemetry.v2"),
+        ({k: v for k, v in good_doc().items() if k != "schema"}, R.UNKNOWN_SCHEMA, "None"),
+        (good_doc(readings=[]), R.EMPTY_BATCH, "readings"),
+        (good_doc(site="gs demo"), R.BAD_IDENTIFIER, "site"),
+        (good_doc(agent="gw/01"), R.BAD_IDENTIFIER, "agent"),
+        (good_doc(readings=[reading(device="m,1=x")]), R.BAD_IDENTIFIER, "readings.0.device"),
+        (good_doc(readings=[reading(metric="a b")]), R.BAD_IDENTIFIER, "readings.0.metric"),
+        (good_doc(readings=[reading(ts="2026-11-27T08:00:00")]), R.INVALID, "timezone"),
+        (good_doc(readings=[reading(value="lots")]), R.INVALID, "readings.0.value"),
+        (good_doc(readings=[reading(quality="great")]), R.INVALID, "readings.0.quality"),
+        (good_doc(seq=-1), R.INVALID, "seq"),
+    ],
+)
+def test_rejections(payload, reason, detail):
+    err = reject(payload)
+    assert err.reason is reason, err
+    assert detail in err.detail
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_inf_are_rejected(token):
+    raw = json.dumps(good_doc()).replace("1234.5", token)
+    assert reject(raw).reason is R.NAN_OR_INF
+
+
+def test_nan_cannot_be_built_either():
+    with pytest.raises(ValueError):
+        Reading(device="d", metric="m", ts=NOW, value=float("nan"))
+
+
+def test_future_timestamps_beyond_the_skew_are_rejected():
+    limits = WireLimits(max_future_skew_s=60)
+    ok = good_doc(readings=[reading(ts=(NOW + timedelta(seconds=59)).isoformat())])
+    parse_telemetry(json.dumps(ok), limits=limits, now=NOW)
+    bad = good_doc(readings=[reading(), reading(ts=(NOW + timedelta(seconds=61)).isoformat())])
+    err = reject(bad, limits)
+    assert err.reason is R.FUTURE_TIMESTAMP and "readings.1.ts" in err.detail
+
+
+def test_oversize_by_bytes_and_by_count():
+    assert reject(good_doc(), WireLimits(max_payload_bytes=100)).reason is R.OVERSIZE
+    many = good_doc(readings=[reading(ts=f"2026-11-27T07:{i // 60:02d}:{i % 60:02d}Z") for i in range(11)])
+    err = reject(many, WireLimits(max_readings=10))
+    assert err.reason is R.OVERSIZE and "11 readings" in err.detail
+
+
+def test_hostile_input_never_raises_anything_but_wire_error():
+    import random
+
+    rnd = random.Random(1)
+    base = json.dumps(good_doc()).encode()
+    for _ in range(500):
+        b = bytearray(base)
+        for _ in range(rnd.randint(1, 8)):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        try:
+            parse_telemetry(bytes(b), now=NOW)
+        except WireError:
+            pass
+
+
+def test_status_birth_and_will():
+    birth = AgentStatus(site="gs-demo", agent="gw-01", state=AgentState.ONLINE, ts=NOW, version="0.1.0",
+                        outbox_depth=3, dropped_batches=0)
+    assert parse_status(birth.to_json()) == birth
+    will = AgentStatus(site="gs-demo", agent="gw-01", state=AgentState.OFFLINE, ts=NOW)
+    doc = json.loads(will.to_json())
+    assert doc == {"schema": "greenmine.status.v1", "site": "gs-demo", "agent": "gw-01",
+                   "state": "offline", "ts": "2026-11-27T08:00:00Z", "devices": []}
+    with pytest.raises(WireError) as info:
+        parse_status(json.dumps({**doc, "schema": "x"}))
+    assert info.value.reason is R.UNKNOWN_SCHEMA
+    with pytest.raises(WireError) as info:
+        parse_status(json.dumps({**doc, "state": "sleepy"}))
+    assert info.value.reason is R.INVALID
+
+
+def test_batch_requires_aware_timestamps():
+    with pytest.raises(ValueError):
+        TelemetryBatch(site="s", agent="a", seq=0, sent_at=datetime(2026, 1, 1),
+                       readings=[Reading(device="d", metric="m", ts=NOW, value=1)])

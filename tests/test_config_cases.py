@@ -1,0 +1,76 @@
+"""Table test: every folder in tests/cases/ holds one bad config and the exact messages it must give.
+
+`check-config` must exit 2 and print exactly the lines of error.txt (each
+prefixed by the file's path). `{config_dir}` and `{profiles_dir}` in error.txt
+stand for the case's folder and the shipped profiles folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from greenmine import PROFILES_DIR
+from greenmine.checkcmd import load_any
+from greenmine.configfile import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = sorted(p for p in (ROOT / "tests" / "cases").iterdir() if (p / "error.txt").exists())
+
+
+def _case_file(case: Path) -> Path:
+    (cfg,) = [p for p in case.iterdir() if p.suffix == ".toml"]
+    return cfg
+
+
+def _expected(case: Path) -> list[str]:
+    text = (case / "error.txt").read_text(encoding="utf-8")
+    text = text.replace("{config_dir}", str(case)).replace("{profiles_dir}", str(PROFILES_DIR))
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_config_gives_exact_message(case: Path, monkeypatch):
+    monkeypatch.delenv("GREENMINE_TEST_UNSET_PASSWORD", raising=False)
+    cfg = _case_file(case)
+    with pytest.raises(ConfigError) as info:
+        load_any(cfg)
+    assert info.value.messages == _expected(case)
+    assert str(info.value).splitlines()[0].startswith(f"{cfg}: ")
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    case = ROOT / "tests" / "cases" / "agent_overlap"
+    env = {k: v for k, v in os.environ.items() if k != "GREENMINE_TEST_UNSET_PASSWORD"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "greenmine", "check-config", str(_case_file(case))],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert 'register "kwh_total" (40012..40013) overlaps "kw_avg" (40013)' in bad.stderr
+    good = subprocess.run(
+        [sys.executable, "-m", "greenmine", "check-config", *map(str, sorted((ROOT / "config").glob("*.toml")))],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert good.returncode == 0, good.stderr
+    unknown = tmp_path / "x.toml"
+    unknown.write_text('hello = "world"\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "greenmine", "check-config", str(unknown)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert res.returncode == 2 and "cannot tell the config kind" in res.stderr
+
+
+def test_secrets_come_from_environment(tmp_path, monkeypatch):
+    from agent.config import load_agent_config
+
+    cfg_file = ROOT / "tests" / "cases" / "agent_unset_env" / "agent.toml"
+    monkeypatch.setenv("GREENMINE_TEST_UNSET_PASSWORD", "s3cret")
+    cfg = load_agent_config(cfg_file)
+    assert cfg.mqtt.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(cfg)

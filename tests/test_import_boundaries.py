@@ -1,0 +1,80 @@
+"""DESIGN.md's import rules, checked on the source: the agent never imports the
+server and vice versa; schemas imports only pydantic and the standard library."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+RULES = {
+    # package: top-level modules it must not import
+    "agent": {"server", "simulators", "influxdb_client"},
+    "server": {"agent", "simulators", "pymodbus", "apscheduler"},
+    "simulators": {"server"},
+}
+# The simulators may use the agent's codec and register map, nothing else of it.
+SIM_MAY_USE_FROM_AGENT = {"agent.codec", "agent.registermap"}
+
+
+def imports_of(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.module, node.lineno))
+    return out
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_package_boundaries(package):
+    bad = []
+    for path in sources(package):
+        if package == "simulators" and path.name == "demo.py":
+            continue  # the demo composes every part (DESIGN.md: "the demo may import all")
+        for name, line in imports_of(path):
+            top = name.split(".")[0]
+            if top in RULES[package]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+            if package == "simulators" and top == "agent" and name not in SIM_MAY_USE_FROM_AGENT:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+            if package != "simulators" and name.startswith("greenmine.cli"):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports the CLI dispatcher")
+    assert not bad, "\n".join(bad)
+
+
+def test_schemas_imports_only_pydantic_and_stdlib():
+    bad = []
+    for path in sources("schemas"):
+        for name, line in imports_of(path):
+            top = name.split(".")[0]
+            if top not in STDLIB and top not in {"pydantic", "schemas"}:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_agent_cli_does_not_load_server_dependencies():
+    """`greenmine agent --help` must not import the server's stack (or pymodbus just for help)."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from greenmine.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in ('influxdb_client', 'pymodbus', 'apscheduler', 'server.store', 'aiosmtpd') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"building the CLI imported heavy modules: {out.stdout}"
