@@ -33,7 +33,7 @@ class Severity(str, Enum):
 
 
 class ThresholdRule(_Model):
-    kind: Literal["threshold"] = "threshold"
+    kind: Literal["threshold"] = Field(default="threshold", description="rule kind: threshold")
     name: str = Field(pattern=IDENT, description="rule name, unique; names the alert in emails and the CLI")
     source: Literal["kpi", "metric"] = Field(default="kpi", description="kpi: a computed KPI series; metric: raw readings")
     series: str = Field(description="KPI name (e.g. water_reuse_daily) or metric name (e.g. power_kw)")
@@ -52,7 +52,7 @@ class ThresholdRule(_Model):
 
 
 class DeadmanRule(_Model):
-    kind: Literal["deadman"] = "deadman"
+    kind: Literal["deadman"] = Field(default="deadman", description="rule kind: deadman")
     name: str = Field(pattern=IDENT, description="rule name, unique")
     target: Literal["device", "agent"] = Field(description="device: no good reading from it; agent: no message or status offline")
     silence_s: float = Field(default=300.0, gt=0, description="fire after this long without data")

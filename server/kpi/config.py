@@ -75,7 +75,7 @@ class KpiConfig(_Model):
     )
     ore_metric: str = Field(default="ore_t_total", description="belt-scale totalizer, tonnes of ore processed")
     dust_pm10_limit_mgm3: float | None = Field(default=None, gt=0, description="optional PM10 1-hour limit; absent: PM10 is reported, not judged")
-    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="day/night hours and Lmax margins for GB 12348 noise")
 
     @model_validator(mode="after")
     def _check(self) -> KpiConfig:
