@@ -34,6 +34,7 @@ class MeterConfig(_Model):
     device: str = Field(description="device name as the agent publishes it")
     metric: str = Field(description="cumulative metric, e.g. energy_kwh_total")
     width_bits: int | None = Field(default=None, description="register width for rollover: 16, 32 or 64; absent: no rollover (float totals)")
+    scale: float = Field(default=1.0, gt=0, description="the register's scale: the wrap in engineering units is 2^width_bits x scale (litres -> m3: 0.001)")
     max_rate_per_h: float | None = Field(
         default=None, gt=0, description="largest plausible consumption per hour (max kW, m3/h, t/h); faster increments are spikes"
     )
@@ -96,6 +97,6 @@ class KpiConfig(_Model):
             if m.device == device and m.metric == metric and m.site in (None, site):
                 if best is None or m.site is not None:
                     best = m
-        width = float(2**best.width_bits) if best and best.width_bits else None
+        width = float(2**best.width_bits) * best.scale if best and best.width_bits else None
         rate = best.max_rate_per_h / 3600.0 if best and best.max_rate_per_h else None
         return CounterSpec(width=width, reset_ratio=self.reset_ratio, max_rate_per_s=rate)
