@@ -1,7 +1,140 @@
-"""`greenmine agent ...` subcommands."""
+"""`greenmine agent ...` subcommands: run, read (commissioning), plan (what goes on the bus).
+
+Heavy imports (pymodbus, paho, apscheduler) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
 import argparse
+import json
+import sys
+
+
+def _load(path: str):
+    from agent.config import load_agent_config
+    from greenmine.configfile import ConfigError
+
+    try:
+        return load_agent_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    from agent.errors import AgentError
+    from agent.runtime import Agent
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg).run(stop)
+
+    try:
+        asyncio.run(main())
+    except AgentError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def plan_doc(cfg) -> dict:
+    from agent.planner import plan_device
+
+    devices = []
+    total_planned = total_naive = 0
+    for dev in cfg.devices:
+        groups = []
+        for group, reqs in plan_device(dev).items():
+            naive = sum(len(r.registers) for r in reqs)
+            groups.append({
+                "group": group,
+                "interval_s": dev.poll_groups[group],
+                "requests": [r.to_dict() for r in reqs],
+                "requests_per_cycle": len(reqs),
+                "one_per_register": naive,
+            })
+            total_planned += len(reqs)
+            total_naive += naive
+        devices.append({"device": dev.name, "bus": dev.bus, "unit_id": dev.unit_id, "enabled": dev.enabled,
+                        "max_registers_per_request": dev.max_registers, "max_gap": dev.max_gap,
+                        "forbidden": [list(f) for f in dev.forbidden], "groups": groups})
+    return {"devices": devices, "requests_per_cycle": total_planned, "one_per_register": total_naive}
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    doc = plan_doc(cfg)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for dev in doc["devices"]:
+        print(f"{dev['device']}  (bus {dev['bus']}, unit {dev['unit_id']}, max {dev['max_registers_per_request']} "
+              f"registers/request, max gap {dev['max_gap']})")
+        for g in dev["groups"]:
+            print(f"  group {g['group']} every {g['interval_s']:g} s: {g['requests_per_cycle']} request(s) "
+                  f"(one per register: {g['one_per_register']})")
+            for r in g["requests"]:
+                print(f"    fc{r['function']:<2} {r['type']:<8} address {r['address']:>5}  count {r['count']:>3}  "
+                      f"{', '.join(r['registers'])}")
+    print(f"total: {doc['requests_per_cycle']} requests per cycle of every group "
+          f"(one per register: {doc['one_per_register']})")
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    import asyncio
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    dev = next((d for d in cfg.devices if d.name == args.device), None)
+    if dev is None:
+        print(f"{args.config}: no device \"{args.device}\" (devices: {', '.join(d.name for d in cfg.devices)})",
+              file=sys.stderr)
+        return 2
+    from agent.commission import read_device
+
+    rows, errors = asyncio.run(read_device(cfg, dev))
+    if args.json:
+        print(json.dumps({"device": dev.name, "readings": rows, "errors": errors}, indent=2))
+    else:
+        print(f"{'register':<20} {'metric':<24} {'value':>14} {'unit':<8} {'quality':<12} raw")
+        for r in rows:
+            value = "-" if r["value"] is None else f"{r['value']:.6g}" if isinstance(r["value"], float) else str(r["value"])
+            print(f"{r['register']:<20} {r['metric']:<24} {value:>14} {r['unit']:<8} {r['quality'] or r['note']:<12} "
+                  f"{' '.join(f'{w:04X}' for w in r['raw_registers'])}")
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="edge agent: poll Modbus meters and publish over MQTT")
     p.set_defaults(func=lambda a: p.print_help())
+    asub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
+
+    run = asub.add_parser("run", help="poll the configured meters and publish until SIGTERM")
+    run.add_argument("--config", required=True, metavar="FILE", help="agent config (TOML)")
+    run.set_defaults(func=cmd_run)
+
+    read = asub.add_parser("read", help="one-shot read and decode of one device, for commissioning")
+    read.add_argument("config", metavar="CONFIG", help="agent config (TOML)")
+    read.add_argument("--device", required=True, metavar="NAME", help="device name from the config")
+    read.add_argument("--json", action="store_true", help="print JSON (metric, value, unit, quality, raw registers)")
+    read.set_defaults(func=cmd_read)
+
+    plan = asub.add_parser("plan", help="print the Modbus requests each device's poll groups need per cycle")
+    plan.add_argument("config", metavar="CONFIG", help="agent config (TOML)")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.set_defaults(func=cmd_plan)

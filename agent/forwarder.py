@@ -1,0 +1,151 @@
+"""Outbox -> broker: live batches at once, the backlog oldest first at a bounded rate.
+
+Rules (DESIGN.md "Delivery", STYLE.md §6):
+- a batch is published only from the outbox (it is committed first) and deleted only on its PUBACK;
+- at most `max_inflight` batches await a PUBACK; a batch in flight is never published again by
+  us (after a reconnect paho re-sends it itself), only after a restart from the outbox;
+- on each connect, batches created from then on are "live" and go out as soon as they are
+  committed; everything older is the backlog, drained oldest first at `drain_batches_per_s`
+  alongside the live stream, so a long outage does not flood the broker or delay fresh data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from agent.metrics import AgentMetrics
+from agent.outbox import AsyncOutbox
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        publish: Callable[[bytes], int | None],
+        *,
+        max_inflight: int,
+        drain_batches_per_s: float,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self._publish = publish
+        self.max_inflight = max_inflight
+        self.drain_interval_s = 1.0 / drain_batches_per_s
+        self.metrics = metrics
+        self.connected = False
+        self.inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, created_s)
+        self._unacked: set[int] = set()  # seqs published and not yet deleted from the outbox
+        self.live_from = 0
+        self.live_cursor = -1
+        self.backlog_cursor = -1
+        self._backlog_done = False
+        self._next_backlog = 0.0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.published = 0
+
+    # -- events ---------------------------------------------------------------------------------
+    def notify(self) -> None:
+        """A new batch was committed."""
+        self._wake.set()
+
+    def on_connect(self) -> None:
+        self.connected = True
+        self.live_from = self.outbox.stats().next_seq
+        self.live_cursor = self.live_from - 1
+        self._backlog_done = False
+        self._wake.set()
+
+    def on_disconnect(self) -> None:
+        self.connected = False
+
+    def on_puback(self, mid: int) -> None:
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
+            return  # e.g. the retained status message
+        seq, created_s = entry
+        self.published += 1
+        if self.metrics:
+            self.metrics.published.inc()
+            self.metrics.publish_latency.observe(max(0.0, time.time() - created_s))
+        task = asyncio.get_running_loop().create_task(self._ack(seq))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._wake.set()
+
+    async def _ack(self, seq: int) -> None:
+        try:
+            await self.outbox.ack(seq)
+        finally:
+            self._unacked.discard(seq)
+
+    # -- loop -----------------------------------------------------------------------------------
+    def _send(self, seq: int, created_s: float, payload: bytes) -> bool:
+        mid = self._publish(payload)
+        if mid is None:
+            return False
+        self.inflight[mid] = (seq, created_s)
+        self._unacked.add(seq)
+        return True
+
+    async def _pump_live(self) -> None:
+        while self.connected and len(self.inflight) < self.max_inflight:
+            rows = await self.outbox.fetch(self.live_cursor, None, self.max_inflight - len(self.inflight))
+            if not rows:
+                return
+            for row in rows:
+                if row.seq not in self._unacked and not self._send(row.seq, row.created_s, row.payload):
+                    return
+                self.live_cursor = row.seq
+
+    async def _pump_backlog(self) -> float | None:
+        """Send backlog batches the rate allows; returns seconds until the next is due, or None."""
+        while self.connected and not self._backlog_done:
+            now = time.monotonic()
+            if now < self._next_backlog:
+                return self._next_backlog - now
+            if len(self.inflight) >= self.max_inflight:
+                return None  # a PUBACK will wake us
+            rows = await self.outbox.fetch(self.backlog_cursor, self.live_from, 16)
+            if not rows:
+                self._backlog_done = True
+                return None
+            for row in rows:
+                if row.seq in self._unacked:
+                    self.backlog_cursor = row.seq  # still in flight from before the reconnect
+                    continue
+                if not self._send(row.seq, row.created_s, row.payload):
+                    return None
+                self.backlog_cursor = row.seq
+                self._next_backlog = max(self._next_backlog, now) + self.drain_interval_s
+                break
+        return None
+
+    async def run(self) -> None:
+        timeout: float | None = None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            timeout = None
+            if not self.connected:
+                continue
+            await self._pump_live()
+            timeout = await self._pump_backlog()
+
+    async def drain_acks(self, timeout_s: float) -> None:
+        """At shutdown: wait (bounded) for the PUBACKs of batches in flight and their deletion."""
+        deadline = time.monotonic() + timeout_s
+        while self.connected and time.monotonic() < deadline and (
+            self.inflight or self._tasks or self.outbox.stats().depth > 0
+        ):
+            await asyncio.sleep(0.02)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,205 @@
+"""The running agent: acquisition -> outbox -> forwarder -> broker, plus status and /metrics.
+
+    poll (GroupJob, per device and poll group)
+      -> readings collected for `linger_ms` (one batch for the polls of one tick)
+      -> Outbox.add (committed, WAL, fsync)           <- never blocks polling: own thread, drop_oldest
+      -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+from agent.acquisition import Bus, DevicePoller
+from agent.config import AgentConfig
+from agent.forwarder import Forwarder
+from agent.metrics import AgentMetrics
+from agent.outbox import AsyncOutbox, Outbox
+from agent.planner import plan_device
+from agent.schedule import GroupJob, PollScheduler
+from greenmine import __version__
+from schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
+
+log = logging.getLogger(__name__)
+
+
+def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[str, Bus]:
+    from agent.modbus import ModbusLink
+
+    buses = {}
+    for bus_cfg in cfg.buses:
+        timeouts = [(d.timeout_ms or bus_cfg.timeout_ms) / 1000 for d in cfg.devices if d.bus == bus_cfg.name]
+        buses[bus_cfg.name] = Bus(bus_cfg, ModbusLink(bus_cfg, max_timeout_s=max(timeouts or [bus_cfg.timeout_ms / 1000])), metrics)
+    return buses
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.metrics = AgentMetrics()
+        self.buses = build_buses(cfg, self.metrics)
+        self.pollers: dict[str, DevicePoller] = {}
+        self.jobs: list[GroupJob] = []
+        for dev in cfg.devices:
+            if not dev.enabled:
+                continue
+            plan = plan_device(dev)
+            poller = self.pollers[dev.name] = DevicePoller(
+                dev, self.buses[dev.bus], plan, metrics=self.metrics, on_state_change=self.publish_status
+            )
+            for group, interval in sorted(dev.poll_groups.items()):
+                if group not in plan:
+                    continue
+                skipped = self.metrics.skipped.labels(dev.name, group)
+                self.jobs.append(GroupJob(dev.name, group, interval, self._runner(poller, group), on_skip=skipped.inc))
+        self.outbox = AsyncOutbox(Outbox(cfg.resolve(cfg.outbox.path), site=cfg.site, agent=cfg.agent_id,
+                                         max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s))
+        self.telemetry_topic = telemetry_topic(cfg.site, cfg.agent_id)
+        self.status_topic = status_topic(cfg.site, cfg.agent_id)
+        self.config_hash = cfg.config_hash()
+        self._pending: list[Reading] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self.publisher = None
+        self.forwarder: Forwarder | None = None
+        self.metrics_port: int | None = None
+
+    # -- acquisition -> outbox ------------------------------------------------------------------
+    def _runner(self, poller: DevicePoller, group: str):
+        async def run(ts: datetime) -> None:
+            readings = await poller.poll(group, ts)
+            if readings:
+                self._collect(readings)
+        return run
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _collect(self, readings: list[Reading]) -> None:
+        self._pending.extend(readings)
+        if len(self._pending) >= self.cfg.outbox.batch_max_readings:
+            self._schedule_flush(0)
+        elif self._flush_handle is None:
+            self._schedule_flush(self.cfg.outbox.linger_ms / 1000)
+
+    def _schedule_flush(self, delay_s: float) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush_handle = asyncio.get_running_loop().call_later(delay_s, lambda: self._spawn(self.flush()))
+
+    async def flush(self) -> None:
+        """Commit the collected readings as batches of at most batch_max_readings."""
+        self._flush_handle = None
+        async with self._flush_lock:  # batches are committed in the order the readings were taken
+            pending, self._pending = self._pending, []
+            size = self.cfg.outbox.batch_max_readings
+            for i in range(0, len(pending), size):
+                try:
+                    await self.outbox.add(pending[i : i + size], time.time())
+                except Exception:
+                    log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
+                    continue
+                if self.forwarder:
+                    self.forwarder.notify()
+            self._update_outbox_metrics()
+
+    def _update_outbox_metrics(self) -> None:
+        st = self.outbox.stats()
+        self.metrics.outbox_depth.set(st.depth)
+        self.metrics.outbox_bytes.set(st.bytes)
+        self.metrics.dropped_batches.set(st.dropped_batches)
+        self.metrics.dropped_readings.set(st.dropped_readings)
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self, state: AgentState = AgentState.ONLINE) -> AgentStatus:
+        st = self.outbox.stats()
+        return AgentStatus(
+            site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=datetime.now(timezone.utc),
+            version=__version__, config_hash=self.config_hash,
+            outbox_depth=st.depth, outbox_bytes=st.bytes,
+            dropped_batches=st.dropped_batches, dropped_readings=st.dropped_readings,
+            devices=[p.status() for p in self.pollers.values()],
+        )
+
+    def publish_status(self) -> None:
+        if self.publisher is not None:
+            self._update_outbox_metrics()
+            self.publisher.publish(self.status_topic, self.status().to_json(), retain=True)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.mqtt.status_interval_s)
+            self.publish_status()
+
+    # -- broker events (already on the loop) -------------------------------------------------------
+    def _on_connect(self, session_present: bool) -> None:
+        self.metrics.broker_connected.set(1)
+        self.publish_status()  # retained birth message on every connect
+        self.forwarder.on_connect()
+
+    def _on_disconnect(self, reason: str) -> None:
+        self.metrics.broker_connected.set(0)
+        self.forwarder.on_disconnect()
+
+    def _on_puback(self, mid: int) -> None:
+        self.forwarder.on_puback(mid)
+        self._update_outbox_metrics()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        from agent.publisher import MqttPublisher
+
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
+        will = self.status(AgentState.OFFLINE).model_copy(update={"devices": []}).to_json()
+        self.publisher = MqttPublisher(
+            cfg.mqtt, client_id=cfg.mqtt.client_id or f"greenmine-agent-{cfg.site}-{cfg.agent_id}",
+            will_topic=self.status_topic, will_payload=will, loop=loop,
+            on_connect=self._on_connect, on_disconnect=self._on_disconnect, on_puback=self._on_puback,
+            resolve_path=lambda p: str(cfg.resolve(p)),
+        )
+        self.forwarder = Forwarder(
+            self.outbox, lambda payload: self.publisher.publish(self.telemetry_topic, payload),
+            max_inflight=cfg.mqtt.max_inflight, drain_batches_per_s=cfg.outbox.drain_batches_per_s, metrics=self.metrics,
+        )
+        self._update_outbox_metrics()
+        scheduler = PollScheduler(self.jobs)
+        forward_task = loop.create_task(self.forwarder.run(), name="forwarder")
+        status_task = loop.create_task(self._status_loop(), name="status")
+        self.publisher.start()
+        scheduler.start()
+        log.info("agent %s/%s polling %d devices on %d buses", cfg.site, cfg.agent_id, len(self.pollers), len(self.buses))
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await scheduler.stop()
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            await self.flush()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=5)
+            # Give batches committed just now a moment to go out; whatever does not stays in the outbox.
+            self.forwarder.notify()
+            await asyncio.sleep(0)
+            await self.forwarder.drain_acks(2.0)
+            status_task.cancel()
+            forward_task.cancel()
+            await asyncio.gather(status_task, forward_task, return_exceptions=True)
+            self._update_outbox_metrics()
+            offline = self.status(AgentState.OFFLINE).to_json()
+            await loop.run_in_executor(None, lambda: self.publisher.stop(self.status_topic, offline))
+            for bus in self.buses.values():
+                bus.close()
+            await self.outbox.close()
+            self.metrics.close()

@@ -1,0 +1,67 @@
+"""Outbox: seq survives restarts, delete only on ack, bound drops oldest and persists the count."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from agent.outbox import Outbox
+from schemas import Reading, parse_telemetry
+
+
+def readings(n: int, t: float = 1_700_000_000.0) -> list[Reading]:
+    ts = datetime.fromtimestamp(t, timezone.utc)
+    return [Reading(device="m1", metric=f"m{i}", ts=ts, value=float(i), unit="kW") for i in range(n)]
+
+
+def open_box(tmp_path, **kw) -> Outbox:
+    kw.setdefault("max_bytes", 1 << 20)
+    kw.setdefault("max_age_s", 3600)
+    return Outbox(tmp_path / "outbox.sqlite", site="s1", agent="gw1", **kw)
+
+
+def test_seq_is_monotonic_across_restarts_even_when_empty(tmp_path):
+    box = open_box(tmp_path)
+    seqs = [box.add(readings(2), 1000.0 + i) for i in range(3)]
+    assert seqs == [0, 1, 2]
+    for s in seqs:
+        assert box.ack(s)
+    assert not box.ack(1)  # acked twice: already gone
+    assert box.stats().depth == 0
+    box.close()
+    box = open_box(tmp_path)
+    assert box.add(readings(1), 2000.0) == 3
+    rows = box.fetch(-1)
+    assert [r.seq for r in rows] == [3]
+    batch = parse_telemetry(rows[0].payload)
+    assert batch.seq == 3 and batch.site == "s1" and batch.agent == "gw1"
+    box.close()
+
+
+def test_bound_by_bytes_drops_oldest_counts_and_persists(tmp_path):
+    box = open_box(tmp_path, max_bytes=64 * 1024)
+    for i in range(40):
+        box.add(readings(20), 1000.0 + i)
+    st = box.stats()
+    assert st.bytes <= 64 * 1024 and st.dropped_batches > 0
+    assert st.dropped_readings == 20 * st.dropped_batches
+    remaining = [r.seq for r in box.fetch(-1, limit=100)]
+    assert remaining == list(range(st.dropped_batches, 40))  # the oldest went, the newest stayed, in order
+    box.close()
+    box = open_box(tmp_path, max_bytes=64 * 1024)
+    assert box.stats().dropped_batches == st.dropped_batches  # the count survives a restart
+    assert box.stats().depth == st.depth and box.stats().bytes == st.bytes
+    box.close()
+
+
+def test_bound_by_age_and_newest_always_kept(tmp_path):
+    box = open_box(tmp_path, max_age_s=60)
+    box.add(readings(1), 1000.0)
+    box.add(readings(1), 1030.0)
+    box.add(readings(1), 1070.0)  # the first is now older than 60 s
+    assert [r.seq for r in box.fetch(-1)] == [1, 2] and box.stats().dropped_batches == 1
+    box.close()
+    tiny = Outbox(tmp_path / "tiny.sqlite", site="s1", agent="gw1", max_bytes=10, max_age_s=3600)
+    tiny.add(readings(5), 1.0)
+    tiny.add(readings(5), 2.0)
+    assert [r.seq for r in tiny.fetch(-1)] == [1]  # never blocks, never refuses the newest
+    tiny.close()
