@@ -90,6 +90,27 @@ class Monitor:
         self.kpis.note_batch(batch.site, by_metric)
         self.alerts.observe_seen(batch.site, batch.agent, seen, now=now)
 
+    def on_readings(self, readings) -> None:
+        """Post-write hook for the store writer: a sequence of stored readings
+        (attributes site, agent, device, metric, ts_ms, value, unit, quality), any sites and agents."""
+        now = self.clock()
+        groups: dict[tuple[str, str], tuple[dict[str, list[float]], dict[str, float]]] = {}
+        for r in readings:
+            by_metric, seen = groups.setdefault((r.site, r.agent), ({}, {}))
+            if r.quality != "good":
+                continue
+            ts = r.ts_ms / 1000.0
+            by_metric.setdefault(r.metric, []).append(ts)
+            seen[r.device] = max(seen.get(r.device, ts), ts)
+            self.alerts.observe_metric(r.site, r.device, r.metric, ts, r.value, r.unit, now=now)
+        for (site, agent), (by_metric, seen) in groups.items():
+            self.kpis.note_batch(site, by_metric)
+            self.alerts.observe_seen(site, agent, seen, now=now)
+
+    def on_agent(self, info, previous=None) -> None:
+        """Agent registry listener: `info` has site, agent and state ("online" | "offline")."""
+        self.alerts.observe_agent_status(info.site, info.agent, info.state == "online", now=self.clock())
+
     def on_status(self, status) -> None:
         """An agent's retained status: `online` birth or `offline` will (schemas.status.AgentStatus)."""
         self.alerts.observe_agent_status(status.site, status.agent, getattr(status.state, "value", status.state) == "online",
@@ -99,7 +120,7 @@ class Monitor:
         """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent."""
         now = self.clock()
         if not force and now < self._next_run:
-            return self.notifier.deliver(now) if self.notifier.rows("queued") else 0
+            return self.notifier.deliver(now) if self.notifier.has_due(now) else 0
         self._next_run = now + self.alerts_cfg.tick_interval_s
         values = self.kpis.run_due(now)
         self.alerts.observe_kpis(values, now=now)

@@ -53,6 +53,27 @@ class MemorySource:
         return [p for p in self._data.get((site, metric), []) if start <= p.ts < end]
 
 
+class StoreSource:
+    """A ReadingSource over the server's SQLite store reader (`server.store.sqlite.SqliteReader`).
+
+    Uses its query API: `series(site)` for the (site, device, metric) triples and
+    `query_series(site, device, metric, start_ms, end_ms)` for one series' rows
+    (`ts_ms`, `value`, `quality`).
+    """
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def points(self, site: str, metric: str, start: float, end: float) -> list[Point]:
+        out: list[Point] = []
+        for _site, device, m in self.reader.series(site):
+            if m != metric:
+                continue
+            for r in self.reader.query_series(site, device, metric, int(start * 1000), int(end * 1000)):
+                out.append(Point(device, r.ts_ms / 1000.0, r.value, r.quality))
+        return out
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kpi_values (
     site TEXT NOT NULL, kpi TEXT NOT NULL, subject TEXT NOT NULL, period_kind TEXT NOT NULL,

@@ -197,6 +197,11 @@ class Notifier:
     def _message(self, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
         return build_message(self.transport.sender, rcpt, subject, body, msg_id, created)
 
+    def has_due(self, now: float) -> bool:
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM email_outbox WHERE status='queued' AND next_attempt_ts<=? LIMIT 1",
+                                   (now,)).fetchone() is not None
+
     def rows(self, status: str | None = None) -> list[OutboxRow]:
         q = "SELECT id, recipient, subject, body, message_id, attempts, status, sent_ts, last_error FROM email_outbox"
         with self._lock:
