@@ -1,7 +1,121 @@
-"""`greenmine server ...` subcommands."""
+"""`greenmine server ...` subcommands.
+
+    server run --config FILE            ingest and store until SIGTERM
+    server status --config FILE         spool depth, dead letters by reason, agents (from the spool file)
+    server dead-letters --config FILE   the newest rejected messages, with reason and payload
+"""
 import argparse
+import sys
+
+
+def _load(args):
+    from greenmine.configfile import ConfigError
+    from server.config import load_server_config
+
+    try:
+        return load_server_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args) -> int:
+    cfg = _load(args)
+    from server.app import run
+    from server.errors import ServerError
+
+    try:
+        return run(cfg)
+    except ServerError as exc:
+        print(f"greenmine server: {exc}", file=sys.stderr)
+        return 1
+
+
+def _open_spool(cfg):
+    from server.spool import Spool
+
+    path = cfg.resolve(cfg.ingest.spool_path)
+    if not path.exists():
+        print(f"no spool at {path} (the server has not run with this config yet)", file=sys.stderr)
+        raise SystemExit(1)
+    return Spool(path, lock=False)
+
+
+def _ms(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _status(args) -> int:
+    import json
+
+    cfg = _load(args)
+    spool = _open_spool(cfg)
+    try:
+        batches, readings, nbytes = spool.depth()
+        doc = {
+            "spool": {"path": str(spool.path), "batches": batches, "readings": readings, "bytes": nbytes,
+                      "max_bytes": cfg.ingest.spool_max_bytes},
+            "dead_letters": spool.dead_letter_counts(),
+            "agents": [
+                {"site": a[0], "agent": a[1], "state": a[2], "since": _ms(a[3]), "seen": _ms(a[4]),
+                 "outbox_depth": a[8], "dropped_batches": a[9], "dropped_readings": a[10]}
+                for a in spool.load_agents()
+            ],
+        }
+    finally:
+        spool.close()
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+    s = doc["spool"]
+    print(f"spool {s['path']}: {s['batches']} batches, {s['readings']} readings, {s['bytes']} of {s['max_bytes']} bytes")
+    print("dead letters: " + (", ".join(f"{k} {v}" for k, v in doc["dead_letters"].items()) or "none"))
+    for a in doc["agents"]:
+        print(f"agent {a['site']}/{a['agent']}: {a['state']} since {a['since']} (last status {a['seen']}, "
+              f"outbox {a['outbox_depth']}, dropped {a['dropped_batches']} batches)")
+    if not doc["agents"]:
+        print("agents: none seen yet")
+    return 0
+
+
+def _dead_letters(args) -> int:
+    cfg = _load(args)
+    spool = _open_spool(cfg)
+    try:
+        rows = spool.dead_letters(args.limit, args.reason)
+    finally:
+        spool.close()
+    for _id, ms, topic, reason, detail, payload, size in rows:
+        text = payload.decode("utf-8", "backslashreplace")
+        more = f" … ({size} bytes)" if size > len(payload) else ""
+        print(f"#{_id} {_ms(ms)} {reason} {topic}\n    {detail}\n    {text[:300]}{more}")
+    if not rows:
+        print("no dead letters")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="server: ingest, store, KPIs, alerts")
     p.set_defaults(func=lambda a: p.print_help())
+    ssub = p.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
+
+    run = ssub.add_parser(
+        "run", help="subscribe, validate, spool and store until SIGTERM",
+        description="Run the server: MQTT ingest into the durable spool, the writer into the configured store, "
+        "and /metrics + /health if http_port is set. SIGTERM stops consuming, flushes the spool and exits.",
+    )
+    run.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    run.set_defaults(func=_run)
+
+    st = ssub.add_parser("status", help="spool depth, dead letters by reason and agent states, from the spool file")
+    st.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_status)
+
+    dl = ssub.add_parser("dead-letters", help="list the newest rejected messages")
+    dl.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    dl.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    dl.add_argument("--reason", help="only this reason, e.g. not_json")
+    dl.set_defaults(func=_dead_letters)

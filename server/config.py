@@ -37,6 +37,14 @@ class ServerMqttConfig(_Model):
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive")
     session_expiry_s: int = Field(default=7 * 86400, ge=0, description="how long the broker keeps our session while we are away")
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description='MQTT version: "5" (clean_start=false + session expiry) or "3.1.1" (clean_session=false)'
+    )
+    receive_maximum: int = Field(
+        default=1000, ge=1, le=65535,
+        description="MQTT 5: most unacknowledged messages the broker may send us at once; bounds ingest memory",
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnect attempts")
 
 
 class UnknownSitePolicy(str, Enum):
@@ -52,12 +60,28 @@ class IngestConfig(_Model):
     max_readings_per_batch: int = Field(default=10_000, ge=1, description="more readings in one batch are rejected as oversize")
     max_future_skew_s: float = Field(default=300.0, ge=0, description="readings further in the future are rejected")
     dead_letter_payload_bytes: int = Field(default=4096, ge=0, description="how much of a rejected payload is kept")
+    dead_letter_max_rows: int = Field(default=100_000, ge=100, description="bound on the dead-letter table; the oldest rows are deleted")
+    spool_synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite synchronous mode of the spool: full survives power loss; normal (WAL) survives a process crash only",
+    )
+    spool_commit_max_messages: int = Field(
+        default=500, ge=1, description="most MQTT messages spooled in one transaction (group commit) before they are acknowledged"
+    )
+    writer_batch_readings: int = Field(default=5000, ge=1, description="readings the writer hands the store per write")
+    writer_retry_min_s: float = Field(default=0.5, gt=0, description="first wait after a failed store write; doubles per failure")
+    writer_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between store write retries")
+    shutdown_flush_timeout_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, how long to keep draining the spool into the store before exiting"
+    )
 
 
 class SqliteStoreConfig(_Model):
     kind: Literal["sqlite"] = Field(default="sqlite", description="embedded SQLite store (the default)")
     path: str = Field(default="greenmine.sqlite", description="SQLite file; relative to the config file's folder")
     raw_retention_days: float = Field(default=400, gt=0, description="raw rows older than this are deleted; rollups stay")
+    busy_timeout_ms: int = Field(default=10_000, ge=0, description="how long a write waits for another process's lock on the file")
+    maintenance_interval_s: float = Field(default=3600, gt=0, description="how often raw retention is applied")
 
 
 class InfluxStoreConfig(_Model):
@@ -108,7 +132,7 @@ class ServerConfig(_Model):
         default_factory=SqliteStoreConfig, discriminator="kind", description="time-series store: kind = sqlite | influxdb"
     )
     http_host: str = Field(default="127.0.0.1", description="address of the /metrics and /health endpoint")
-    http_port: int | None = Field(default=None, ge=0, le=65535, description="port of /metrics and /health; absent: off")
+    http_port: int | None = Field(default=None, ge=0, le=65535, description="port of /metrics and /health; 0: any free port; absent: off")
     sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")
     smtp: SmtpConfig | None = Field(default=None, description="mail relay; absent: emails are written as .eml files")
     default_recipients: list[str] = Field(default_factory=list, description="recipients for sites that list none")

@@ -16,6 +16,7 @@ never collides with an earlier one and the user can read and reuse them.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import shutil
 import signal
@@ -289,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
             (run_dir / "mosquitto").mkdir()
             conf.write_text(
                 f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                # as root, mosquitto would drop to a user that cannot write our folder
+                f"user {getpass.getuser()}\n"
                 f"persistence_location {run_dir / 'mosquitto'}/\nlog_dest stdout\n"
             )
             broker = Child("broker", [mosq, "-c", str(conf)], run_dir / "mosquitto.log")

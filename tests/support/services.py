@@ -7,6 +7,7 @@ the same port, so tests can stage outages.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -118,6 +119,9 @@ class Mosquitto(Service):
         # persistence keeps persistent sessions and queued QoS 1 messages across a restart
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            # Started as root, mosquitto drops to user 'mosquitto', which cannot write
+            # its store in our folder; it then silently loses persisted messages.
+            f"user {getpass.getuser()}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"

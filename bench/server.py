@@ -1,0 +1,204 @@
+"""Ingest throughput against a real Mosquitto, compared with a bare paho subscriber.
+
+    python bench/server.py [--messages 20000] [--readings 20] [--synchronous full|normal]
+
+What it does, all on loopback:
+
+1. starts Mosquitto and VictoriaMetrics (from Debian) on free ports;
+2. registers three persistent QoS 1 sessions: a bare paho subscriber (auto
+   ack, nothing else), the server with the SQLite sink, and the server with
+   the VictoriaMetrics sink (line protocol over /api/v2/write);
+3. publishes N telemetry batches of R readings once; the broker queues a copy
+   for each session;
+4. lets each consumer drain its queue in turn and times it, from connecting
+   until the last message was received (bare paho) or the last reading was
+   written to the store (server: validation, spool commit, ack, writer, sink).
+
+Draining a backlog measures what a consumer sustains, independent of how
+fast one Python publisher can publish. Prints one JSON line; the figure that
+counts is `ratio_sqlite_vs_raw` (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as paho  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from tests.support.services import Mosquitto, VictoriaMetrics, wait_for  # noqa: E402
+
+SITE = "bench-site"
+FILTER = "greenmine/v1/+/+/telemetry"
+
+
+def payloads(n_msgs: int, n_readings: int) -> list[tuple[str, bytes]]:
+    t0 = datetime.now(timezone.utc) - timedelta(days=1)
+    out = []
+    for seq in range(n_msgs):
+        agent = f"gw{seq % 10}"
+        ts = (t0 + timedelta(seconds=seq // 10)).isoformat()
+        doc = {
+            "schema": "greenmine.telemetry.v1", "site": SITE, "agent": agent, "seq": seq, "sent_at": ts,
+            "readings": [
+                {"device": f"{agent}-m{i:02d}", "metric": "power_kw", "ts": ts, "value": 100.0 + seq % 97 + i / 10,
+                 "unit": "kW", "quality": "good"}
+                for i in range(n_readings)
+            ],
+        }
+        out.append((f"greenmine/v1/{SITE}/{agent}/telemetry", json.dumps(doc).encode()))
+    return out
+
+
+def raw_client(port: int, client_id: str) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    return c
+
+
+def connect_v5(c: paho.Client, port: int) -> None:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 1000
+    c.connect("127.0.0.1", port, 30, clean_start=False, properties=props)
+
+
+def register_raw(port: int) -> None:
+    c = raw_client(port, "bench-raw")
+    done = threading.Event()
+    c.on_subscribe = lambda *a: done.set()
+    c.on_connect = lambda client, *a: client.subscribe(FILTER, qos=1)
+    connect_v5(c, port)
+    c.loop_start()
+    done.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def drain_raw(port: int, n_msgs: int) -> float:
+    c = raw_client(port, "bench-raw")
+    got = [0]
+    done = threading.Event()
+
+    def on_message(client, userdata, msg):
+        got[0] += 1
+        if got[0] >= n_msgs:
+            done.set()
+
+    c.on_message = on_message
+    c.on_connect = lambda client, *a: client.subscribe(FILTER, qos=1)
+    t0 = time.perf_counter()
+    connect_v5(c, port)
+    c.loop_start()
+    done.wait(600)
+    dt = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    if got[0] < n_msgs:
+        raise SystemExit(f"bare subscriber got {got[0]} of {n_msgs}")
+    return dt
+
+
+def server_config(tmp: Path, port: int, name: str, store: dict, synchronous: str):
+    from server.config import load_server_config
+
+    doc = {
+        "kind": "server",
+        "mqtt": {"port": port, "client_id": f"bench-{name}", "receive_maximum": 1000},
+        "ingest": {"spool_path": str(tmp / f"{name}-spool.sqlite"), "unknown_site": "accept", "spool_synchronous": synchronous},
+        "store": store,
+    }
+    return load_server_config(tmp / f"{name}.toml", doc=doc)
+
+
+def register_server(cfg) -> None:
+    from server.app import App
+
+    app = App(cfg)
+    app.start()
+    wait_for(lambda: app.mqtt.subscribed, 10, what="server subscribed")
+    app.stop()
+
+
+def drain_server(cfg, n_readings_total: int) -> float:
+    from server.app import App
+
+    app = App(cfg)
+    sink = app.metrics.sink
+    t0 = time.perf_counter()
+    app.start()
+    wait_for(lambda: app.metrics.value("greenmine_readings_written_total", sink=sink) >= n_readings_total, 600,
+             interval_s=0.005, what="every reading written")
+    dt = time.perf_counter() - t0
+    app.stop()
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--readings", type=int, default=20, help="readings per message")
+    ap.add_argument("--synchronous", choices=["full", "normal"], default="full", help="spool durability mode")
+    args = ap.parse_args()
+    n, r = args.messages, args.readings
+    with tempfile.TemporaryDirectory(prefix="greenmine-bench-") as d:
+        tmp = Path(d)
+        (tmp / "mq").mkdir()
+        (tmp / "vm").mkdir()
+        broker, vm = Mosquitto(tmp / "mq"), VictoriaMetrics(tmp / "vm")
+        broker.conf.write_text(broker.conf.read_text().replace("max_queued_messages 100000", "max_queued_messages 0")
+                               .replace("persistence true", "persistence false"))
+        broker.start()
+        vm.start()
+        try:
+            sqlite_cfg = server_config(tmp, broker.port, "sqlite", {"kind": "sqlite", "path": str(tmp / "store.sqlite")}, args.synchronous)
+            vm_cfg = server_config(tmp, broker.port, "vm", {"kind": "influxdb", "url": vm.url}, args.synchronous)
+            register_raw(broker.port)
+            register_server(sqlite_cfg)
+            register_server(vm_cfg)
+
+            pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+            pub.max_inflight_messages_set(1000)
+            pub.max_queued_messages_set(0)
+            pub.connect("127.0.0.1", broker.port, 30)
+            pub.loop_start()
+            msgs = payloads(n, r)
+            infos = [pub.publish(t, p, qos=1) for t, p in msgs]
+            for info in infos:
+                info.wait_for_publish(600)
+            pub.disconnect()
+            pub.loop_stop()
+
+            raw_s = drain_raw(broker.port, n)
+            sqlite_s = drain_server(sqlite_cfg, n * r)
+            vm_s = drain_server(vm_cfg, n * r)
+        finally:
+            vm.stop()
+            broker.stop()
+    result = {
+        "messages": n,
+        "readings_per_message": r,
+        "spool_synchronous": args.synchronous,
+        "raw_paho": {"msgs_per_s": round(n / raw_s), "readings_per_s": round(n * r / raw_s)},
+        "sqlite": {"msgs_per_s": round(n / sqlite_s), "readings_per_s": round(n * r / sqlite_s)},
+        "victoriametrics": {"msgs_per_s": round(n / vm_s), "readings_per_s": round(n * r / vm_s)},
+        "ratio_sqlite_vs_raw": round(raw_s / sqlite_s, 3),
+        "ratio_victoriametrics_vs_raw": round(raw_s / vm_s, 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The server process: wires subscriber → ingest → spool → writer → sink, plus metrics.
+
+    App(cfg).start() ... App.stop()
+
+`run(cfg)` is `greenmine server run`: it starts the app and, on SIGTERM or
+SIGINT, shuts down gracefully:
+
+1. stop consuming (new deliveries are left unacknowledged in the broker),
+2. spool and acknowledge what was already received,
+3. disconnect (the persistent session keeps everything else),
+4. keep draining the spool into the store for up to
+   `ingest.shutdown_flush_timeout_s`; what is left stays in the spool file
+   and is written on the next start,
+5. exit 0.
+
+Extension points for the KPI, alert and uplink engines:
+`app.writer.add_listener(fn(readings))` after each stored batch, and
+`app.agents.add_listener(fn(info, previous))` for agent status changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from server.agents import AgentRegistry
+from server.config import ServerConfig
+from server.ingest import Ingestor
+from server.metrics import HttpEndpoint, Metrics
+from server.mqtt import MqttSubscriber
+from server.spool import Spool
+from server.store import open_sink
+from server.store.base import Sink
+from server.writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, cfg: ServerConfig, *, sink: Sink | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        ing = cfg.ingest
+        self.spool = Spool(
+            cfg.resolve(ing.spool_path),
+            max_bytes=ing.spool_max_bytes,
+            synchronous=ing.spool_synchronous,
+            dead_letter_max_rows=ing.dead_letter_max_rows,
+        )
+        try:
+            self.sink = sink if sink is not None else open_sink(cfg)
+            self.metrics = Metrics(self.sink.name)
+            self.metrics.bind_spool(self.spool.depth, self.spool.full)
+            self.agents = AgentRegistry(self.spool.load_agents(), on_change=self._agent_gauge)
+            self.mqtt = MqttSubscriber(cfg.mqtt, self._deliver, self._connection)
+            self.ingestor = Ingestor(cfg, self.spool, self.agents, self.metrics, self.mqtt.ack, clock)
+            self.writer = Writer(
+                self.spool,
+                self.sink,
+                self.metrics,
+                batch_readings=ing.writer_batch_readings,
+                retry_min_s=ing.writer_retry_min_s,
+                retry_max_s=ing.writer_retry_max_s,
+                maintenance_interval_s=getattr(cfg.store, "maintenance_interval_s", None),
+                keep_bytes=ing.dead_letter_payload_bytes,
+                clock=clock,
+            )
+            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
+        except BaseException:
+            if getattr(self, "sink", None) is not None:
+                self.sink.close()
+            self.spool.close()
+            raise
+        self._started = False
+
+    def _deliver(self, delivery) -> None:
+        self.ingestor.submit(delivery)
+
+    def _connection(self, up: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if up else 0)
+
+    def _agent_gauge(self, info) -> None:
+        self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
+
+    def health(self) -> dict:
+        batches, readings, nbytes = self.spool.depth()
+        full = self.spool.full()
+        mqtt_ok = self.mqtt.connected
+        return {
+            "status": "ok" if mqtt_ok and not full else "degraded",
+            "mqtt_connected": mqtt_ok,
+            "mqtt_subscribed": self.mqtt.subscribed,
+            "store_ok": self.writer.store_ok,
+            "spool_batches": batches,
+            "spool_readings": readings,
+            "spool_bytes": nbytes,
+            "spool_full": full,
+        }
+
+    def start(self) -> None:
+        self.writer.start()
+        self.ingestor.start()
+        if self.http is not None:
+            self.http.start()
+            log.info("server: /metrics and /health on http://%s:%d", self.cfg.http_host, self.http.port)
+        self.mqtt.start()
+        self._started = True
+        log.info(
+            "server: ingesting %s into %s (spool %s)",
+            ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
+        )
+
+    def stop(self, flush_timeout_s: float | None = None) -> None:
+        """Graceful stop (see the module docstring). Safe to call once after start."""
+        if flush_timeout_s is None:
+            flush_timeout_s = self.cfg.ingest.shutdown_flush_timeout_s
+        if self._started:
+            self.mqtt.stop_consuming()
+            self.ingestor.stop()
+            self.mqtt.close()
+            self.writer.stop(flush_timeout_s)
+            if self.http is not None:
+                self.http.stop()
+        self.sink.close()
+        self.spool.close()
+        self._started = False
+        log.info("server: stopped")
+
+
+def run(cfg: ServerConfig) -> int:
+    """`greenmine server run`: serve until SIGTERM/SIGINT, then stop gracefully."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        log.info("server: %s received; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app = App(cfg)
+    app.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        app.stop()
+    return 0

@@ -1,0 +1,37 @@
+"""The server's own exceptions. Third-party errors (sqlite3, influxdb_client,
+urllib3, paho) are translated into these at the one module that uses the
+library, with `raise ... from exc`.
+
+    ServerError(Exception)
+     ├── StoreError                a sink could not write or answer
+     │    ├── StoreUnavailable     transient: retry later (refused, timeout, HTTP 5xx/429, database locked)
+     │    └── StoreRejected        permanent for this data: retrying the same write cannot succeed (HTTP 4xx)
+     ├── SpoolError                the local spool cannot be opened or written (locked by another process, disk, corrupt)
+     └── BrokerError               the MQTT client cannot be set up (bad TLS file, refused at start)
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """Base of every error the server raises on purpose."""
+
+
+class StoreError(ServerError):
+    """A sink failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or is overloaded; the same write may succeed later."""
+
+
+class StoreRejected(StoreError):
+    """The store refused this data; retrying it unchanged will not help."""
+
+
+class SpoolError(ServerError):
+    """The durable spool cannot be used."""
+
+
+class BrokerError(ServerError):
+    """The MQTT connection cannot be set up."""

@@ -1,0 +1,118 @@
+"""Prometheus metrics and the HTTP endpoint serving `/metrics` and `/health`.
+
+Each `Metrics` has its own registry (no module-level state), so several server
+instances can live in one process, as the tests run them.
+
+    greenmine_ingest_messages_total{result="accepted|rejected"}
+    greenmine_ingest_rejected_total{reason=...}
+    greenmine_ingest_readings_total                      readings accepted into the spool
+    greenmine_status_messages_total                      agent status messages applied
+    greenmine_readings_written_total{sink=...}
+    greenmine_store_write_seconds{sink=...}              histogram, one observation per store write
+    greenmine_store_write_errors_total{sink=...,kind="unavailable|rejected"}
+    greenmine_store_up{sink=...}                         0 while writes are failing
+    greenmine_spool_depth_batches / _readings / _bytes   waiting for the store
+    greenmine_spool_full                                 1 while ingest is not acknowledging (full policy: block)
+    greenmine_mqtt_connected
+    greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from server.deadletter import REASONS
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    def __init__(self, sink_name: str) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sink = sink_name
+        self.messages = Counter("greenmine_ingest_messages", "MQTT messages handled, by result", ["result"], registry=r)
+        self.rejected = Counter("greenmine_ingest_rejected", "rejected messages, by reason", ["reason"], registry=r)
+        self.readings_in = Counter("greenmine_ingest_readings", "readings accepted into the spool", registry=r)
+        self.status_messages = Counter("greenmine_status_messages", "agent status messages applied", registry=r)
+        self.written = Counter("greenmine_readings_written", "readings written to the store", ["sink"], registry=r)
+        self.write_seconds = Histogram(
+            "greenmine_store_write_seconds", "latency of one store write", ["sink"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.write_errors = Counter("greenmine_store_write_errors", "failed store writes", ["sink", "kind"], registry=r)
+        self.store_up = Gauge("greenmine_store_up", "0 while store writes are failing", ["sink"], registry=r)
+        self.spool_batches = Gauge("greenmine_spool_depth_batches", "batches in the spool", registry=r)
+        self.spool_readings = Gauge("greenmine_spool_depth_readings", "readings in the spool", registry=r)
+        self.spool_bytes = Gauge("greenmine_spool_depth_bytes", "bytes of batch bodies in the spool", registry=r)
+        self.spool_full = Gauge("greenmine_spool_full", "1 while the spool is full and ingest stops acknowledging", registry=r)
+        self.mqtt_connected = Gauge("greenmine_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.agent_online = Gauge("greenmine_agent_online", "1 online, 0 offline, per agent", ["site", "agent"], registry=r)
+        for result in ("accepted", "rejected"):
+            self.messages.labels(result)
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.written.labels(sink_name)
+        self.write_seconds.labels(sink_name)
+        self.store_up.labels(sink_name).set(1)
+        for kind in ("unavailable", "rejected"):
+            self.write_errors.labels(sink_name, kind)
+
+    def bind_spool(self, depth: Callable[[], tuple[int, int, int]], full: Callable[[], bool]) -> None:
+        self.spool_batches.set_function(lambda: depth()[0])
+        self.spool_readings.set_function(lambda: depth()[1])
+        self.spool_bytes.set_function(lambda: depth()[2])
+        self.spool_full.set_function(lambda: 1.0 if full() else 0.0)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if absent); for tests and `status`."""
+        v = self.registry.get_sample_value(name, labels or None)
+        return v or 0.0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HttpEndpoint:
+    """`/metrics` (Prometheus text format) and `/health` (JSON; 200 healthy, 503 not) on one port."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, ctype, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
+                elif path in ("/health", "/healthz"):
+                    doc = health()
+                    body, ctype = json.dumps(doc).encode(), "application/json"
+                    code = 200 if doc.get("status") == "ok" else 503
+                else:
+                    body, ctype, code = b"not found: try /metrics or /health\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args) -> None:
+                log.debug("http: " + fmt, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="greenmine-http", kwargs={"poll_interval": 0.2})
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()

@@ -1,0 +1,48 @@
+"""The sink interface every store implements, and the reading row it takes.
+
+A sink is the last stage of the pipeline (STYLE.md §3): `write`, `ping`,
+`close`. It is driven by one writer thread; writes must be idempotent on a
+reading's identity (site, device, metric, ts), because the spool delivers at
+least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import NamedTuple, Protocol, runtime_checkable
+
+#: Integer codes for `Quality`, used where a store holds numbers only (InfluxDB fields, VictoriaMetrics).
+QUALITY_CODES = {"good": 0, "bad": 1, "stale": 2, "out_of_range": 3}
+
+
+class StoredReading(NamedTuple):
+    """One reading as the spool hands it to a sink. Identity: (site, device, metric, ts_ms)."""
+
+    site: str
+    agent: str
+    device: str
+    metric: str
+    ts_ms: int
+    value: float
+    unit: str
+    quality: str
+
+    @property
+    def ts(self) -> datetime:
+        return datetime.fromtimestamp(self.ts_ms / 1000, timezone.utc)
+
+
+@runtime_checkable
+class Sink(Protocol):
+    #: the `sink` label of greenmine_readings_written_total
+    name: str
+
+    def write(self, readings: Sequence[StoredReading]) -> None:
+        """Store every reading, or raise StoreUnavailable / StoreRejected. Idempotent."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot take writes now."""
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""

@@ -1,0 +1,131 @@
+"""The InfluxDB sink: InfluxDB 2/3 or VictoriaMetrics through the v2 write API.
+
+The only server module that imports influxdb_client (STYLE.md §4); every
+failure channel of it (ApiException with an HTTP status, urllib3 connection
+errors, OSError) is translated into StoreUnavailable or StoreRejected here.
+
+Line protocol is built directly: building `Point` objects is several times
+slower. One line per reading:
+
+    <metric>,device=<device>,site=<site> value=<float>,quality=<code>i <ts>
+
+- The measurement is the metric, tags are exactly the rest of the reading's
+  identity (device, site; sorted as InfluxDB prefers), so (measurement, tags,
+  ts) identifies a reading and a rewrite overwrites it: idempotent. The agent
+  and the unit are not tags, since either changing would split the series.
+- `quality` is an integer field (`QUALITY_CODES`: good 0, bad 1, stale 2,
+  out_of_range 3) because VictoriaMetrics keeps numeric fields only.
+- VictoriaMetrics maps this to the metrics `<metric>_value` and
+  `<metric>_quality`. It keeps duplicate samples unless started with
+  `-dedup.minScrapeInterval=1ms`; run it so (docs/server.md).
+- Escaping follows influxdb-client's own tables: backslash, comma, space (and
+  `=` in tag keys and values) are backslash-escaped, and newline, CR and tab
+  become the two-character escapes, so no name can break or inject a line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import urllib3
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+
+from server.errors import StoreRejected, StoreUnavailable
+from server.store.base import QUALITY_CODES, StoredReading
+
+log = logging.getLogger(__name__)
+
+_CONTROL = {"\n": r"\n", "\r": r"\r", "\t": r"\t"}
+_ESCAPE_MEASUREMENT = str.maketrans({"\\": "\\\\", ",": r"\,", " ": r"\ ", **_CONTROL})
+_ESCAPE_TAG = str.maketrans({"\\": "\\\\", ",": r"\,", " ": r"\ ", "=": r"\=", **_CONTROL})
+
+
+def escape_measurement(name: str) -> str:
+    return name.translate(_ESCAPE_MEASUREMENT)
+
+
+def escape_tag(text: str) -> str:
+    """Escape a tag key, tag value or field key."""
+    return text.translate(_ESCAPE_TAG)
+
+
+def build_lines(readings: Sequence[StoredReading], precision: str = "ms") -> tuple[list[str], list[tuple[StoredReading, str]]]:
+    """Line protocol for `readings`, and the readings that cannot be written with why (empty names)."""
+    div = 1000 if precision == "s" else 1
+    lines: list[str] = []
+    bad: list[tuple[StoredReading, str]] = []
+    cache: dict[tuple[str, str, str], str] = {}
+    for r in readings:
+        key = (r.metric, r.device, r.site)
+        head = cache.get(key)
+        if head is None:
+            if not (r.metric and r.device and r.site):
+                bad.append((r, "empty metric, device or site"))
+                continue
+            head = cache[key] = f"{escape_measurement(r.metric)},device={escape_tag(r.device)},site={escape_tag(r.site)}"
+        lines.append(f"{head} value={float(r.value)!r},quality={QUALITY_CODES.get(r.quality, 1)}i {r.ts_ms // div}")
+    return lines, bad
+
+
+class InfluxSink:
+    """Writes readings in batches of `batch_size` lines, gzip-compressed, synchronously."""
+
+    name = "influxdb"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str = "",
+        org: str = "greenmine",
+        bucket: str = "greenmine",
+        precision: str = "ms",
+        batch_size: int = 5000,
+        timeout_ms: int = 10_000,
+    ) -> None:
+        if precision not in ("s", "ms"):
+            raise ValueError(f"precision must be s or ms, not {precision!r}")
+        self.url = url
+        self.bucket = bucket
+        self.org = org
+        self.precision = precision
+        self.batch_size = batch_size
+        self._wp = WritePrecision.S if precision == "s" else WritePrecision.MS
+        # retries=False: the writer owns retries and backoff, so a dead store fails fast here.
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=timeout_ms, enable_gzip=True, retries=False)
+        self._write = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, readings: Sequence[StoredReading]) -> None:
+        lines, bad = build_lines(readings, self.precision)
+        for i in range(0, len(lines), self.batch_size):
+            self._post("\n".join(lines[i : i + self.batch_size]))
+        if bad:
+            exc = StoreRejected(f"influxdb: {len(bad)} readings cannot be written as line protocol: {bad[0][1]}")
+            exc.rejected = bad  # type: ignore[attr-defined]  # the rest were written
+            raise exc
+
+    def _post(self, body: str) -> None:
+        try:
+            self._write.write(bucket=self.bucket, org=self.org, record=body, write_precision=self._wp)
+        except ApiException as exc:
+            status = exc.status or 0
+            msg = f"influxdb {self.url}: HTTP {status} {(exc.body or exc.reason or '')!s:.300}"
+            if status == 429 or status >= 500 or status == 0:
+                raise StoreUnavailable(msg) from exc
+            raise StoreRejected(msg) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnavailable(f"influxdb {self.url}: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            ok = self._client.ping()
+        except Exception as exc:  # ping() itself swallows most errors; anything left is "unavailable"
+            raise StoreUnavailable(f"influxdb {self.url}: ping: {exc}") from exc
+        if not ok:
+            raise StoreUnavailable(f"influxdb {self.url}: ping failed")
+
+    def close(self) -> None:
+        self._client.close()

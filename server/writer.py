@@ -1,0 +1,219 @@
+"""The writer: drains the spool into the store, in batches, with retries and backoff.
+
+One thread. It takes the oldest spooled batches (up to `writer_batch_readings`
+readings), hands them to the sink in one `write`, and deletes them from the
+spool only after the write returned. So throughput does not collapse to one
+transaction per reading, and a store outage keeps the data in the spool
+(never in the broker: ingest keeps acknowledging until the spool bound).
+
+- StoreUnavailable (or any unexpected error): the same batches are retried
+  after a backoff doubling from `writer_retry_min_s` to `writer_retry_max_s`.
+  The failure is logged once and the recovery once (STYLE.md §5).
+- StoreRejected: the data itself is refused. The culprit batches are found by
+  writing them one at a time and dead-lettered with reason `store_rejected`,
+  so one bad batch cannot block the spool forever.
+
+Listeners (`add_listener(fn)`) are called on the writer thread with every
+batch of readings the store has taken, after the write. Delivery to them is
+at least once: a batch rewritten after a crash is passed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from schemas import telemetry_topic
+from server.deadletter import STORE_REJECTED, dead_letter
+from server.errors import ServerError, StoreRejected
+from server.metrics import Metrics
+from server.spool import DeadLetter, Spool, SpooledBatch
+from server.store.base import Sink, StoredReading
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Sequence[StoredReading]], None]
+
+
+class Writer:
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Sink,
+        metrics: Metrics,
+        *,
+        batch_readings: int = 5000,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        maintenance_interval_s: float | None = None,
+        keep_bytes: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.metrics = metrics
+        self.batch_readings = batch_readings
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.keep_bytes = keep_bytes
+        self._clock = clock
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._draining = False
+        self._deadline = float("inf")
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="greenmine-writer")
+
+    @property
+    def store_ok(self) -> bool:
+        return self._failures == 0
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, flush_timeout_s: float = 0.0) -> None:
+        """Keep draining for up to `flush_timeout_s` (until the spool is empty), then stop.
+        What is left stays in the spool file and is written on the next start."""
+        self._deadline = time.monotonic() + flush_timeout_s
+        self._draining = True
+        if flush_timeout_s <= 0:
+            self._stop.set()
+        self.spool.wake()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # --- the writer thread -------------------------------------------------
+
+    def _run(self) -> None:
+        next_maintenance = time.monotonic()
+        while not self._stop.is_set():
+            if self._draining and time.monotonic() >= self._deadline:
+                break
+            if self.maintenance_interval_s and time.monotonic() >= next_maintenance:
+                next_maintenance = time.monotonic() + self.maintenance_interval_s
+                self._maintain()
+            try:
+                batches = self.spool.peek(self.batch_readings)
+            except ServerError as exc:
+                self._failed(exc)
+                continue
+            if not batches:
+                if self._draining:
+                    break
+                self.spool.wait_for_data(0.5)
+                continue
+            try:
+                self._write(batches)
+            except StoreRejected as exc:
+                try:
+                    self._rejected(batches, exc)
+                except Exception as exc2:  # noqa: BLE001 - the store went away while sorting it out
+                    self._failed(exc2)
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable, SpoolError, or a bug: retry later
+                self._failed(exc)
+        remaining = self.spool.depth()[0]
+        if remaining:
+            log.warning("writer: stopping with %d batches still in the spool; they are written on the next start", remaining)
+
+    def _maintain(self) -> None:
+        maintain = getattr(self.sink, "maintain", None)
+        if maintain is None:
+            return
+        try:
+            maintain()
+        except Exception as exc:  # noqa: BLE001 - retention can wait for the next round
+            log.debug("writer: maintenance failed: %s", exc)
+
+    def _write(self, batches: list[SpooledBatch]) -> None:
+        readings = [r for b in batches for r in b.readings()]
+        self._store(readings)
+        self.spool.delete(batches)
+        self._ok()
+        self._notify(readings)
+
+    def _store(self, readings: list[StoredReading]) -> None:
+        t0 = time.perf_counter()
+        self.sink.write(readings)
+        m = self.metrics
+        m.write_seconds.labels(m.sink).observe(time.perf_counter() - t0)
+        m.written.labels(m.sink).inc(len(readings))
+
+    def _ok(self) -> None:
+        if self._failures:
+            log.info("writer: store %s is taking writes again", self.sink.name)
+            self._failures = 0
+            self.metrics.store_up.labels(self.metrics.sink).set(1)
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        m = self.metrics
+        m.write_errors.labels(m.sink, "unavailable").inc()
+        m.store_up.labels(m.sink).set(0)
+        if self._failures == 1:
+            if isinstance(exc, ServerError):
+                log.error("writer: %s; keeping data in the spool and retrying", exc)
+            else:
+                log.exception("writer: unexpected error; keeping data in the spool and retrying")
+        else:
+            log.debug("writer: still failing (%d): %s", self._failures, exc)
+        delay = min(self.retry_max_s, self.retry_min_s * 2 ** min(self._failures - 1, 30))
+        if self._draining:
+            delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+        self._stop.wait(delay)
+
+    def _rejected(self, batches: list[SpooledBatch], exc: StoreRejected) -> None:
+        m = self.metrics
+        m.write_errors.labels(m.sink, "rejected").inc()
+        now_ms = int(self._clock() * 1000)
+        partial = getattr(exc, "rejected", None)
+        if partial is not None:  # the sink wrote all but these
+            dead = [
+                dead_letter(
+                    telemetry_topic(r.site, r.agent) if _ok_ids(r) else "greenmine/v1/?/?/telemetry",
+                    json.dumps(r._asdict()).encode(), STORE_REJECTED, why, now_ms, self.keep_bytes,
+                )
+                for r, why in partial
+            ]
+            self.spool.delete(batches, dead)
+            self._count_dead(dead)
+            bad = {(r.site, r.device, r.metric, r.ts_ms) for r, _ in partial}
+            self._notify([r for b in batches for r in b.readings() if (r.site, r.device, r.metric, r.ts_ms) not in bad])
+            return
+        if len(batches) == 1:
+            b = batches[0]
+            dl = dead_letter(f"greenmine/v1/{b.site}/{b.agent}/telemetry", b.body, STORE_REJECTED, str(exc), now_ms, self.keep_bytes)
+            log.warning("writer: store refused a batch from %s/%s seq %d: %s (dead-lettered)", b.site, b.agent, b.seq, exc)
+            self.spool.delete(batches, [dl])
+            self._count_dead([dl])
+            return
+        for b in batches:  # find the culprit(s) one batch at a time
+            try:
+                self._write([b])
+            except StoreRejected as one:
+                self._rejected([b], one)
+
+    def _count_dead(self, dead: list[DeadLetter]) -> None:
+        for dl in dead:
+            self.metrics.rejected.labels(dl.reason).inc()
+
+    def _notify(self, readings: Sequence[StoredReading]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(readings)
+            except Exception:
+                log.exception("writer: listener %r failed", fn)
+
+
+def _ok_ids(r: StoredReading) -> bool:
+    try:
+        telemetry_topic(r.site, r.agent)
+        return True
+    except ValueError:
+        return False

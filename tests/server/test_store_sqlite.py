@@ -1,0 +1,102 @@
+"""The embedded SQLite store on its own: idempotent writes, rollups, range queries, retention."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from server.store.base import StoredReading
+from server.store.sqlite import SqliteReader, SqliteStore, to_ms
+
+SH = timezone(timedelta(hours=8))
+
+
+def r(ts: datetime, value: float, *, device="m1", metric="power_kw", quality="good", site="gs-demo") -> StoredReading:
+    return StoredReading(site, "gw1", device, metric, to_ms(ts), value, "kW", quality)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "store.sqlite", site_timezones={"gs-demo": "Asia/Shanghai"})
+    yield s
+    s.close()
+
+
+def test_same_batch_twice_leaves_one_row_and_rollups_unchanged(store):
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
+    batch = [r(t + timedelta(seconds=i), float(i)) for i in range(10)]
+    store.write(batch)
+    before = store.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))
+    store.write(batch)
+    store.write(batch + batch)  # duplicates inside one write too
+    assert store.count() == 10
+    points = store.query_series("gs-demo", "m1", "power_kw", t, t + timedelta(hours=1))
+    assert [p.value for p in points] == [float(i) for i in range(10)]
+    assert store.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1)) == before
+    assert before[0].count == 10
+
+
+def test_first_write_of_a_reading_wins(store):
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
+    store.write([r(t, 1.0)])
+    store.write([r(t, 99.0)])
+    assert [p.value for p in store.query_series("gs-demo", "m1", "power_kw", t, t + timedelta(seconds=1))] == [1.0]
+
+
+def test_hourly_and_local_daily_rollups(store):
+    # Two readings in the 23:00 hour of 5 Jan (Shanghai) and two after local midnight, written out of order.
+    a = datetime(2026, 1, 5, 23, 10, tzinfo=SH)
+    b = datetime(2026, 1, 5, 23, 50, tzinfo=SH)
+    c = datetime(2026, 1, 6, 0, 5, tzinfo=SH)
+    d = datetime(2026, 1, 6, 0, 30, tzinfo=SH)
+    store.write([r(b, 5.0), r(d, 7.0)])
+    store.write([r(a, 3.0), r(c, 1.0), r(c + timedelta(seconds=1), 100.0, quality="bad")])
+
+    h = store.rollup_at("gs-demo", "m1", "power_kw", "hour", a)
+    assert (h.count, h.min, h.max, h.mean, h.first, h.last) == (2, 3.0, 5.0, 4.0, 3.0, 5.0)
+    assert h.start == datetime(2026, 1, 5, 23, 0, tzinfo=SH)
+    assert h.end_ms - h.start_ms == 3_600_000
+
+    day5 = store.rollup_at("gs-demo", "m1", "power_kw", "day", b)
+    day6 = store.rollup_at("gs-demo", "m1", "power_kw", "day", d)
+    assert day5.start == datetime(2026, 1, 5, tzinfo=SH), "daily periods start at local midnight"
+    assert (day5.count, day5.first, day5.last) == (2, 3.0, 5.0)
+    # the bad reading is counted apart and stays out of the aggregates
+    assert (day6.count, day6.min, day6.max, day6.first, day6.last, day6.not_good) == (2, 1.0, 7.0, 1.0, 7.0, 1)
+    days = store.rollups("gs-demo", "m1", "power_kw", "day", datetime(2026, 1, 1, tzinfo=SH), datetime(2026, 2, 1, tzinfo=SH))
+    assert [x.start_ms for x in days] == [day5.start_ms, day6.start_ms]
+    assert store.series("gs-demo") == [("gs-demo", "m1", "power_kw")]
+
+
+def test_query_series_is_half_open_and_per_series(store):
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+    store.write([r(t, 1.0), r(t + timedelta(seconds=1), 2.0), r(t, 9.0, device="m2"), r(t, 8.0, metric="energy_kwh_total")])
+    got = store.query_series("gs-demo", "m1", "power_kw", t, t + timedelta(seconds=1))
+    assert [(p.ts, p.value, p.quality) for p in got] == [(t, 1.0, "good")]
+    assert store.latest("gs-demo", "m1", "power_kw").value == 2.0
+    with pytest.raises(ValueError):
+        store.query_series("gs-demo", "m1", "power_kw", datetime(2026, 1, 1), t)
+
+
+def test_retention_deletes_old_raw_rows_and_keeps_rollups(tmp_path):
+    now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    store = SqliteStore(tmp_path / "s.sqlite", raw_retention_days=30, clock=lambda: now.timestamp())
+    try:
+        old, new = now - timedelta(days=31), now - timedelta(days=1)
+        store.write([r(old, 1.0), r(new, 2.0)])
+        assert store.maintain() == 1
+        assert store.count() == 1
+        assert store.rollup_at("gs-demo", "m1", "power_kw", "day", old).count == 1
+    finally:
+        store.close()
+
+
+def test_a_reader_in_another_connection_sees_committed_rows(store, tmp_path):
+    t = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
+    reader = SqliteReader(tmp_path / "store.sqlite")
+    try:
+        store.write([r(t, 1.0)])
+        assert reader.count() == 1
+    finally:
+        reader.close()
