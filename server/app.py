@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from server.agents import AgentRegistry
+from server.alerts.wiring import attach as attach_monitor
 from server.config import ServerConfig
 from server.ingest import Ingestor
 from server.metrics import HttpEndpoint, Metrics
@@ -68,6 +69,7 @@ class App:
                 clock=clock,
             )
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
+            self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
         except BaseException:
             if getattr(self, "sink", None) is not None:
                 self.sink.close()
@@ -100,6 +102,7 @@ class App:
         }
 
     def start(self) -> None:
+        self.monitor.start()
         self.writer.start()
         self.ingestor.start()
         if self.http is not None:
@@ -123,6 +126,7 @@ class App:
             self.writer.stop(flush_timeout_s)
             if self.http is not None:
                 self.http.stop()
+        self.monitor.stop()
         self.sink.close()
         self.spool.close()
         self._started = False

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class MonitorRunner:
-    def __init__(self, monitor: Monitor, *, tick_s: float = 1.0, max_pending: int = 1000) -> None:
+    def __init__(self, monitor: Monitor, *, tick_s: float = 1.0, max_pending: int = 1000, closers=()) -> None:
         self.monitor = monitor
+        self._closers = list(closers)
         self.tick_s = tick_s
         self._q: queue.Queue = queue.Queue(maxsize=max_pending)
         self._stop = threading.Event()
@@ -47,6 +48,8 @@ class MonitorRunner:
             self._thread.join(timeout_s)
             self._thread = None
         self.monitor.close()
+        for close in self._closers:
+            close()
 
     def _run(self) -> None:
         failing = False
