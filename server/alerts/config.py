@@ -49,6 +49,7 @@ class ThresholdRule(_Model):
     severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")
     recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
     sites: list[str] = Field(default_factory=list, description="only these site ids; empty: every site")
+    devices: list[str] = Field(default_factory=list, description="only these devices (KPI subjects); empty: every one")
 
 
 class DeadmanRule(_Model):
@@ -59,6 +60,7 @@ class DeadmanRule(_Model):
     severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")
     recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
     sites: list[str] = Field(default_factory=list, description="only these site ids; empty: every site")
+    devices: list[str] = Field(default_factory=list, description="only these devices or agents; empty: every one")
 
 
 Rule = Annotated[ThresholdRule | DeadmanRule, Field(discriminator="kind")]

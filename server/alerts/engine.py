@@ -153,14 +153,15 @@ class AlertEngine:
         now = self.clock() if now is None else now
         for v in values:
             for rule in self.rules:
-                if isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi and self._applies(rule, v.site):
+                if (isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi
+                        and self._applies(rule, v.site, v.subject)):
                     self._judge(rule, v.site, v.subject, v.value, v.period_end, now, kpi=v)
         self._notify(now)
 
     def observe_metric(self, site: str, device: str, metric: str, ts: float, value: float, unit: str = "",
                        now: float | None = None) -> None:
         """A raw reading, for threshold rules with source = metric."""
-        rules = [r for r in self._metric_rules.get(metric, ()) if self._applies(r, site)]
+        rules = [r for r in self._metric_rules.get(metric, ()) if self._applies(r, site, device)]
         if not rules:
             return
         now = self.clock() if now is None else now
@@ -195,7 +196,7 @@ class AlertEngine:
             seen = self.db.execute("SELECT site, target, name, last_ts, reported_offline FROM seen").fetchall()
         for site, target, name, last_ts, offline in seen:
             for rule in self.rules:
-                if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site):
+                if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site, name):
                     silent = now - last_ts
                     breached = silent >= rule.silence_s or bool(offline)
                     self._judge_deadman(rule, site, name, breached, last_ts, silent, bool(offline), now)
@@ -232,8 +233,8 @@ class AlertEngine:
 
     # --- the state machine --------------------------------------------------
 
-    def _applies(self, rule, site: str) -> bool:
-        return not rule.sites or site in rule.sites
+    def _applies(self, rule, site: str, subject: str) -> bool:
+        return (not rule.sites or site in rule.sites) and (not rule.devices or subject in rule.devices)
 
     def _open(self, db, rule: str, site: str, subject: str):
         return db.execute("SELECT * FROM alerts WHERE rule=? AND site=? AND subject=? AND state IN ('pending','firing') "

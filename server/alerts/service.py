@@ -52,6 +52,8 @@ class Monitor:
         self.clock = clock
         self.alerts_cfg = alerts or AlertsConfig()
         notify = notify or NotifyConfig()
+        for p in (Path(kpi_db), Path(alerts_db)):
+            p.parent.mkdir(parents=True, exist_ok=True)
         self.kpi_store = KpiStore(kpi_db)
         self.kpis = KpiEngine(kpi or KpiConfig(), sites, source, self.kpi_store)
         self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db), default_recipients=default_recipients, clock=clock)

@@ -212,3 +212,14 @@ def test_default_rule_set_and_config_validation():
         AlertsConfig.model_validate({"rules": [{"kind": "deadman", "name": "x", "target": "agent"}] * 2})
     with pytest.raises(ValidationError):
         AlertsConfig.model_validate({"rules": [{"kind": "bogus", "name": "x"}]})
+
+
+def test_rule_device_filter(db_path):
+    rule = ThresholdRule(name="crusher", source="metric", series="power_kw", comparison=">", limit=800,
+                         devices=["crusher-meter"])
+    eng = make(db_path, Clock(), rules=[rule], default_rules=False)
+    eng.observe_metric("s1", "mill-meter", "power_kw", T0, 1900)
+    assert eng.alerts() == []
+    eng.observe_metric("s1", "crusher-meter", "power_kw", T0, 900)
+    assert [(a.rule, a.subject) for a in eng.alerts()] == [("crusher", "crusher-meter")]
+    eng.db.close()
