@@ -8,15 +8,16 @@ Every KPI reads the increments made here, never raw totals. The rules
   rate is configured, where the wrapped increment is a plausible rate) is a
   wrap: the increment is ``width - prev + new``.
 - **Reset**: a drop below ``reset_ratio`` (0.9) of the previous value is a
-  reset or a meter replacement: counting restarts from the new value (the
-  interval that contains the reset counts nothing, because a replaced meter may
-  start at any reading) and an event is recorded.
+  reset or a meter replacement, once the next read confirms it (continues from
+  the low value): counting restarts from the new value (the interval that
+  contains the swap counts nothing, because a replaced meter may start at any
+  reading) and an event is recorded. If the next read continues from the old
+  value instead, the low read was a glitch and is ignored.
 - **Dip**: a smaller drop is noise: nothing is counted and the baseline stays
   at the previous value, so the recovery is not counted twice.
-- **Zero read**: a single 0 is held as suspect. If the next read continues
-  from the previous value it was a glitch; if it continues from 0, the meter
-  really was reset at the zero and counting continues from 0. Either way no
-  fake jump appears.
+- **Zero read**: a single 0 is a low read like any other (held as suspect,
+  see Reset), flagged with its own event. Either way no fake jump appears.
+- **Negative** totals are rejected with an `invalid` event.
 - **Spike**: an increment implying more than ``max_rate_per_s`` is rejected
   and flagged. The value is held as suspect: if the next read continues from
   the old baseline the spike was garbage; if it continues from the spike, the
@@ -41,6 +42,7 @@ class IncrementFlag(str, Enum):
     SPIKE = "spike"
     ZERO = "zero"
     REBASE = "rebase"
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class CounterTracker:
                 return self._emit(base_ts, ts, value, inc, flag, base, incs, events)
             ok_from_suspect = self._step(s_val, s_ts, ts, value)
             if ok_from_suspect is not None and ok_from_suspect[1] in (IncrementFlag.OK, IncrementFlag.ROLLOVER):
-                kind = IncrementFlag.RESET if s_kind == IncrementFlag.ZERO else IncrementFlag.REBASE
+                kind = IncrementFlag.REBASE if s_kind == IncrementFlag.SPIKE else IncrementFlag.RESET
                 events.append(CounterEvent(s_ts, kind, base, s_val, "confirmed by the next read"))
                 # nothing is counted for the jump itself (base_ts, s_ts]
                 incs.append(Increment(base_ts, s_ts, 0.0, kind))
@@ -114,9 +116,9 @@ class CounterTracker:
 
     def _judge(self, base, base_ts, ts, value, incs, events):
         st = self.state
-        if value == 0 and base > 0:
-            st["suspect"] = (value, ts, IncrementFlag.ZERO)
-            events.append(CounterEvent(ts, IncrementFlag.ZERO, base, value, "zero read held as suspect"))
+        if value < 0:
+            # a totalizer never reads negative: a decoding or device fault, not consumption
+            events.append(CounterEvent(ts, IncrementFlag.INVALID, base, value, "negative total: rejected"))
             return incs, events
         step = self._step(base, base_ts, ts, value)
         if step is None:
@@ -125,9 +127,11 @@ class CounterTracker:
             return incs, events
         inc, flag = step
         if flag == IncrementFlag.RESET:
-            events.append(CounterEvent(ts, flag, base, value, "drop below reset ratio: counting from the new value"))
-            incs.append(Increment(base_ts, ts, 0.0, flag))
-            st.update(base=value, base_ts=ts)
+            # held until the next read: one low read (0 or garbage) must not become a reset and then a jump
+            kind = IncrementFlag.ZERO if value == 0 else IncrementFlag.RESET
+            st["suspect"] = (value, ts, kind)
+            if kind == IncrementFlag.ZERO:
+                events.append(CounterEvent(ts, IncrementFlag.ZERO, base, value, "zero read held as suspect"))
             return incs, events
         if flag == IncrementFlag.DIP:
             # keep the old baseline (and its time): the recovery must not count twice

@@ -95,3 +95,15 @@ def test_state_is_a_plain_dict_that_can_be_persisted():
     tr2 = CounterTracker(state={k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()})
     incs, _ = tr2.feed(120, 12)
     assert [i.value for i in incs] == [2]
+
+
+def test_single_garbage_low_read_is_not_a_reset_and_jump():
+    incs, events = increments(series([1000, 1005, 7, 1010, 1015]))
+    assert total(incs) == pytest.approx(15)
+    assert events == []
+
+
+def test_negative_total_is_rejected():
+    incs, events = increments(series([1000, 1005, -3, 1010]))
+    assert total(incs) == pytest.approx(10)
+    assert [e.kind for e in events] == [IncrementFlag.INVALID]
