@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_cli.register(sub)
     server_cli.register(sub)
     __import__("server.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
+    __import__("server.kpi.cli", fromlist=["register"]).register(sub)  # greenmine kpi recompute|show
     sim_cli.register(sub)
     demo.register(sub)
     checkcmd.register(sub)
