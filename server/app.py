@@ -68,8 +68,9 @@ class App:
                 keep_bytes=ing.dead_letter_payload_bytes,
                 clock=clock,
             )
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
             self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
+            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
+                                     api=self.monitor.api) if cfg.http_port is not None else None
         except BaseException:
             if getattr(self, "sink", None) is not None:
                 self.sink.close()

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 
+from server.alerts.api import AlertsApi
 from server.alerts.service import Monitor
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class MonitorRunner:
         self._q: queue.Queue = queue.Queue(maxsize=max_pending)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.api = AlertsApi(monitor.alerts)
 
     def on_readings(self, readings) -> None:
         self._q.put(("readings", list(readings)))
