@@ -83,6 +83,7 @@ class App:
 
     def _connection(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        self.monitor.on_connection(up)
 
     def _agent_gauge(self, info) -> None:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)

@@ -125,6 +125,10 @@ class AlertEngine:
         self.db = db
         self.clock = clock
         self._lock = threading.RLock()
+        # Deadman silence is counted from the later of the last data and this moment, so a restart
+        # (or our own broker outage) does not declare every device offline before data can arrive.
+        self._grace_from = clock()
+        self._ingest_up = True
         db.executescript(_SCHEMA)
 
     # --- transactions -------------------------------------------------------
@@ -189,17 +193,26 @@ class AlertEngine:
                 (site, "agent", agent, now, 0 if online else 1))
         self.tick(now)
 
+    def ingest_connected(self, up: bool, now: float | None = None) -> None:
+        """Our own link to the broker went down/up: deadman checks pause, and restart their grace on recovery."""
+        now = self.clock() if now is None else now
+        if up and not self._ingest_up:
+            self._grace_from = now
+        self._ingest_up = up
+
     def tick(self, now: float | None = None) -> None:
         """Deadman checks, delayed notifications and reminders. Call periodically."""
         now = self.clock() if now is None else now
         with self._lock:
             seen = self.db.execute("SELECT site, target, name, last_ts, reported_offline FROM seen").fetchall()
-        for site, target, name, last_ts, offline in seen:
+        for site, target, name, last_ts, offline in seen if self._ingest_up else ():
             for rule in self.rules:
                 if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site, name):
                     silent = now - last_ts
-                    breached = silent >= rule.silence_s or bool(offline)
-                    self._judge_deadman(rule, site, name, breached, last_ts, silent, bool(offline), now)
+                    # grace delays new verdicts only; an alert already firing clears only on real data
+                    breached = (now - max(last_ts, self._grace_from) >= rule.silence_s) or bool(offline)
+                    cleared = silent < rule.silence_s and not offline
+                    self._judge_deadman(rule, site, name, breached, cleared, last_ts, silent, bool(offline), now)
         self._notify(now)
 
     # --- acknowledgement and queries ---------------------------------------
@@ -261,7 +274,7 @@ class AlertEngine:
                        "ON CONFLICT DO UPDATE SET last_eval_ts=excluded.last_eval_ts", (rule.name, site, subject, obs_ts))
             self._transition(db, rule, site, subject, breached, cleared, obs_ts, rule.for_s, facts)
 
-    def _judge_deadman(self, rule: DeadmanRule, site, name, breached, last_ts, silent, offline, now) -> None:
+    def _judge_deadman(self, rule: DeadmanRule, site, name, breached, cleared, last_ts, silent, offline, now) -> None:
         s = self.sites.get(site)
         tz = s.timezone if s else "Asia/Shanghai"
         what = ("数据采集终端(agent)离线", "agent offline") if rule.target == "agent" else ("设备离线", "device offline")
@@ -276,7 +289,7 @@ class AlertEngine:
         # judged by the clock: a silence breach starts when the silence reaches the limit
         since = now if offline else last_ts + rule.silence_s
         with self._tx() as db:
-            self._transition(db, rule, site, name, breached, not breached, min(since, now) if breached else now, 0.0, facts)
+            self._transition(db, rule, site, name, breached, cleared, min(since, now) if breached else now, 0.0, facts)
 
     def _transition(self, db, rule, site, subject, breached, cleared, obs_ts, for_s, facts) -> None:
         row = self._open(db, rule.name, site, subject)

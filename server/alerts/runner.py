@@ -39,6 +39,9 @@ class MonitorRunner:
     def on_agent(self, info, previous=None) -> None:
         self._q.put(("agent", info))
 
+    def on_connection(self, up: bool) -> None:
+        self._q.put(("connection", up))
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="greenmine-monitor", daemon=True)
         self._thread.start()
@@ -65,6 +68,8 @@ class MonitorRunner:
                     self.monitor.on_readings(item)
                 elif kind == "agent":
                     self.monitor.on_agent(item)
+                elif kind == "connection":
+                    self.monitor.on_connection(item)
                 if kind != "stop":
                     self.monitor.tick()
                 if failing:

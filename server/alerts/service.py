@@ -113,6 +113,10 @@ class Monitor:
         """Agent registry listener: `info` has site, agent and state ("online" | "offline")."""
         self.alerts.observe_agent_status(info.site, info.agent, info.state == "online", now=self.clock())
 
+    def on_connection(self, up: bool) -> None:
+        """The server's own MQTT link: while it is down, silence is ours, not the devices'."""
+        self.alerts.ingest_connected(up, now=self.clock())
+
     def on_status(self, status) -> None:
         """An agent's retained status: `online` birth or `offline` will (schemas.status.AgentStatus)."""
         self.alerts.observe_agent_status(status.site, status.agent, getattr(status.state, "value", status.state) == "online",

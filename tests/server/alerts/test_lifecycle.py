@@ -223,3 +223,26 @@ def test_rule_device_filter(db_path):
     eng.observe_metric("s1", "crusher-meter", "power_kw", T0, 900)
     assert [(a.rule, a.subject) for a in eng.alerts()] == [("crusher", "crusher-meter")]
     eng.db.close()
+
+
+def test_restart_and_own_outage_do_not_declare_devices_offline(db_path):
+    clock = Clock()
+    eng = make(db_path, clock)
+    eng.observe_seen("s1", "gw1", {"flow1": T0})
+    eng.db.close()
+    clock.t = T0 + 3600  # the server was down for an hour
+    eng = make(db_path, clock)
+    eng.tick()
+    assert eng.alerts() == []  # grace: silence counts from the restart
+    clock.t += 299
+    eng.tick()
+    assert eng.alerts() == []
+    eng.ingest_connected(False)  # our broker link drops: no deadman verdicts meanwhile
+    clock.t += 600
+    eng.tick()
+    assert eng.alerts() == []
+    eng.ingest_connected(True)
+    clock.t += 300  # still silent 300 s after we are back: really offline
+    eng.tick()
+    assert sorted((a.rule, a.subject) for a in eng.alerts()) == [("agent_offline", "gw1"), ("device_offline", "flow1")]
+    eng.db.close()
