@@ -229,6 +229,23 @@ class SimulatedSite:
             raise SimError(f'no device "{name}" (devices: {", ".join(self.devices)})')
         return rt
 
+    def set_clock(self, when: datetime | float) -> None:
+        """Move the simulated clock. Forward, the meters count through the skipped time;
+        backward, every totalizer keeps its current value (a real register never runs back).
+
+        The totals are re-anchored here, at the new time, so no Modbus request
+        afterwards pays for integrating across the jump.
+        """
+        with self._lock:
+            before = self.clock.now()
+            self.clock.set(when)
+            after = self.clock.now()
+            self.model.reanchor(max(before, after))
+            for dev in self.model.devices.values():
+                for tot in dev.totals.values():
+                    tot.anchor_t = after
+            self.model.rebase(after)
+
     def set_scenarios(self, names: list[str], device: str | None = None) -> None:
         """Replace the site's scenario list, or one device's. Totals stay continuous."""
         with self._lock:
@@ -407,6 +424,20 @@ class SiteRunner:
     @property
     def control_port(self) -> int | None:
         return self.site.control_port
+
+    def set_clock(self, when: datetime | float) -> None:
+        """Move the simulated clock. Forward, the meters count through the skipped time;
+        backward, every totalizer keeps its current value (a real register never runs back)."""
+        with self._lock:
+            before = self.clock.now()
+            pinned = self.model.reanchor(before)
+            self.clock.set(when)
+            after = self.clock.now()
+            if after < before:
+                for dev, totals in pinned.items():
+                    for metric, value in totals.items():
+                        tot = self.model.devices[dev].totals[metric]
+                        tot.anchor_t, tot.anchor_total = after, value
 
     def set_scenarios(self, names: list[str], device: str | None = None) -> None:
         self.site.set_scenarios(names, device)
