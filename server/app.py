@@ -68,6 +68,13 @@ class App:
                 keep_bytes=ing.dead_letter_payload_bytes,
                 clock=clock,
             )
+            self.hj212 = None
+            if cfg.hj212:
+                from server.uplink.hj212.service import Hj212Service
+
+                self.hj212 = Hj212Service(cfg, self.agents)
+                self.writer.add_listener(self.hj212.on_stored)
+                self.metrics.bind_hj212(self.hj212.snapshot)
             self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
                                      api=self.monitor.api) if cfg.http_port is not None else None
@@ -106,6 +113,8 @@ class App:
     def start(self) -> None:
         self.monitor.start()
         self.writer.start()
+        if self.hj212 is not None:
+            self.hj212.start()
         self.ingestor.start()
         if self.http is not None:
             self.http.start()
@@ -126,6 +135,8 @@ class App:
             self.ingestor.stop()
             self.mqtt.close()
             self.writer.stop(flush_timeout_s)
+            if self.hj212 is not None:
+                self.hj212.stop()
             if self.http is not None:
                 self.http.stop()
         self.monitor.stop()

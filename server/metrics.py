@@ -15,6 +15,9 @@ instances can live in one process, as the tests run them.
     greenmine_spool_full                                 1 while ingest is not acknowledging (full policy: block)
     greenmine_mqtt_connected
     greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
+    greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
+    greenmine_hj212_connects_total{point}                links made to the platform
+    greenmine_hj212_queued{point}, greenmine_hj212_connected{point}
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deadletter import REASONS
@@ -69,6 +73,26 @@ class Metrics:
         self.spool_readings.set_function(lambda: depth()[1])
         self.spool_bytes.set_function(lambda: depth()[2])
         self.spool_full.set_function(lambda: 1.0 if full() else 0.0)
+
+    def bind_hj212(self, snapshot: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Export the HJ 212 points' counters, read from `snapshot()` at scrape time."""
+
+        class Collector:
+            def collect(self):
+                snap = snapshot()
+                packets = CounterMetricFamily("greenmine_hj212_packets", "HJ 212 uploads per point, by result", labels=["point", "result"])
+                connects = CounterMetricFamily("greenmine_hj212_connects", "links made to the platform", labels=["point"])
+                queued = GaugeMetricFamily("greenmine_hj212_queued", "messages waiting for a 9014", labels=["point"])
+                connected = GaugeMetricFamily("greenmine_hj212_connected", "1 while linked to the platform", labels=["point"])
+                for point, c in sorted(snap.items()):
+                    for result in ("sent", "acked", "retried", "failed", "dropped", "expired"):
+                        packets.add_metric([point, result], c[result])
+                    connects.add_metric([point], c["connects"])
+                    queued.add_metric([point], c["queued"])
+                    connected.add_metric([point], c["connected"])
+                return [packets, connects, queued, connected]
+
+        self.registry.register(Collector())
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if absent); for tests and `status`."""
