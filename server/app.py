@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from server.agents import AgentRegistry
+from server.alerts.wiring import attach as attach_monitor
 from server.config import ServerConfig
 from server.ingest import Ingestor
 from server.metrics import HttpEndpoint, Metrics
@@ -74,7 +75,9 @@ class App:
                 self.hj212 = Hj212Service(cfg, self.agents)
                 self.writer.add_listener(self.hj212.on_stored)
                 self.metrics.bind_hj212(self.hj212.snapshot)
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
+            self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
+            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
+                                     api=self.monitor.api) if cfg.http_port is not None else None
         except BaseException:
             if getattr(self, "sink", None) is not None:
                 self.sink.close()
@@ -87,6 +90,7 @@ class App:
 
     def _connection(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        self.monitor.on_connection(up)
 
     def _agent_gauge(self, info) -> None:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
@@ -107,6 +111,7 @@ class App:
         }
 
     def start(self) -> None:
+        self.monitor.start()
         self.writer.start()
         if self.hj212 is not None:
             self.hj212.start()
@@ -134,6 +139,7 @@ class App:
                 self.hj212.stop()
             if self.http is not None:
                 self.http.stop()
+        self.monitor.stop()
         self.sink.close()
         self.spool.close()
         self._started = False

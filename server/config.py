@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 
 from greenmine.configfile import load_model, resolve_path
 from server.uplink.hj212.config import PointConfig, check_points
+from server.alerts.config import AlertsConfig
+from server.kpi.config import KpiConfig
+from server.notify.config import NotifyConfig
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -137,6 +140,9 @@ class ServerConfig(_Model):
     hj212: list[PointConfig] = Field(
         default_factory=list, description="HJ 212-2017 monitoring points reported to environmental platforms (docs/hj212.md)"
     )
+    kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
 
     _path: Path | None = PrivateAttr(default=None)
 

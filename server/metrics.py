@@ -106,10 +106,32 @@ class Metrics:
 class HttpEndpoint:
     """`/metrics` (Prometheus text format) and `/health` (JSON; 200 healthy, 503 not) on one port."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict]) -> None:
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict], api=None) -> None:
+        # api(method, path, query, body) -> (code, JSON doc) | None: extra routes, e.g. server.alerts.api.AlertsApi
         class Handler(BaseHTTPRequestHandler):
+            def _api(self, method: str) -> bool:
+                path, _, query = self.path.partition("?")
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(n, 65536)) if n else None
+                res = api(method, path, query, body) if api is not None else None
+                if res is None:
+                    return False
+                out = json.dumps(res[1], ensure_ascii=False).encode()
+                self.send_response(res[0])
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                return True
+
+            def do_POST(self) -> None:  # noqa: N802
+                if not self._api("POST"):
+                    self.send_error(404)
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
+                if path.startswith("/alerts") and self._api("GET"):
+                    return
                 if path == "/metrics":
                     body, ctype, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
                 elif path in ("/health", "/healthz"):

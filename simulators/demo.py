@@ -109,6 +109,7 @@ def build_configs(run_dir: Path, broker_port: int) -> dict[str, Path]:
     server.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker_port)
     server.setdefault("ingest", {})["spool_path"] = str(run_dir / "server-spool.sqlite")
     server["store"] = {"kind": "sqlite", "path": str(run_dir / "greenmine.sqlite")}
+    server.setdefault("alerts", {})["db_path"] = str(run_dir / "alerts.sqlite")  # alert state + email outbox
     server["http_port"] = free_port()
     server.pop("smtp", None)  # demo mode: emails are written as .eml files
     _set_email_dir(server, run_dir / "emails")
