@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 from agent.acquisition import Bus, DevicePoller
 from agent.config import AgentConfig
@@ -23,6 +23,7 @@ from agent.outbox import AsyncOutbox, Outbox
 from agent.planner import plan_device
 from agent.schedule import GroupJob, PollScheduler
 from greenmine import __version__
+from greenmine.clock import Clock
 from schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[s
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
+        self.clock = Clock(cfg.clock)  # stamps readings and status; schedules stay on real time
         self.metrics = AgentMetrics()
         self.buses = build_buses(cfg, self.metrics)
         self.pollers: dict[str, DevicePoller] = {}
@@ -56,7 +58,8 @@ class Agent:
                 if group not in plan:
                     continue
                 skipped = self.metrics.skipped.labels(dev.name, group)
-                self.jobs.append(GroupJob(dev.name, group, interval, self._runner(poller, group), on_skip=skipped.inc))
+                self.jobs.append(GroupJob(dev.name, group, interval, self._runner(poller, group), on_skip=skipped.inc,
+                                          clock=self.clock))
         self.outbox = AsyncOutbox(Outbox(cfg.resolve(cfg.outbox.path), site=cfg.site, agent=cfg.agent_id,
                                          max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s))
         self.telemetry_topic = telemetry_topic(cfg.site, cfg.agent_id)
@@ -129,7 +132,7 @@ class Agent:
     def status(self, state: AgentState = AgentState.ONLINE) -> AgentStatus:
         st = self.outbox.stats()
         return AgentStatus(
-            site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=datetime.now(timezone.utc),
+            site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=self.clock.now_datetime(),
             version=__version__, config_hash=self.config_hash,
             outbox_depth=st.depth, outbox_bytes=st.bytes,
             dropped_batches=st.dropped_batches, dropped_readings=st.dropped_readings,

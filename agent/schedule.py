@@ -7,7 +7,8 @@ max_instances=1). The job only hands the tick to `GroupJob.fire`, which owns the
 can be tested with driven time:
 
 - `ts` of every reading = the slot the tick belongs to: floor(now / interval) * interval, so the
-  series of different meters line up;
+  series of different meters line up (with an accelerated `greenmine.clock.Clock`, the slot is
+  still a real-time slot and `ts` is its simulated time);
 - runs of one group never overlap: a tick while the previous run is still going is skipped and
   counted;
 - a late tick does not queue the slots it missed: they are counted as skipped, and the run
@@ -22,6 +23,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+
+from greenmine.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,10 @@ class GroupJob:
         run: Callable[[datetime], Awaitable[None]],
         *,
         on_skip: Callable[[int], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.device, self.group, self.interval_s = device, group, interval_s
+        self._clock = clock or Clock()
         self._run = run
         self._on_skip = on_skip
         self.last_slot: float | None = None
@@ -84,7 +89,7 @@ class GroupJob:
         if missed <= 0:
             self._skip_logged = False  # the streak of skips (if any) is over
         self.runs += 1
-        ts = datetime.fromtimestamp(slot, timezone.utc)
+        ts = self._clock.sim_datetime(slot)
         self.task = asyncio.get_running_loop().create_task(self._run(ts), name=f"poll-{self.device}-{self.group}")
         return self.task
 

@@ -13,6 +13,13 @@ SIGINT, shuts down gracefully:
    and is written on the next start,
 5. exit 0.
 
+Time: `App(cfg, clock=...)` takes "now" (epoch seconds) from `clock` for
+ingest's future-timestamp check, the writer's dead letters, KPI periods, alert
+timing (for-durations, deadman silence, re-notify, reminders) and emails;
+`run` builds it from the config's `[clock]` (`greenmine.clock`: the system
+clock unless a demo or test asks for accelerated simulated time). The HJ 212
+uplink keeps the system clock.
+
 Extension points for the KPI, alert and uplink engines:
 `app.writer.add_listener(fn(readings))` after each stored batch, and
 `app.agents.add_listener(fn(info, previous))` for agent status changes.
@@ -156,7 +163,12 @@ def run(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app = App(cfg)
+    from greenmine.clock import Clock
+
+    clock = Clock(cfg.clock)
+    if clock.accelerated:
+        log.warning("server: %s (for demos and tests only; now %s)", clock.describe(), clock.now_datetime().isoformat())
+    app = App(cfg, clock=clock.now)
     app.start()
     try:
         while not stop.wait(1.0):

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
+from greenmine.clock import ClockConfig
 from greenmine.configfile import load_model, resolve_path
 from server.uplink.hj212.config import PointConfig, check_points
 from server.alerts.config import AlertsConfig
@@ -143,6 +144,11 @@ class ServerConfig(_Model):
     kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
+    clock: ClockConfig = Field(
+        default_factory=ClockConfig,
+        description="time that ingest, KPIs, alerts and emails judge by; absent: the system clock. accelerated is for "
+        "demos and tests (intervals in this file are then simulated seconds)",
+    )
 
     _path: Path | None = PrivateAttr(default=None)
 

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_sim_config(Path(args.site))
         # The clock is set before the site is built: totals are anchored at the clock's
         # start, so a start given here must be in place when the model is anchored.
-        clock = SimClock(cfg.clock.start, cfg.clock.speed if args.speed is None else args.speed, cfg.clock.timezone)
+        clock = SimClock.from_config(cfg.clock, args.speed)
         if args.start:
             clock.set(datetime.fromisoformat(args.start))
         site = SimulatedSite(cfg, clock=clock)

@@ -160,7 +160,7 @@ class SimulatedSite:
 
     def __init__(self, cfg: SimSiteConfig, *, clock: SimClock | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock or SimClock(cfg.clock.start, cfg.clock.speed, cfg.clock.timezone)
+        self.clock = clock or SimClock.from_config(cfg.clock)
         self.scenarios: dict[str, Scenario] = load_scenarios(cfg.scenario_dirs())
         self.model = SiteModel(cfg.seed, cfg.physics, cfg.clock.timezone, self.scenarios, cfg.scenarios)
         self.devices: dict[str, DeviceRuntime] = {}
@@ -354,7 +354,7 @@ class SiteRunner:
     """Runs a SimulatedSite on its own asyncio loop in a background thread (tests, the demo)."""
 
     def __init__(self, cfg: SimSiteConfig, *, start: datetime | float | None = None, speed: float | None = None) -> None:
-        clock = SimClock(cfg.clock.start, cfg.clock.speed if speed is None else speed, cfg.clock.timezone)
+        clock = SimClock.from_config(cfg.clock, speed)
         if start is not None:
             clock.set(start)
         self.site = SimulatedSite(cfg, clock=clock)

@@ -85,7 +85,10 @@ CATALOG: dict[str, KpiInfo] = {
         "厂界PM10小时均值", "boundary PM10 1-hour average",
         "某一完整小时的均值回到限值以下", "a complete hour's average back below the limit",
     ),
-    "noise_leq_hourly": KpiInfo("厂界噪声小时等效声级", "boundary noise hourly Leq", "—", "—"),
+    "noise_leq_hourly": KpiInfo(
+        "厂界噪声小时等效声级", "boundary noise hourly Leq",
+        "某一完整小时的等效声级回到限值以下", "a complete hour's Leq back below the limit",
+    ),
     "noise_leq_day": KpiInfo(
         "厂界噪声昼间等效声级", "boundary noise day-time Leq",
         "某一完整昼间的等效声级回到限值以下", "a complete day period's Leq back below the limit",
