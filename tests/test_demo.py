@@ -101,7 +101,7 @@ def test_demo_breaches_reuse_and_night_noise_takes_a_meter_offline_and_emails(tm
         assert found, (needles, [s for s, _ in msgs])
         return found[0]
 
-    subject, body = email("[严重]", "选矿废水循环利用率(滚动24小时)超限")
+    subject, body = email("[严重]", "选矿废水循环利用率(滚动24小时)低于限值")
     assert "测量值" in body and "≥ 85 %" in body and body.index("测量值") < body.index("Measured")
     subject, body = email("[警告]", "厂界噪声小时等效声级超限")
     assert "GB 12348-2008 2类 夜间 50 dB(A)" in body

@@ -74,6 +74,14 @@ def context(facts: dict, kind: str = "firing") -> dict[str, str]:
         period = facts.get("period_label") or "—"
     comp = facts.get("completeness_pct")
     sev = facts.get("severity", "warning")
+    # How the breach reads: a floor (reuse rate) is fallen below, a ceiling exceeded,
+    # and a device that went silent is simply "no data".
+    if facts.get("kind") == "deadman":
+        breach_zh, breach_en = "", ""
+    elif cmp in ("<", "<="):
+        breach_zh, breach_en = "低于限值", "below its limit"
+    else:
+        breach_zh, breach_en = "超限", "over its limit"
     return {
         "alert_id": str(facts.get("alert_id", "")),
         "rule": str(facts.get("rule", "")),
@@ -86,6 +94,8 @@ def context(facts: dict, kind: str = "firing") -> dict[str, str]:
         "subject": str(facts.get("subject", "")),
         "title_zh": str(facts.get("title_zh", "")),
         "title_en": str(facts.get("title_en", "")),
+        "breach_zh": breach_zh,
+        "breach_en": breach_en,
         "value_text": value_text,
         "limit_text": limit_text,
         "worst_text": _with_unit(facts.get("worst", facts.get("value")), unit) if facts.get("kind") != "deadman" else "—",
