@@ -144,6 +144,8 @@ class DevicePoller:
         if self.state is not DeviceState.ONLINE:
             if self.state is DeviceState.OFFLINE:
                 log.info("device %s is back online", self.dev.name)
+            else:
+                log.info("device %s is online", self.dev.name)
             self.state, self.since = DeviceState.ONLINE, datetime.now(timezone.utc)
             if self.on_state_change:
                 self.on_state_change()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 from agent.codec import WordOrder
 from agent.registermap import IDENT, Register, check_register_layout, load_profile, merge_registers
 from greenmine import PROFILES_DIR
+from greenmine.clock import ClockConfig
 from greenmine.configfile import ConfigError, load_model, resolve_path
 
 
@@ -63,7 +64,9 @@ class OutboxConfig(_Model):
     batch_max_readings: int = Field(default=500, ge=1, le=10000, description="readings per published batch, at most")
     drain_batches_per_s: float = Field(default=50.0, gt=0, description="backlog publish rate after an outage")
     linger_ms: int = Field(
-        default=20, ge=0, le=10000, description="readings of polls finishing within this window share one batch"
+        default=5, ge=0, le=10000,
+        description="readings of polls finishing within this window share one batch (polls finishing while a "
+        "commit runs join the next batch anyway)"
     )
 
 
@@ -210,6 +213,11 @@ class AgentConfig(_Model):
     )
     buses: list[BusConfig] = Field(min_length=1, description="serial ports and TCP gateways, [[buses]]")
     devices: list[DeviceConfig] = Field(min_length=1, description="meters to poll, [[devices]]")
+    clock: ClockConfig = Field(
+        default_factory=ClockConfig,
+        description="time written into readings and status; absent: the system clock. accelerated is for demos and tests "
+        "(poll intervals stay real seconds)",
+    )
 
     _path: Path | None = PrivateAttr(default=None)
 

@@ -1,11 +1,13 @@
 """Outbox -> broker: live batches at once, the backlog oldest first at a bounded rate.
 
 Rules (DESIGN.md "Delivery", STYLE.md §6):
-- a batch is published only from the outbox (it is committed first) and deleted only on its PUBACK;
+- a batch is published only once committed to the outbox, and deleted only on its PUBACK (the
+  PUBACKs that arrive while a delete is running are deleted together in the next transaction);
 - at most `max_inflight` batches await a PUBACK; a batch in flight is never published again by
   us (after a reconnect paho re-sends it itself), only after a restart from the outbox;
 - on each connect, batches created from then on are "live" and go out as soon as they are
-  committed; everything older is the backlog, drained oldest first at `drain_batches_per_s`
+  committed: `offer` publishes a just-committed batch from memory (no read back from SQLite, no
+  wait behind the outbox thread) when it is next in line, else the pump reads it from the outbox; everything older is the backlog, drained oldest first at `drain_batches_per_s`
   alongside the live stream, so a long outage does not flood the broker or delay fresh data.
 """
 
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from agent.metrics import AgentMetrics
-from agent.outbox import AsyncOutbox
+from agent.outbox import AsyncOutbox, StoredBatch
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,23 @@ class Forwarder:
         self._next_backlog = 0.0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._to_ack: list[int] = []
+        self._ack_task: asyncio.Task | None = None
         self.published = 0
 
     # -- events ---------------------------------------------------------------------------------
     def notify(self) -> None:
         """A new batch was committed."""
+        self._wake.set()
+
+    def offer(self, batch: StoredBatch) -> None:
+        """A batch was just committed: publish it at once if it is the next live one, else leave it
+        to the pump (which reads it back from the outbox)."""
+        if (self.connected and batch.seq == self.live_cursor + 1 and batch.seq >= self.live_from
+                and len(self.inflight) < self.max_inflight and batch.seq not in self._unacked):
+            if self._send(batch.seq, batch.created_s, batch.payload):
+                self.live_cursor = batch.seq
+                return
         self._wake.set()
 
     def on_connect(self) -> None:
@@ -73,16 +87,24 @@ class Forwarder:
         if self.metrics:
             self.metrics.published.inc()
             self.metrics.publish_latency.observe(max(0.0, time.time() - created_s))
-        task = asyncio.get_running_loop().create_task(self._ack(seq))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._to_ack.append(seq)
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = task = asyncio.get_running_loop().create_task(self._ack_all())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self._wake.set()
 
-    async def _ack(self, seq: int) -> None:
-        try:
-            await self.outbox.ack(seq)
-        finally:
-            self._unacked.discard(seq)
+    async def _ack_all(self) -> None:
+        """Delete acknowledged batches, all PUBACKs received meanwhile in one transaction."""
+        while self._to_ack:
+            seqs, self._to_ack = self._to_ack, []
+            try:
+                await self.outbox.ack_many(seqs)
+            except Exception:
+                # The batches stay in the outbox and are sent again after a restart (at least once).
+                log.exception("outbox: deleting %d delivered batches failed", len(seqs))
+            finally:
+                self._unacked.difference_update(seqs)
 
     # -- loop -----------------------------------------------------------------------------------
     def _send(self, seq: int, created_s: float, payload: bytes) -> bool:
@@ -99,6 +121,8 @@ class Forwarder:
             if not rows:
                 return
             for row in rows:
+                if row.seq <= self.live_cursor:
+                    continue  # sent by `offer` while this fetch ran (and maybe acked and deleted since)
                 if row.seq not in self._unacked and not self._send(row.seq, row.created_s, row.payload):
                     return
                 self.live_cursor = row.seq

@@ -8,6 +8,13 @@ dropped while the stored payload bytes exceed `max_bytes` or a batch is older th
 The newest batch is always kept, so polling never blocks on a full outbox. Drops are counted in
 the database (they survive restarts) and reported in the status message.
 
+Deletes are not fsynced: `ack_many` deletes every batch acknowledged since the last call in one
+transaction under synchronous=NORMAL. In WAL mode that commit is ordered before the next
+synchronous=FULL commit, whose fsync carries it too, so an `add` is exactly as durable as before;
+a delete lost to a power cut only means that batch is sent again (delivery is at least once and the
+server writes idempotently). This keeps the one outbox thread free for the commits that matter
+(one fsync per batch, not two).
+
 `seq` comes from a counter stored in the same transaction as the batch, so it keeps increasing
 across restarts even when the outbox has been emptied.
 
@@ -81,6 +88,10 @@ class Outbox:
 
     def add(self, readings: list[Reading], now_s: float) -> int:
         """Commit one batch; returns its seq. Applies the bound (drop oldest) in the same transaction."""
+        return self.commit(readings, now_s).seq
+
+    def commit(self, readings: list[Reading], now_s: float) -> StoredBatch:
+        """Commit one batch (durable when this returns) and return it, payload included."""
         seq = self._next_seq
         sent_at = datetime.fromtimestamp(now_s, timezone.utc)
         payload = TelemetryBatch(site=self.site, agent=self.agent, seq=seq, sent_at=sent_at, readings=readings).to_json()
@@ -119,7 +130,7 @@ class Outbox:
         self._depth, self._bytes = depth, size
         self._dropped_batches += dropped_b
         self._dropped_readings += dropped_r
-        return seq
+        return StoredBatch(seq, now_s, len(readings), payload)
 
     def fetch(self, after_seq: int, before_seq: int | None = None, limit: int = 10) -> list[StoredBatch]:
         """Stored batches with after_seq < seq (< before_seq), oldest first."""
@@ -142,6 +153,31 @@ class Outbox:
         self._bytes -= int(row[0])
         return True
 
+    def ack_many(self, seqs: list[int]) -> int:
+        """Delete delivered batches in one transaction, without an fsync (see the module docstring).
+        Returns how many were still there."""
+        if not seqs:
+            return 0
+        try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = [self._db.execute("DELETE FROM batch WHERE seq = ? RETURNING bytes", (s,)).fetchone()
+                            for s in seqs]
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox: cannot delete {len(seqs)} delivered batches: {exc}") from exc
+        gone = [r for r in rows if r is not None]
+        self._depth -= len(gone)
+        self._bytes -= sum(int(r[0]) for r in gone)
+        return len(gone)
+
     def close(self) -> None:
         self._db.close()
 
@@ -161,6 +197,12 @@ class AsyncOutbox:
 
     async def add(self, readings: list[Reading], now_s: float) -> int:
         return await self._call(self.sync.add, readings, now_s)
+
+    async def commit(self, readings: list[Reading], now_s: float) -> StoredBatch:
+        return await self._call(self.sync.commit, readings, now_s)
+
+    async def ack_many(self, seqs: list[int]) -> int:
+        return await self._call(self.sync.ack_many, seqs)
 
     async def fetch(self, after_seq: int, before_seq: int | None = None, limit: int = 10) -> list[StoredBatch]:
         return await self._call(self.sync.fetch, after_seq, before_seq, limit)

@@ -76,6 +76,7 @@ class MqttPublisher:
         c.on_connect = self._cb_connect
         c.on_disconnect = self._cb_disconnect
         c.on_publish = self._cb_publish
+        c.on_connect_fail = self._cb_connect_fail
         self._client = c
 
     # -- paho thread -> event loop ------------------------------------------------------------
@@ -96,6 +97,13 @@ class MqttPublisher:
             log.info("connected to broker %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
         self._ever_connected, self._down_logged = True, False
         self._post(self._on_connect, bool(flags.session_present))
+
+    def _cb_connect_fail(self, client, userdata) -> None:
+        # The broker is down or unreachable (refused, DNS, timeout); paho retries with back-off.
+        if not self._down_logged:
+            log.error("cannot reach broker %s:%d; retrying every %g..%g s, batches wait in the outbox",
+                      self.cfg.host, self.cfg.port, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+            self._down_logged = True
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected

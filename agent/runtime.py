@@ -1,8 +1,10 @@
 """The running agent: acquisition -> outbox -> forwarder -> broker, plus status and /metrics.
 
     poll (GroupJob, per device and poll group)
-      -> readings collected for `linger_ms` (one batch for the polls of one tick)
-      -> Outbox.add (committed, WAL, fsync)           <- never blocks polling: own thread, drop_oldest
+      -> readings collected for `linger_ms` (one batch for the polls of one tick); readings that
+         arrive while a commit is running go into the next one (group commit, one fsync each)
+      -> Outbox.commit (WAL, fsync)                   <- never blocks polling: own thread, drop_oldest
+      -> Forwarder.offer: published from memory at once when connected and next in line
       -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 from agent.acquisition import Bus, DevicePoller
 from agent.config import AgentConfig
@@ -21,6 +23,7 @@ from agent.outbox import AsyncOutbox, Outbox
 from agent.planner import plan_device
 from agent.schedule import GroupJob, PollScheduler
 from greenmine import __version__
+from greenmine.clock import Clock
 from schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[s
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
+        self.clock = Clock(cfg.clock)  # stamps readings and status; schedules stay on real time
         self.metrics = AgentMetrics()
         self.buses = build_buses(cfg, self.metrics)
         self.pollers: dict[str, DevicePoller] = {}
@@ -54,7 +58,8 @@ class Agent:
                 if group not in plan:
                     continue
                 skipped = self.metrics.skipped.labels(dev.name, group)
-                self.jobs.append(GroupJob(dev.name, group, interval, self._runner(poller, group), on_skip=skipped.inc))
+                self.jobs.append(GroupJob(dev.name, group, interval, self._runner(poller, group), on_skip=skipped.inc,
+                                          clock=self.clock))
         self.outbox = AsyncOutbox(Outbox(cfg.resolve(cfg.outbox.path), site=cfg.site, agent=cfg.agent_id,
                                          max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s))
         self.telemetry_topic = telemetry_topic(cfg.site, cfg.agent_id)
@@ -84,6 +89,8 @@ class Agent:
 
     def _collect(self, readings: list[Reading]) -> None:
         self._pending.extend(readings)
+        if self._flush_lock.locked():
+            return  # group commit: the flush in progress commits these as soon as its fsync is done
         if len(self._pending) >= self.cfg.outbox.batch_max_readings:
             self._schedule_flush(0)
         elif self._flush_handle is None:
@@ -98,17 +105,21 @@ class Agent:
         """Commit the collected readings as batches of at most batch_max_readings."""
         self._flush_handle = None
         async with self._flush_lock:  # batches are committed in the order the readings were taken
-            pending, self._pending = self._pending, []
-            size = self.cfg.outbox.batch_max_readings
-            for i in range(0, len(pending), size):
-                try:
-                    await self.outbox.add(pending[i : i + size], time.time())
-                except Exception:
-                    log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
-                    continue
-                if self.forwarder:
-                    self.forwarder.notify()
+            while self._pending:
+                await self._commit_pending()
             self._update_outbox_metrics()
+
+    async def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        size = self.cfg.outbox.batch_max_readings
+        for i in range(0, len(pending), size):
+            try:
+                batch = await self.outbox.commit(pending[i : i + size], time.time())
+            except Exception:
+                log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
+                continue
+            if self.forwarder:
+                self.forwarder.offer(batch)
 
     def _update_outbox_metrics(self) -> None:
         st = self.outbox.stats()
@@ -121,7 +132,7 @@ class Agent:
     def status(self, state: AgentState = AgentState.ONLINE) -> AgentStatus:
         st = self.outbox.stats()
         return AgentStatus(
-            site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=datetime.now(timezone.utc),
+            site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=self.clock.now_datetime(),
             version=__version__, config_hash=self.config_hash,
             outbox_depth=st.depth, outbox_bytes=st.bytes,
             dropped_batches=st.dropped_batches, dropped_readings=st.dropped_readings,
@@ -152,6 +163,23 @@ class Agent:
         self.forwarder.on_puback(mid)
         self._update_outbox_metrics()
 
+    def _log_summary(self) -> None:
+        """What a technician checks first: identity, buses, devices, requests per cycle, broker, outbox."""
+        cfg = self.cfg
+        total = 0
+        for name, bus in self.buses.items():
+            pollers = [p for p in self.pollers.values() if p.dev.bus == name]
+            reqs = sum(len(r) for p in pollers for r in p.plan.values())
+            total += reqs
+            log.info("bus %s: %s, %d device(s) (%s), %d request(s) per cycle of every group, timeout %d ms",
+                     name, bus.cfg.endpoint, len(pollers),
+                     ", ".join(f"{p.dev.name}@{p.dev.unit_id}" for p in pollers) or "none", reqs, bus.cfg.timeout_ms)
+        st = self.outbox.stats()
+        log.info("agent %s/%s %s (config %s): %d device(s) on %d bus(es), %d request(s) per cycle; broker %s:%d%s; "
+                 "outbox %s (%d batch(es) waiting)", cfg.site, cfg.agent_id, __version__, self.config_hash,
+                 len(self.pollers), len(self.buses), total, cfg.mqtt.host, cfg.mqtt.port,
+                 " (TLS)" if cfg.mqtt.tls else "", cfg.resolve(cfg.outbox.path), st.depth)
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         from agent.publisher import MqttPublisher
@@ -178,7 +206,7 @@ class Agent:
         status_task = loop.create_task(self._status_loop(), name="status")
         self.publisher.start()
         scheduler.start()
-        log.info("agent %s/%s polling %d devices on %d buses", cfg.site, cfg.agent_id, len(self.pollers), len(self.buses))
+        self._log_summary()
         try:
             await stop.wait()
         finally:

@@ -8,6 +8,7 @@ themselves are the top-level packages `schemas`, `agent`, `server` and
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
+import sys
 from pathlib import Path
 
 try:
@@ -15,7 +16,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+src"
 
-#: The repository's `config/` folder: example configs, device profiles, scenarios.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+def _config_dir() -> Path:
+    """The shipped `config/` folder: example configs, device profiles, scenarios.
+
+    In a source checkout or an editable install it is the repository's own;
+    a wheel install puts a copy under <prefix>/share/greenmine/config.
+    """
+    source = Path(__file__).resolve().parent.parent / "config"
+    if (source / "profiles").is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "greenmine" / "config"
+
+
+CONFIG_DIR = _config_dir()
 PROFILES_DIR = CONFIG_DIR / "profiles"
 SCENARIOS_DIR = CONFIG_DIR / "scenarios"

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     agent_cli.register(sub)
     server_cli.register(sub)
+    __import__("server.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
+    __import__("server.kpi.cli", fromlist=["register"]).register(sub)  # greenmine kpi recompute|show
     sim_cli.register(sub)
     demo.register(sub)
     checkcmd.register(sub)

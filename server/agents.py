@@ -62,6 +62,10 @@ class AgentRegistry:
         self._lock = threading.Lock()
         self._agents: dict[tuple[str, str], AgentInfo] = {}
         self._listeners: list[Listener] = []
+        # Device states from the latest status that listed devices (the will lists none).
+        # In memory only: every birth message (retained, so redelivered on restart) and
+        # every device state change carries the full list again.
+        self._devices: dict[tuple[str, str], dict[str, str]] = {}
         self._on_change = on_change
         for row in rows:
             info = AgentInfo(*row)
@@ -80,12 +84,22 @@ class AgentRegistry:
         with self._lock:
             return sorted(self._agents.values())
 
+    def device_state(self, site: str, agent: str, device: str) -> str | None:
+        """"online", "offline" or "unknown" as the agent last reported the device; None if never reported."""
+        with self._lock:
+            return self._devices.get((site, agent), {}).get(device)
+
     def offline(self) -> list[AgentInfo]:
         return [a for a in self.all() if not a.online]
 
     def prepare(self, status: AgentStatus, received_ms: int, pending: dict | None = None) -> AgentInfo:
         """The new state for this status (not yet applied). `pending` holds states prepared earlier in the same commit."""
         key = (status.site, status.agent)
+        if status.devices:
+            # Taken before the status is durable: a status that fails to commit is
+            # redelivered, so this view is at most one message early.
+            with self._lock:
+                self._devices[key] = {d.device: d.state.value for d in status.devices}
         prev = (pending or {}).get(key) or self.get(*key)
         state = status.state.value
         since = prev.since_ms if prev is not None and prev.state == state else received_ms

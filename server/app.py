@@ -13,6 +13,13 @@ SIGINT, shuts down gracefully:
    and is written on the next start,
 5. exit 0.
 
+Time: `App(cfg, clock=...)` takes "now" (epoch seconds) from `clock` for
+ingest's future-timestamp check, the writer's dead letters, KPI periods, alert
+timing (for-durations, deadman silence, re-notify, reminders) and emails;
+`run` builds it from the config's `[clock]` (`greenmine.clock`: the system
+clock unless a demo or test asks for accelerated simulated time). The HJ 212
+uplink keeps the system clock.
+
 Extension points for the KPI, alert and uplink engines:
 `app.writer.add_listener(fn(readings))` after each stored batch, and
 `app.agents.add_listener(fn(info, previous))` for agent status changes.
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from server.agents import AgentRegistry
+from server.alerts.wiring import attach as attach_monitor
 from server.config import ServerConfig
 from server.ingest import Ingestor
 from server.metrics import HttpEndpoint, Metrics
@@ -67,7 +75,16 @@ class App:
                 keep_bytes=ing.dead_letter_payload_bytes,
                 clock=clock,
             )
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health) if cfg.http_port is not None else None
+            self.hj212 = None
+            if cfg.hj212:
+                from server.uplink.hj212.service import Hj212Service
+
+                self.hj212 = Hj212Service(cfg, self.agents)
+                self.writer.add_listener(self.hj212.on_stored)
+                self.metrics.bind_hj212(self.hj212.snapshot)
+            self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
+            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
+                                     api=self.monitor.api) if cfg.http_port is not None else None
         except BaseException:
             if getattr(self, "sink", None) is not None:
                 self.sink.close()
@@ -80,6 +97,7 @@ class App:
 
     def _connection(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        self.monitor.on_connection(up)
 
     def _agent_gauge(self, info) -> None:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
@@ -100,7 +118,10 @@ class App:
         }
 
     def start(self) -> None:
+        self.monitor.start()
         self.writer.start()
+        if self.hj212 is not None:
+            self.hj212.start()
         self.ingestor.start()
         if self.http is not None:
             self.http.start()
@@ -121,8 +142,11 @@ class App:
             self.ingestor.stop()
             self.mqtt.close()
             self.writer.stop(flush_timeout_s)
+            if self.hj212 is not None:
+                self.hj212.stop()
             if self.http is not None:
                 self.http.stop()
+        self.monitor.stop()
         self.sink.close()
         self.spool.close()
         self._started = False
@@ -139,7 +163,12 @@ def run(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app = App(cfg)
+    from greenmine.clock import Clock
+
+    clock = Clock(cfg.clock)
+    if clock.accelerated:
+        log.warning("server: %s (for demos and tests only; now %s)", clock.describe(), clock.now_datetime().isoformat())
+    app = App(cfg, clock=clock.now)
     app.start()
     try:
         while not stop.wait(1.0):

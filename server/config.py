@@ -13,7 +13,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
+from greenmine.clock import ClockConfig
 from greenmine.configfile import load_model, resolve_path
+from server.uplink.hj212.config import PointConfig, check_points
+from server.alerts.config import AlertsConfig
+from server.kpi.config import KpiConfig
+from server.notify.config import NotifyConfig
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -137,6 +142,17 @@ class ServerConfig(_Model):
     sites: list[SiteConfig] = Field(default_factory=list, description="known sites and their limits")
     smtp: SmtpConfig | None = Field(default=None, description="mail relay; absent: emails are written as .eml files")
     default_recipients: list[str] = Field(default_factory=list, description="recipients for sites that list none")
+    hj212: list[PointConfig] = Field(
+        default_factory=list, description="HJ 212-2017 monitoring points reported to environmental platforms (docs/hj212.md)"
+    )
+    kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
+    clock: ClockConfig = Field(
+        default_factory=ClockConfig,
+        description="time that ingest, KPIs, alerts and emails judge by; absent: the system clock. accelerated is for "
+        "demos and tests (intervals in this file are then simulated seconds)",
+    )
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -153,6 +169,7 @@ class ServerConfig(_Model):
                 ZoneInfo(site.timezone)
             except Exception:
                 raise ValueError(f'sites[{i}] "{site.id}": unknown timezone "{site.timezone}"') from None
+        check_points(self.hj212, None if self.ingest.unknown_site is UnknownSitePolicy.ACCEPT else seen)
         return self
 
     def site(self, site_id: str) -> SiteConfig | None:

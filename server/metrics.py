@@ -15,6 +15,9 @@ instances can live in one process, as the tests run them.
     greenmine_spool_full                                 1 while ingest is not acknowledging (full policy: block)
     greenmine_mqtt_connected
     greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
+    greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
+    greenmine_hj212_connects_total{point}                links made to the platform
+    greenmine_hj212_queued{point}, greenmine_hj212_connected{point}
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deadletter import REASONS
@@ -70,6 +74,26 @@ class Metrics:
         self.spool_bytes.set_function(lambda: depth()[2])
         self.spool_full.set_function(lambda: 1.0 if full() else 0.0)
 
+    def bind_hj212(self, snapshot: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Export the HJ 212 points' counters, read from `snapshot()` at scrape time."""
+
+        class Collector:
+            def collect(self):
+                snap = snapshot()
+                packets = CounterMetricFamily("greenmine_hj212_packets", "HJ 212 uploads per point, by result", labels=["point", "result"])
+                connects = CounterMetricFamily("greenmine_hj212_connects", "links made to the platform", labels=["point"])
+                queued = GaugeMetricFamily("greenmine_hj212_queued", "messages waiting for a 9014", labels=["point"])
+                connected = GaugeMetricFamily("greenmine_hj212_connected", "1 while linked to the platform", labels=["point"])
+                for point, c in sorted(snap.items()):
+                    for result in ("sent", "acked", "retried", "failed", "dropped", "expired"):
+                        packets.add_metric([point, result], c[result])
+                    connects.add_metric([point], c["connects"])
+                    queued.add_metric([point], c["queued"])
+                    connected.add_metric([point], c["connected"])
+                return [packets, connects, queued, connected]
+
+        self.registry.register(Collector())
+
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if absent); for tests and `status`."""
         v = self.registry.get_sample_value(name, labels or None)
@@ -82,10 +106,32 @@ class Metrics:
 class HttpEndpoint:
     """`/metrics` (Prometheus text format) and `/health` (JSON; 200 healthy, 503 not) on one port."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict]) -> None:
+    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict], api=None) -> None:
+        # api(method, path, query, body) -> (code, JSON doc) | None: extra routes, e.g. server.alerts.api.AlertsApi
         class Handler(BaseHTTPRequestHandler):
+            def _api(self, method: str) -> bool:
+                path, _, query = self.path.partition("?")
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(n, 65536)) if n else None
+                res = api(method, path, query, body) if api is not None else None
+                if res is None:
+                    return False
+                out = json.dumps(res[1], ensure_ascii=False).encode()
+                self.send_response(res[0])
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                return True
+
+            def do_POST(self) -> None:  # noqa: N802
+                if not self._api("POST"):
+                    self.send_error(404)
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
+                if path.startswith("/alerts") and self._api("GET"):
+                    return
                 if path == "/metrics":
                     body, ctype, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
                 elif path in ("/health", "/healthz"):

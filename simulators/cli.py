@@ -35,15 +35,17 @@ def _run(args: argparse.Namespace) -> int:
         print("greenmine sim run: --site FILE is required (or --list-scenarios)", file=sys.stderr)
         return 2
     from simulators.config import load_sim_config
+    from simulators.clock import SimClock
     from simulators.site import SimError, SimulatedSite
 
     try:
         cfg = load_sim_config(Path(args.site))
-        site = SimulatedSite(cfg)
+        # The clock is set before the site is built: totals are anchored at the clock's
+        # start, so a start given here must be in place when the model is anchored.
+        clock = SimClock.from_config(cfg.clock, args.speed)
         if args.start:
-            site.clock.set(datetime.fromisoformat(args.start))
-        if args.speed is not None:
-            site.clock.set_speed(args.speed)
+            clock.set(datetime.fromisoformat(args.start))
+        site = SimulatedSite(cfg, clock=clock)
     except (ConfigError, SimError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -15,12 +15,22 @@ from zoneinfo import ZoneInfo
 
 
 class SimClock:
-    def __init__(self, start: datetime | None = None, speed: float = 1.0, tz: str = "Asia/Shanghai") -> None:
+    def __init__(self, start: datetime | None = None, speed: float = 1.0, tz: str = "Asia/Shanghai",
+                 real_start_epoch_s: float | None = None) -> None:
         self.tz = ZoneInfo(tz)
         self._lock = threading.Lock()
         self._speed = float(speed)
         self._base_mono = time.monotonic()
         self._base_sim = self._to_epoch(start) if start is not None else time.time()
+        if start is not None and real_start_epoch_s is not None:
+            # `start` was the simulated time at that real instant (greenmine.clock's rule), so the
+            # simulator agrees with an agent and a server given the same start, speed and real start.
+            self._base_sim += (time.time() - real_start_epoch_s) * self._speed
+
+    @classmethod
+    def from_config(cls, cfg, speed: float | None = None) -> SimClock:
+        """From a site config's `[clock]` (simulators.config.SimClockConfig); `speed` overrides its speed."""
+        return cls(cfg.start, cfg.speed if speed is None else speed, cfg.timezone, cfg.real_start_epoch_s)
 
     def _to_epoch(self, when: datetime | float) -> float:
         if isinstance(when, (int, float)):

@@ -29,8 +29,13 @@ class SimTransport(str, Enum):
     RTU = "rtu"
 
 
-class ClockConfig(_Model):
+class SimClockConfig(_Model):
     start: datetime | None = Field(default=None, description="simulated start time (ISO 8601, with offset); absent: now")
+    real_start_epoch_s: float | None = Field(
+        default=None, gt=0,
+        description="with start: the real Unix time at which the simulated clock read start (absent: when the simulator "
+        "starts); the demo gives the agent and server [clock] the same start, speed and real start so all agree",
+    )
     speed: float = Field(default=1.0, gt=0, le=100_000, description="simulated seconds per real second (1440 = a day in a minute)")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone of the site's shifts and nights")
 
@@ -143,7 +148,7 @@ class SimSiteConfig(_Model):
     kind: Literal["sim"] = Field(default="sim", description="config kind, for check-config")
     site: str = Field(pattern=IDENT, description="site id")
     seed: int = Field(default=20251210, description="random seed: the same seed gives the same series")
-    clock: ClockConfig = Field(default_factory=ClockConfig, description="simulated clock: start and speed")
+    clock: SimClockConfig = Field(default_factory=SimClockConfig, description="simulated clock: start and speed")
     scenarios: list[str] = Field(
         default_factory=lambda: ["normal"], description="site-wide scenarios (physics), combined in order"
     )

@@ -46,7 +46,7 @@ def _handle(site, method: str, path: str, body: dict) -> tuple[int, dict]:
                     when = datetime.fromisoformat(str(body["time"]))
                 except ValueError:
                     raise SimError(f'"time": not an ISO 8601 time: {body["time"]!r}') from None
-                site.clock.set(when)
+                site.set_clock(when)
             if "speed" in body:
                 speed = body["speed"]
                 if not isinstance(speed, (int, float)) or speed < 0:

@@ -11,12 +11,30 @@ process, exactly as they run in production:
 
 The configs it generates go into a fresh data folder, named on start, so a run
 never collides with an earlier one and the user can read and reuse them.
+
+Time: all three processes run on one accelerated simulated clock
+(`greenmine.clock`, x60: a simulated minute per real second, from 21:50
+yesterday, site time). The demo gives the simulator, the agent and the server
+the same start, speed and real start epoch, so they agree on "now" without
+talking to each other. The agent still polls on real seconds (every poll group
+once a real second = once a simulated minute, the cadence the server's KPI
+settings expect); readings carry simulated time, and the server judges them by
+simulated time.
+
+The script, in simulated time (see SCRIPT below): reuse_drop and night_noise
+from 22:00, the belt scale offline from 22:05 to 22:25. Within about 80 real
+seconds the reuse rate, the night noise and the offline belt scale raise
+alerts, the belt scale's resolves, and their emails appear as .eml files. The
+terminal shows each alert as it changes state, read from the server's alert
+API (GET /alerts).
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import math
 import os
 import shutil
 import signal
@@ -25,11 +43,45 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, time as dtime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from greenmine import CONFIG_DIR
+from greenmine.clock import Clock, ClockConfig
+
+#: Simulated seconds per real second. At x60 one real second is one simulated minute: the agent
+#: polls every group once a real second, which is the one-minute cadence that the example server
+#: config's KPI settings (counter_interval_s, sample_interval_s) and the 5-minute deadman expect.
+SPEED = 60.0
+#: Simulated start, site local time, on the day before the demo runs: ten minutes before the
+#: night (22:00) when reuse_drop and night_noise begin.
+SIM_START = dtime(21, 50)
+#: Site-wide scenarios for the whole run.
+SITE_SCENARIOS = ["reuse_drop", "night_noise"]
+#: (simulated minutes after the start, action, device, scenario): injected through the simulator's control interface.
+SCRIPT = [
+    (15, "inject", "mill-feed-belt", "device_offline"),  # 22:05: the belt scale stops answering
+    (35, "clear", "mill-feed-belt", None),               # 22:25: back
+]
+#: Rules the demo adds to the example server config, so that what the script breaks is judged
+#: within minutes rather than at the end of a simulated day or night (the shipped rules stay on).
+DEMO_RULES = [
+    # The daily rule judges complete days only; the demo has data from 21:50, so it judges the
+    # rolling 24 h rate over the data so far (incomplete windows allowed, as the e2e test does).
+    {"kind": "threshold", "name": "water_reuse_24h_demo", "series": "water_reuse_24h", "require_complete": False,
+     "clear_hysteresis": 1.0, "severity": "critical"},
+    # The shipped rule judges the whole night (22-06); this one judges each complete night hour's Leq
+    # against the same GB 12348 night limit.
+    {"kind": "threshold", "name": "noise_night_leq_hourly", "series": "noise_leq_hourly", "clear_hysteresis": 1.0,
+     "severity": "warning"},
+]
+#: The rolling 24 h reuse rate is recomputed every 5 simulated minutes (default 15).
+ROLLING_EVERY_S = 300.0
+#: Cap of the agent's back-off for a failing device, in real seconds (default 300): the belt
+#: scale is probed again within seconds of coming back.
+BACKOFF_MAX_S = 5.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,8 +130,25 @@ def new_run_dir(parent: Path) -> Path:
     raise RuntimeError(f"cannot create a run folder under {parent}")
 
 
-def build_configs(run_dir: Path, broker_port: int) -> dict[str, Path]:
-    """Rewrite the example configs for this run: free ports, data paths inside run_dir."""
+def demo_clock(tz: str, real_now_s: float | None = None) -> ClockConfig:
+    """The run's clock: SIM_START yesterday (site time) at the current whole real second, SPEED times faster."""
+    real0 = float(math.floor(time.time() if real_now_s is None else real_now_s))
+    zone = ZoneInfo(tz)
+    day = datetime.fromtimestamp(real0, zone).date() - timedelta(days=1)
+    return ClockConfig(mode="accelerated", sim_start=datetime.combine(day, SIM_START, zone),
+                       real_start_epoch_s=real0, speed=SPEED)
+
+
+def site_timezone() -> str:
+    from greenmine.configfile import read_toml
+
+    sites = read_toml(CONFIG_DIR / "server.example.toml").get("sites") or [{}]
+    return sites[0].get("timezone", "Asia/Shanghai")
+
+
+def build_configs(run_dir: Path, broker_port: int, clock: ClockConfig | None = None) -> dict[str, Path]:
+    """Rewrite the example configs for this run: free ports, data paths inside run_dir; with `clock`,
+    the shared accelerated clock, the script's scenarios and the demo's rules and poll cadence."""
     from greenmine.configfile import dump_toml, read_toml
 
     site = read_toml(CONFIG_DIR / "site.example.toml")
@@ -109,10 +178,13 @@ def build_configs(run_dir: Path, broker_port: int) -> dict[str, Path]:
     server.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker_port)
     server.setdefault("ingest", {})["spool_path"] = str(run_dir / "server-spool.sqlite")
     server["store"] = {"kind": "sqlite", "path": str(run_dir / "greenmine.sqlite")}
+    server.setdefault("alerts", {})["db_path"] = str(run_dir / "alerts.sqlite")  # alert state + email outbox
     server["http_port"] = free_port()
     server.pop("smtp", None)  # demo mode: emails are written as .eml files
     _set_email_dir(server, run_dir / "emails")
     _rebase_paths(server, run_dir)
+    if clock is not None:
+        _accelerate(site, agent, server, clock)
 
     out = {}
     for name, doc in (("site", site), ("agent", agent), ("server", server)):
@@ -120,6 +192,24 @@ def build_configs(run_dir: Path, broker_port: int) -> dict[str, Path]:
         path.write_text(f"# generated by 'greenmine demo' from config/{name}.example.toml\n" + dump_toml(doc))
         out[name] = path
     return out
+
+
+def _accelerate(site: dict, agent: dict, server: dict, clock: ClockConfig) -> None:
+    """All three on one simulated clock; polls once a real second (a simulated minute); the script's rules."""
+    shared = {"mode": clock.mode.value, "sim_start": clock.sim_start.isoformat(),
+              "real_start_epoch_s": clock.real_start_epoch_s, "speed": clock.speed}
+    site["clock"] = {**site.get("clock", {}), "start": clock.sim_start.isoformat(), "speed": clock.speed,
+                     "real_start_epoch_s": clock.real_start_epoch_s}
+    site["scenarios"] = list(SITE_SCENARIOS)
+    agent["clock"] = dict(shared)
+    for dev in agent["devices"]:
+        # the example's intervals are simulated seconds; at SPEED they become real ones, at least 1 s
+        dev["poll_groups"] = {g: max(1.0, float(v) / clock.speed) for g, v in dev.get("poll_groups", {}).items()}
+        dev["backoff_max_s"] = BACKOFF_MAX_S
+    server["clock"] = dict(shared)
+    server.setdefault("kpi", {})["rolling_every_s"] = ROLLING_EVERY_S
+    rules = server.setdefault("alerts", {}).setdefault("rules", [])
+    rules += [r for r in DEMO_RULES if r["name"] not in {x.get("name") for x in rules}]
 
 
 def _set_email_dir(server: dict[str, Any], folder: Path) -> None:
@@ -231,7 +321,11 @@ class FlowWatcher:
             for r in batch.readings:
                 self.last[(r.device, r.metric)] = (r.value, r.unit)
 
-    def line(self, elapsed: float, stored: int | None) -> str:
+    def first_batch(self) -> bool:
+        with self.lock:
+            return self.batches > 0
+
+    def line(self, stamp: str, stored: int | None) -> str:
         with self.lock:
             picks = []
             for key in (("crusher-meter", "power_kw"), ("mill-meter", "power_kw"), ("fresh-intake", "water_flow_m3h"),
@@ -243,12 +337,120 @@ class FlowWatcher:
                 picks = [f"{d} {m}={v:.1f}{u}" for (d, m), (v, u) in list(self.last.items())[:4]]
             st = " ".join(f"{a}:{s}" for a, s in self.status.items())
             stored_s = f" stored {stored}" if stored is not None else ""
-            return (f"[{elapsed:5.0f}s] batches {self.batches} readings {self.readings}{stored_s}"
+            return (f"{stamp} batches {self.batches} readings {self.readings}{stored_s}"
                     f" | {st} | " + ", ".join(picks))
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def _http(method: str, url: str, body: dict | None = None, timeout_s: float = 2.0) -> Any:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) < 1e6 else f"{v:.0f}"
+    return str(v)
+
+
+class AlertWatcher:
+    """Polls the server's alert API (GET /alerts?all=1) and reports each state change once."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/alerts?all=1"
+        self.seen: dict[int, str] = {}
+        self.fired: dict[int, str] = {}     # alert id -> rule, every alert that reached firing
+        self.resolved: dict[int, str] = {}  # alert id -> rule
+        self._failing = False
+
+    def poll(self) -> list[str]:
+        try:
+            alerts = _http("GET", self.url, timeout_s=1.0)
+        except (OSError, ValueError):
+            return []  # the server is starting or busy: the next poll catches up
+        lines = []
+        for a in alerts if isinstance(alerts, list) else []:
+            if self.seen.get(a["id"]) == a["state"]:
+                continue
+            self.seen[a["id"]] = a["state"]
+            if a["state"] in ("firing", "resolved"):
+                self.fired[a["id"]] = a["rule"]
+            if a["state"] == "resolved":
+                self.resolved[a["id"]] = a["rule"]
+            lines.append(self.describe(a))
+        return lines
+
+    @staticmethod
+    def describe(a: dict) -> str:
+        f = a.get("facts") or {}
+        unit = f.get("unit") or ""
+        sep = "" if unit in ("%", "") else " "
+        value = f"{_num(f.get('value'))}{sep}{unit}"
+        if f.get("kind") == "deadman":
+            value, limit = f"silent {value}", f"limit {_num(f.get('limit'))}{sep}{unit}"
+        else:  # the limit as the email states it: what is allowed, e.g. reuse >= 85 %
+            ok = {"<": "≥", "<=": ">", ">": "≤", ">=": "<"}.get(f.get("comparison", ""), "")
+            limit = f"limit {ok} {_num(f.get('limit'))}{sep}{unit}"
+        period = f" [{f['period_label']}]" if f.get("period_label") else ""
+        return (f"ALERT {a['state'].upper():<8} {a['severity']:<8} {a['rule']} | {f.get('site_name') or a['site']} "
+                f"{a['subject']}: {f.get('title_zh', '')} / {f.get('title_en', '')}: {value} ({limit}){period}")
+
+    def summary(self) -> str:
+        fired = sorted(set(self.fired.values()))
+        resolved = sorted(set(self.resolved.values()))
+        return (f"alerts: {len(self.fired)} fired ({', '.join(fired) or 'none'}), "
+                f"{len(self.resolved)} resolved ({', '.join(resolved) or 'none'})")
+
+
+class Script:
+    """Runs SCRIPT against the simulator's control interface at its simulated times."""
+
+    def __init__(self, control_port: int, clock: Clock) -> None:
+        self.base = f"http://127.0.0.1:{control_port}"
+        start = clock.cfg.sim_start.timestamp()
+        self.clock = clock
+        self.steps = [(start + minutes * 60, action, device, scenario) for minutes, action, device, scenario in SCRIPT]
+
+    def due(self) -> list[str]:
+        lines = []
+        now = self.clock.now()
+        while self.steps and self.steps[0][0] <= now:
+            _, action, device, scenario = self.steps.pop(0)
+            body = {"device": device} | ({"scenario": scenario} if scenario else {})
+            try:
+                _http("POST", f"{self.base}/{action}", body)
+                what = f"{scenario} injected on {device}" if action == "inject" else f"{device} back to normal"
+                lines.append(f"SCRIPT {what} (simulator control interface)")
+            except (OSError, ValueError) as exc:
+                lines.append(f"SCRIPT {action} {device} failed: {exc}")
+        return lines
+
+
+def new_emails(folder: Path, known: set[str]) -> list[Path]:
+    try:
+        found = sorted(p for p in folder.glob("*.eml") if p.name not in known)
+    except OSError:
+        return []
+    known.update(p.name for p in found)
+    return found
+
+
+def email_subject(path: Path) -> str:
+    from email import policy
+    from email.parser import BytesParser
+
+    try:
+        with open(path, "rb") as f:
+            return str(BytesParser(policy=policy.default).parse(f, headersonly=True)["Subject"])
+    except (OSError, ValueError):
+        return "?"
 
 
 def stored_count(db: Path) -> int | None:
@@ -279,6 +481,11 @@ def run(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     exe = [sys.executable, "-m", "greenmine"]
+    tz = site_timezone()
+    clock_cfg = demo_clock(tz)
+    clock = Clock(clock_cfg)
+    zone = ZoneInfo(tz)
+    emails_dir = run_dir / "emails"
     try:
         broker_port = free_port()
         mosq = find_mosquitto() if args.broker in ("auto", "mosquitto") else None
@@ -309,7 +516,10 @@ def run(args: argparse.Namespace) -> int:
             print("             WARNING: mosquitto is not installed; this built-in broker is for demos only "
                   "(install mosquitto for anything real)")
 
-        cfg = build_configs(run_dir, broker_port)
+        cfg = build_configs(run_dir, broker_port, clock_cfg)
+        sim_start = clock_cfg.sim_start.astimezone(zone)
+        print(f"  clock      simulated, x{SPEED:g} (a simulated minute per real second) from "
+              f"{sim_start:%Y-%m-%d %H:%M} {tz}; the simulator, server and agent share it")
         sim = Child("sim", [*exe, "sim", "run", "--site", str(cfg["site"])], run_dir / "sim.log")
         children.append(sim)
         from greenmine.configfile import read_toml
@@ -320,20 +530,44 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: the simulated site did not start:\n{sim.tail()}", file=sys.stderr)
                 return 1
         devices = sum(len(s["devices"]) for s in site_doc["servers"])
-        print(f"  simulator  {devices} meters on {len(site_doc['servers'])} Modbus endpoints (log {sim.log_path.name})")
-
-        server = Child("server", [*exe, "server", "run", "--config", str(cfg["server"])], run_dir / "server.log")
-        children.append(server)
-        print(f"  server     ingest → SQLite store {run_dir / 'greenmine.sqlite'} (log {server.log_path.name})")
-        agent = Child("agent", [*exe, "agent", "run", "--config", str(cfg["agent"])], run_dir / "agent.log")
-        children.append(agent)
-        print(f"  agent      polling {devices} meters, publishing to the broker (log {agent.log_path.name})")
-        print("  Ctrl-C stops the demo." if args.duration is None else f"  stopping after {args.duration:g} s.")
+        print(f"  simulator  {devices} meters on {len(site_doc['servers'])} Modbus endpoints, scenarios "
+              f"{', '.join(SITE_SCENARIOS)} (log {sim.log_path.name})")
 
         watcher = FlowWatcher(broker_port)
+        # The agent starts first and the server once data flows, so the server's deadman grace
+        # (counted from its start) never sees the agent's own start-up as silence.
+        agent = Child("agent", [*exe, "agent", "run", "--config", str(cfg["agent"])], run_dir / "agent.log")
+        children.append(agent)
+        print(f"  agent      polling {devices} meters once a real second, publishing to the broker "
+              f"(log {agent.log_path.name})")
+        deadline_first = time.monotonic() + 30
+        while not watcher.first_batch() and time.monotonic() < deadline_first and not stop.is_set():
+            if not agent.alive():
+                break
+            stop.wait(0.1)
+        server = Child("server", [*exe, "server", "run", "--config", str(cfg["server"])], run_dir / "server.log")
+        children.append(server)
+        server_doc = read_toml(cfg["server"])
+        print(f"  server     ingest → SQLite store {run_dir / 'greenmine.sqlite'}, KPIs, alerts, emails as .eml "
+              f"files in {emails_dir} (log {server.log_path.name})")
+        print("  script     (simulated time) 22:00 reuse falls to 78 % (reuse_drop) and boundary noise +10 dB "
+              "(night_noise); 22:05-22:25 the belt scale mill-feed-belt does not answer")
+        print("  judged by  the rolling 24 h reuse rate over the data so far (demo rule water_reuse_24h_demo: "
+              "the daily rule needs a complete day), each complete night hour's Leq against the GB 12348 night "
+              "limit (demo rule noise_night_leq_hourly), and the shipped device_offline rule (5 min silence)")
+        print("  Ctrl-C stops the demo." if args.duration is None else f"  stopping after {args.duration:g} s.")
+
+        alerts = AlertWatcher(server_doc["http_port"])
+        script = Script(site_doc["control_port"], clock)
+        emails: set[str] = set()
         started = time.monotonic()
         deadline = started + args.duration if args.duration is not None else None
         next_line = started + 1.0
+
+        def stamp() -> str:
+            sim_now = datetime.fromtimestamp(clock.now(), zone)
+            return f"[{time.monotonic() - started:5.0f}s sim {sim_now:%H:%M}]"
+
         while not stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -343,11 +577,18 @@ def run(args: argparse.Namespace) -> int:
                     print(f"error: {child.name} exited with {child.proc.returncode}:\n{child.tail()}", file=sys.stderr)
                     return 1
             if now >= next_line:
-                print(watcher.line(now - started, stored_count(run_dir / "greenmine.sqlite")), flush=True)
+                for line in script.due() + alerts.poll():
+                    print(f"{stamp()} {line}", flush=True)
+                for path in new_emails(emails_dir, emails):
+                    print(f"{stamp()} EMAIL  {path.name}: {email_subject(path)}", flush=True)
+                print(watcher.line(stamp(), stored_count(run_dir / "greenmine.sqlite")), flush=True)
                 next_line += 1.0
             stop.wait(min(0.2, max(0.0, next_line - time.monotonic())))
+        for line in alerts.poll():
+            print(f"{stamp()} {line}", flush=True)
         readings = watcher.readings
         print(f"demo finished: {readings} readings flowed; data, configs and logs are in {run_dir}")
+        print(alerts.summary())
         if readings == 0:
             print("error: no readings flowed; see the logs above", file=sys.stderr)
             return 1
@@ -361,3 +602,7 @@ def run(args: argparse.Namespace) -> int:
             broker_thread.__exit__(None, None, None)
         for s, h in old.items():
             signal.signal(s, h)
+        files = sorted(emails_dir.glob("*.eml")) if emails_dir.is_dir() else []
+        print(f"emails written ({len(files)}) in {emails_dir}:" if files else f"emails written: none (folder {emails_dir})")
+        for path in files:
+            print(f"  {path.name}: {email_subject(path)}")

@@ -166,6 +166,11 @@ class SiteModel:
                 pinned.setdefault(dev.name, {})[metric] = value
         return pinned
 
+    def rebase(self, t: float) -> None:
+        """Integrate from t's chunk from now on. Values are differences of integrals, so the
+        origin only sets the cost of reaching a time, never a value."""
+        self.origin_chunk = math.floor(t / 60) // CHUNK_MIN
+
     def after_change(self) -> None:
         for dev in self.devices.values():
             key = self.effects_key(dev)

@@ -160,7 +160,7 @@ class SimulatedSite:
 
     def __init__(self, cfg: SimSiteConfig, *, clock: SimClock | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock or SimClock(cfg.clock.start, cfg.clock.speed, cfg.clock.timezone)
+        self.clock = clock or SimClock.from_config(cfg.clock)
         self.scenarios: dict[str, Scenario] = load_scenarios(cfg.scenario_dirs())
         self.model = SiteModel(cfg.seed, cfg.physics, cfg.clock.timezone, self.scenarios, cfg.scenarios)
         self.devices: dict[str, DeviceRuntime] = {}
@@ -228,6 +228,23 @@ class SimulatedSite:
         if rt is None:
             raise SimError(f'no device "{name}" (devices: {", ".join(self.devices)})')
         return rt
+
+    def set_clock(self, when: datetime | float) -> None:
+        """Move the simulated clock. Forward, the meters count through the skipped time;
+        backward, every totalizer keeps its current value (a real register never runs back).
+
+        The totals are re-anchored here, at the new time, so no Modbus request
+        afterwards pays for integrating across the jump.
+        """
+        with self._lock:
+            before = self.clock.now()
+            self.clock.set(when)
+            after = self.clock.now()
+            self.model.reanchor(max(before, after))
+            for dev in self.model.devices.values():
+                for tot in dev.totals.values():
+                    tot.anchor_t = after
+            self.model.rebase(after)
 
     def set_scenarios(self, names: list[str], device: str | None = None) -> None:
         """Replace the site's scenario list, or one device's. Totals stay continuous."""
@@ -337,7 +354,7 @@ class SiteRunner:
     """Runs a SimulatedSite on its own asyncio loop in a background thread (tests, the demo)."""
 
     def __init__(self, cfg: SimSiteConfig, *, start: datetime | float | None = None, speed: float | None = None) -> None:
-        clock = SimClock(cfg.clock.start, cfg.clock.speed if speed is None else speed, cfg.clock.timezone)
+        clock = SimClock.from_config(cfg.clock, speed)
         if start is not None:
             clock.set(start)
         self.site = SimulatedSite(cfg, clock=clock)
@@ -407,6 +424,20 @@ class SiteRunner:
     @property
     def control_port(self) -> int | None:
         return self.site.control_port
+
+    def set_clock(self, when: datetime | float) -> None:
+        """Move the simulated clock. Forward, the meters count through the skipped time;
+        backward, every totalizer keeps its current value (a real register never runs back)."""
+        with self._lock:
+            before = self.clock.now()
+            pinned = self.model.reanchor(before)
+            self.clock.set(when)
+            after = self.clock.now()
+            if after < before:
+                for dev, totals in pinned.items():
+                    for metric, value in totals.items():
+                        tot = self.model.devices[dev].totals[metric]
+                        tot.anchor_t, tot.anchor_total = after, value
 
     def set_scenarios(self, names: list[str], device: str | None = None) -> None:
         self.site.set_scenarios(names, device)

@@ -28,3 +28,17 @@ def test_every_option_is_described():
                 if not f.description:
                     missing.append(f"{model.__name__}.{name}")
     assert not missing, f"options without Field(description=...): {missing}"
+
+
+def test_readme_hj212_snippet_is_a_valid_server_config(tmp_path):
+    import re
+
+    from greenmine.checkcmd import load_any
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"```toml\n(\[\[hj212\]\].*?)```", text, re.S)
+    assert m, "README lost its HJ 212 configuration example"
+    cfg = tmp_path / "server.toml"
+    cfg.write_text('kind = "server"\n[[sites]]\nid = "gs-jinchang-cu01"\n' + m.group(1), encoding="utf-8")
+    kind, model = load_any(cfg)
+    assert kind == "server" and model.hj212[0].devices == ["dust-north", "noise-east"]

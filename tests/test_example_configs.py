@@ -37,6 +37,10 @@ def test_demo_configs_form_one_site():
     agent = load_agent_config(ROOT / "config" / "agent.example.toml")
     site = load_sim_config(ROOT / "config" / "site.example.toml")
     assert agent.site == site.site
+    from server.config import load_server_config
+
+    server = load_server_config(ROOT / "config" / "server.example.toml")
+    assert server.site(agent.site) is not None, "the example server does not know the example site"
     served = {d.name: (s, d) for s in site.servers for d in s.devices}
     polled = {d.name: d for d in agent.devices}
     assert set(polled) == set(served)

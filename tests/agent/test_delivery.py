@@ -72,9 +72,12 @@ def outbox_rows(path: Path) -> list[int]:
         db.close()
 
 
+OUTAGE_S = 30  # the issue's figure: long enough for a keepalive expiry and several reconnect back-offs
+
+
 def test_broker_outage_every_reading_arrives_once_in_order(tmp_path, broker):
-    """Polling at 1 s, the broker is stopped for 5 s (the issue says 30 s; 5 s keeps the suite
-    fast and exercises the same path: batches pile up in the outbox, then drain oldest first)."""
+    """Polling at 1 s, the broker is stopped for 30 s, then restarted: every reading taken
+    during the outage arrives, once, in order per device (the backlog drains oldest first)."""
     units = {1: Unit(holding={0: 1, 1: 2}), 2: Unit(holding={0: 3, 1: 4})}
     with ServerThread(ModbusTestServer(units)) as server:
         cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port,
@@ -86,12 +89,12 @@ def test_broker_outage_every_reading_arrives_once_in_order(tmp_path, broker):
             wait_for(lambda: len(collector.ts_of("m1")) >= 4, 10, what="readings before the outage")
             broker.stop()
             outage_start = time.time()
-            wait_for(lambda: time.time() - outage_start >= 5 and len(outbox_rows(tmp_path / "outbox.sqlite")) >= 4,
-                     15, interval_s=0.2, what="a 5 s outage with batches in the outbox")
+            wait_for(lambda: time.time() - outage_start >= OUTAGE_S and len(outbox_rows(tmp_path / "outbox.sqlite")) >= 4,
+                     OUTAGE_S + 15, interval_s=0.2, what=f"a {OUTAGE_S} s outage with batches in the outbox")
             outage_end = time.time()
             broker.start()
             wait_for(lambda: any(t > outage_end + 1 for t in collector.ts_of("m1"))
-                     and not outbox_rows(tmp_path / "outbox.sqlite"), 20, interval_s=0.1,
+                     and not outbox_rows(tmp_path / "outbox.sqlite"), 60, interval_s=0.1,
                      what="the backlog to drain and live data to flow")
         finally:
             code = stop_agent(agent)
@@ -105,7 +108,7 @@ def test_broker_outage_every_reading_arrives_once_in_order(tmp_path, broker):
         steps = {round(b - a) for a, b in zip(stamps, stamps[1:])}
         assert steps == {1}, f"{dev}: missing seconds {steps} {[s - outage_start for s in stamps]}"
         during = [t for t in collector.ts_of(dev, "r0") if outage_start < t < outage_end]
-        assert len(during) >= 4, f"{dev}: readings taken during the outage: {len(during)}"
+        assert len(during) >= OUTAGE_S - 2, f"{dev}: readings taken during the outage: {len(during)}"
         assert during == sorted(during), f"{dev}: outage readings out of order"
     seqs = collector.seqs()
     assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)) and len(seqs) == len(set(seqs))
@@ -176,7 +179,9 @@ def test_outbox_bound_drops_oldest_counts_and_reports(tmp_path, broker):
 
     agent, collector, metrics = asyncio.run(main())
     status = [s for s in collector.statuses if s["state"] == "online"][-1]
-    assert status["dropped_batches"] >= 5 and status["dropped_readings"] == 60 * status["dropped_batches"]
+    # A batch holds one or more whole polls of 60 readings (group commit may merge polls).
+    assert status["dropped_batches"] >= 5
+    assert status["dropped_readings"] % 60 == 0 and status["dropped_readings"] >= 60 * status["dropped_batches"]
     # the oldest were dropped: the first batch the broker saw is not seq 0
     assert min(collector.seqs()) >= 5
     line = next(l for l in metrics.splitlines() if l.startswith("greenmine_agent_outbox_dropped_batches "))

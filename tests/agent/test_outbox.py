@@ -65,3 +65,15 @@ def test_bound_by_age_and_newest_always_kept(tmp_path):
     tiny.add(readings(5), 2.0)
     assert [r.seq for r in tiny.fetch(-1)] == [1]  # never blocks, never refuses the newest
     tiny.close()
+
+
+def test_ack_many_deletes_delivered_batches_in_one_go(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", site="s", agent="a", max_bytes=1 << 20, max_age_s=3600)
+    batches = [box.commit(readings(2), 1000.0 + i) for i in range(4)]
+    assert [b.seq for b in batches] == [0, 1, 2, 3] and all(b.payload for b in batches)
+    assert box.ack_many([0, 2, 2, 99]) == 2  # acked twice or unknown: counted as gone, no error
+    assert box.stats().depth == 2
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", site="s", agent="a", max_bytes=1 << 20, max_age_s=3600)
+    assert [b.seq for b in again.fetch(-1)] == [1, 3] and again.stats().next_seq == 4
+    again.close()

@@ -98,3 +98,58 @@ def test_apscheduler_drives_the_jobs_with_a_driven_clock():
         assert job.skipped == 0
 
     asyncio.run(main())
+
+
+def test_accelerated_clock_stamps_the_simulated_time_of_the_real_slot():
+    """Schedules stay in real seconds; `ts` is the slot's simulated time, so meters still line up."""
+    from datetime import timedelta
+
+    from greenmine.clock import Clock, ClockConfig
+
+    real0 = 1_700_000_000.0
+    sim0 = datetime(2025, 6, 2, 21, 50, tzinfo=timezone(timedelta(hours=8)))
+    clock = Clock(ClockConfig(mode="accelerated", sim_start=sim0, real_start_epoch_s=real0, speed=60))
+
+    async def main():
+        seen = []
+
+        def run_for(name):
+            async def run(ts):
+                seen.append((name, ts))
+            return run
+
+        a = GroupJob("meter-a", "totals", 1, run_for("a"), clock=clock)
+        b = GroupJob("meter-b", "fast", 2, run_for("b"), clock=clock)
+        for job in (a, b):
+            await job.fire(real0 + 10.03)  # late by 30 ms real (1.8 s simulated): ts is still the slot's
+        await a.fire(real0 + 11.01)
+        # real slot t0+10 s is simulated 21:50 + 10 min, for both meters
+        assert seen == [("a", sim0 + timedelta(minutes=10)), ("b", sim0 + timedelta(minutes=10)),
+                        ("a", sim0 + timedelta(minutes=11))]
+
+    asyncio.run(main())
+
+
+def test_agent_status_ts_follows_the_configured_clock(tmp_path):
+    """The agent builds one Clock from `[clock]`: its status is stamped in simulated time too."""
+    import time
+
+    from agent.config import load_agent_config
+    from agent.runtime import Agent
+    from tests.agent.helpers import write_config
+
+    real0 = time.time()
+    path = write_config(
+        tmp_path / "agent.toml", broker_port=1883,
+        buses=[{"name": "gw", "transport": "tcp", "host": "127.0.0.1", "port": 1502}],
+        devices=[{"name": "m1", "bus": "gw", "unit_id": 1, "profile": "eastron-sdm630", "poll_groups": {"fast": 1, "totals": 60}}],
+    )
+    path.write_text(path.read_text() + f'[clock]\nmode = "accelerated"\nsim_start = "2025-06-02T21:50:00+08:00"\n'
+                    f"real_start_epoch_s = {real0!r}\nspeed = 60\n")
+    agent = Agent(load_agent_config(path))
+    try:
+        ts = agent.status().ts
+    finally:
+        asyncio.run(agent.outbox.close())
+    sim0 = datetime(2025, 6, 2, 13, 50, tzinfo=timezone.utc)  # 21:50 +08:00
+    assert 0 <= (ts - sim0).total_seconds() <= (time.time() - real0) * 60 + 1

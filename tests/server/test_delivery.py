@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from datetime import timedelta
 
@@ -120,9 +121,12 @@ def test_sigkill_mid_stream_then_restart_stores_everything_exactly_once(tmp_path
         log.close()
 
 
+STORE_OUTAGE_S = 30  # the issue's figure
+
+
 def test_store_outage_holds_data_in_the_spool_not_the_broker(tmp_path, mosquitto, victoria_dedup, publisher):
-    """VictoriaMetrics is down for a few seconds (the issue says 30 s; a short outage exercises the same path and keeps
-    the suite fast): every message is still acknowledged, the spool holds the data, and it drains afterwards."""
+    """VictoriaMetrics is down for 30 s while the stream goes on: every message is still acknowledged
+    promptly (the broker's queue stays small), the spool holds the data, and it drains afterwards."""
     cfg = make_config(tmp_path, mosquitto.port, store={"kind": "influxdb", "url": victoria_dedup.url, "timeout_ms": 1000})
     n = 20
     with running(cfg) as app:
@@ -130,20 +134,24 @@ def test_store_outage_holds_data_in_the_spool_not_the_broker(tmp_path, mosquitto
         _stream(publisher, range(0, 100), n)
         wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == 100 * n, 10, what="phase 1 stored")
         victoria_dedup.stop()
-        _stream(publisher, range(100, 400), n)
-        # acknowledged while the store is down: the broker keeps nothing for us
-        wait_for(lambda: m.value("greenmine_ingest_messages_total", result="accepted") == 400, 10, what="all acked")
-        # keep it down across several failed retries of the writer
-        wait_for(lambda: m.value("greenmine_store_write_errors_total", sink="influxdb", kind="unavailable") >= 6, 10,
-                 what="retries against the dead store")
+        down_at = time.monotonic()
+        sent = 100
+        while time.monotonic() - down_at < STORE_OUTAGE_S:
+            _stream(publisher, range(sent, sent + 20), n)
+            sent += 20
+            # acknowledged while the store is down: the broker keeps (almost) nothing for us
+            wait_for(lambda: m.value("greenmine_ingest_messages_total", result="accepted") == sent, 5,
+                     what=f"message {sent} acked during the outage")
+            time.sleep(0.5)  # pacing the publisher: a stream, not a burst (not waiting for a state)
+        assert m.value("greenmine_store_write_errors_total", sink="influxdb", kind="unavailable") >= 6
         assert m.value("greenmine_store_up", sink="influxdb") == 0
         assert app.spool.depth()[1] >= 1, "data waits in the spool"
         assert app.health()["status"] == "ok" and not app.health()["store_ok"]
         victoria_dedup.start()
-        wait_for(lambda: app.spool.depth()[0] == 0, 20, what="spool drained")
+        wait_for(lambda: app.spool.depth()[0] == 0, 90, what="spool drained")
         assert m.value("greenmine_store_up", sink="influxdb") == 1
-        assert m.value("greenmine_ingest_messages_total", result="accepted") == 400, "nothing was redelivered by the broker"
-    assert vm_samples(victoria_dedup) == 400 * n
+        assert m.value("greenmine_ingest_messages_total", result="accepted") == sent, "nothing was redelivered by the broker"
+    assert vm_samples(victoria_dedup) == sent * n
 
 
 def test_two_servers_on_a_shared_subscription_split_the_stream(tmp_path, mosquitto, publisher):

@@ -67,9 +67,9 @@ _MAX_LINE_BYTES = 4096
 
 
 class RealtimeSource(Protocol):
-    """Latest value of each greenmine metric for one point (sync or async)."""
+    """Latest value of each greenmine metric for one point (sync or async); None: nothing to send."""
 
-    def latest(self) -> Mapping[str, RealtimeValue] | Awaitable[Mapping[str, RealtimeValue]]: ...
+    def latest(self) -> Mapping[str, RealtimeValue] | None | Awaitable[Mapping[str, RealtimeValue] | None]: ...
 
 
 class HistoryProvider(Protocol):
@@ -580,14 +580,7 @@ class Hj212Client:
             now = self._clock()
             due = last_sent is None or (now - last_sent).total_seconds() >= self.rtd_interval_s
             if self._realtime_enabled and due:
-                try:
-                    values = await _resolve(self._realtime_source.latest())
-                except Exception:
-                    log.exception("hj212 %s: real-time source failed", self.point.name)
-                    values = None
-                if values is not None:
-                    packet = realtime_packet(self.point, values, now=now, qn=self.next_qn())
-                    self.submit(packet, expires_in_s=self.point.realtime_max_age_s)
+                await self.send_realtime_now(now)
                 last_sent = now
             if not self._realtime_enabled:
                 wait = 3600.0  # until 2011 re-enables it
@@ -596,6 +589,24 @@ class Hj212Client:
             else:
                 wait = self.rtd_interval_s - (self._clock() - last_sent).total_seconds()
             await self._sleep_or_change(wait)
+
+    async def send_realtime_now(self, now: datetime | None = None) -> str | None:
+        """Queue one 2011 real-time upload from the source now; returns its QN, or None if
+        the source had nothing to report (or failed, which is logged). The real-time loop
+        calls it every RtdInterval; the server and tests may call it to send at once."""
+        if self._realtime_source is None:
+            raise RuntimeError("no real-time source configured")
+        now = self._clock() if now is None else now
+        try:
+            values = await _resolve(self._realtime_source.latest())
+        except Exception:
+            log.exception("hj212 %s: real-time source failed", self.point.name)
+            return None
+        if values is None:
+            return None
+        packet = realtime_packet(self.point, values, now=now, qn=self.next_qn())
+        self.submit(packet, expires_in_s=self.point.realtime_max_age_s)
+        return packet.qn
 
     async def _period_loop(self) -> None:
         """Queue each complete minute/hour/day period once, `period_delay_s` after it ends

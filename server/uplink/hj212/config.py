@@ -9,6 +9,8 @@ Defaults marked [open] in DOMAIN.md are settings, not constants.
 
 from __future__ import annotations
 
+import re
+
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -104,6 +106,12 @@ class PointConfig(_Model):
         description="system code ST: 22 air quality, 23 acoustic environment, 31 air pollution "
         "source, 32 water pollution source, 36 noise source, 39 construction-site dust",
     )
+    site: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="greenmine site id whose readings this point reports")
+    devices: list[str] = Field(
+        min_length=1,
+        description="the site's devices this point reports (its boundary dust, noise and weather devices); a metric "
+        "is taken from the first listed device that has readings of it",
+    )
     host: str = Field(min_length=1, description="platform host name or address")
     port: int = Field(ge=1, le=65535, description="platform TCP port")
     protocol_version: str = Field(default="2017", description="HJ 212 edition; only 2017 is supported")
@@ -136,6 +144,14 @@ class PointConfig(_Model):
     )
     history_max_span_h: int = Field(
         default=31 * 24, ge=1, description="longest BeginTime..EndTime window a history request may ask for",
+    )
+    noise_day_start_h: int = Field(
+        default=6, ge=0, le=23,
+        description="local hour the noise day (Ld) starts; GB 12348: 06:00, local government may shift it",
+    )
+    noise_night_start_h: int = Field(
+        default=22, ge=0, le=23,
+        description="local hour the noise night (Ln) starts; GB 12348: 22:00; night runs to noise_day_start_h",
     )
     metrics: list[MetricMapping] = Field(default_factory=_default_metrics, description="metric -> HJ 212 code map")
     maintenance: list[MaintenanceWindow] = Field(default_factory=list, description="per-device maintenance windows (data flagged M)")
@@ -180,6 +196,15 @@ class PointConfig(_Model):
         noise = [m.metric for m in self.metrics if m.kind == "noise"]
         if len(noise) > 1:
             raise ValueError(f"only one noise metric per point (Leq-Data has one code), got {noise}")
+        for i, d in enumerate(self.devices):
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", d):
+                raise ValueError(f"devices[{i}]: {d!r} is not a device name")
+            if d in self.devices[:i]:
+                raise ValueError(f"devices[{i}]: {d!r} is listed twice")
+        if self.noise_day_start_h >= self.noise_night_start_h:
+            raise ValueError(
+                f"noise_day_start_h {self.noise_day_start_h} must be before noise_night_start_h {self.noise_night_start_h}"
+            )
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s is smaller than reconnect_initial_s")
         return self
@@ -197,6 +222,10 @@ class PointConfig(_Model):
             if m.metric == metric:
                 return m
         return None
+
+    def is_day(self, local_hour: int) -> bool:
+        """Whether a local hour belongs to the noise day (Ld) rather than the night (Ln)."""
+        return self.noise_day_start_h <= local_hour < self.noise_night_start_h
 
     def in_maintenance(self, device: str | None, at: datetime) -> bool:
         """Whether `device` is in one of its maintenance windows at `at` (aware)."""
@@ -216,3 +245,15 @@ def check_unique_points(points: list[PointConfig]) -> None:
             raise ValueError(f"hj212[{i}] {p.name!r}: MN {p.mn} already used by hj212[{mns[p.mn]}]")
         names[p.name] = i
         mns[p.mn] = i
+
+
+def check_points(points: list[PointConfig], known_sites: set[str] | None) -> None:
+    """`check_unique_points`, and every point's site must be configured (`known_sites`;
+    None when the server accepts unknown sites): a point on a site whose telemetry
+    is rejected would only ever send empty frames."""
+    check_unique_points(points)
+    if known_sites is None:
+        return
+    for i, p in enumerate(points):
+        if p.site not in known_sites:
+            raise ValueError(f"hj212[{i}] {p.name!r}: site {p.site!r} is not in sites")

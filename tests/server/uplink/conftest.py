@@ -9,6 +9,7 @@ unless told to stay silent.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -45,6 +46,8 @@ def no_leaks():
     yield
     leaked_threads = set(threading.enumerate()) - threads
     assert not leaked_threads, f"leaked threads: {leaked_threads}"
+    # Some libraries (paho's wake-up socketpair) release sockets only when collected.
+    gc.collect()
     leaked_sockets = _socket_fds() - sockets
     assert not leaked_sockets, f"leaked sockets: {leaked_sockets}"
 
@@ -167,6 +170,8 @@ def point_config(tmp_path: Path, port: int, **overrides: Any) -> PointConfig:
         mn="010000A8900016F000169DC0",
         pw="100000",
         st="39",
+        site="gs-demo",
+        devices=["dust-1", "noise-1"],
         host="127.0.0.1",
         port=port,
         reply_timeout_s=0.2,
@@ -178,3 +183,24 @@ def point_config(tmp_path: Path, port: int, **overrides: Any) -> PointConfig:
     )
     values.update(overrides)
     return PointConfig(**values)
+
+
+class ThreadedPlatform:
+    """A `PlatformSim` on its own asyncio loop in a thread, for tests whose code under test is threaded
+    (the server app). `received` can be read from the test thread (list appends are atomic)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.sim = PlatformSim(**kw)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="platform-sim", daemon=True)
+
+    def __enter__(self) -> PlatformSim:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.sim.start(), self._loop).result(5)
+        return self.sim
+
+    def __exit__(self, *exc: Any) -> None:
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

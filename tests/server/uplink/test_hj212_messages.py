@@ -115,7 +115,8 @@ def test_period_start_local() -> None:
 
 # --------------------------------------------------------------------------- config
 
-BASE = dict(name="p1", mn="010000A8900016F000169DC0", pw="100000", st="39", host="127.0.0.1", port=9000)
+BASE = dict(name="p1", mn="010000A8900016F000169DC0", pw="100000", st="39", site="gs-demo", devices=["dust-1", "noise-1"],
+            host="127.0.0.1", port=9000)
 
 
 def test_config_defaults() -> None:
@@ -166,3 +167,34 @@ def test_docs_toml_example_loads() -> None:
     data = tomllib.loads(block.group(1))
     points = [PointConfig(**p) for p in data["hj212"]]
     assert points and points[0].mn
+
+
+def test_server_example_point_loads_when_uncommented(tmp_path) -> None:
+    """The commented [[hj212]] block in config/server.example.toml is a valid point of the demo site."""
+    from greenmine.checkcmd import load_any
+
+    example = Path(__file__).resolve().parents[3] / "config" / "server.example.toml"
+    text = example.read_text(encoding="utf-8")
+    start = text.index("# [[hj212]]")
+    block = "\n".join(line[2:] if line.startswith("# ") else line for line in text[start:].splitlines())
+    cfg_file = tmp_path / "server.toml"
+    cfg_file.write_text(text[:start] + block + "\n", encoding="utf-8")
+    kind, cfg = load_any(cfg_file)
+    assert kind == "server"
+    (p,) = cfg.hj212
+    assert (p.site, p.devices, p.rtd_interval_s) == ("gs-jinchang-cu01", ["dust-north", "noise-east", "weather-mast"], 30)
+
+
+def test_server_config_rejects_bad_points(tmp_path) -> None:
+    from greenmine.configfile import ConfigError
+    from server.config import load_server_config
+
+    point = dict(BASE, site="gs-demo")
+    doc = {"kind": "server", "sites": [{"id": "gs-demo"}], "hj212": [point, dict(point, name="p2")]}
+    with pytest.raises(ConfigError, match="MN 010000A8900016F000169DC0 already used by hj212\\[0\\]"):
+        load_server_config(tmp_path / "s.toml", doc=doc)
+    doc["hj212"] = [dict(point, site="elsewhere")]
+    with pytest.raises(ConfigError, match="hj212\\[0\\] 'p1': site 'elsewhere' is not in sites"):
+        load_server_config(tmp_path / "s.toml", doc=doc)
+    doc["ingest"] = {"unknown_site": "accept"}
+    assert load_server_config(tmp_path / "s.toml", doc=doc).hj212[0].site == "elsewhere"

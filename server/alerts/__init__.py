@@ -1,0 +1,1 @@
+"""Alert rules and their persisted lifecycle (see docs/kpi-alerts.md)."""

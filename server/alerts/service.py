@@ -1,0 +1,139 @@
+"""The monitor: KPI engine → alert engine → email outbox, as one unit the server runs.
+
+    mon = Monitor.from_config(server_cfg, source)   # source: a kpi.store.ReadingSource over the store
+    mon.on_batch(batch)        # post-write hook: after each batch is committed to the store
+    mon.on_status(status)      # agent birth / will messages
+    mon.tick()                 # periodically (cheap; does work every alerts.tick_interval_s of the clock)
+    mon.close()
+
+State lives in two SQLite files (KPI store; alert state + outbox), so a
+restart continues where it stopped. Time comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from server.alerts.config import AlertsConfig
+from server.alerts.engine import AlertEngine, open_db
+from server.config import SiteConfig, SmtpConfig
+from server.kpi.config import KpiConfig
+from server.kpi.engine import KpiEngine
+from server.kpi.store import KpiStore, ReadingSource
+from server.notify.config import NotifyConfig
+from server.notify.eml import EmlDirTransport
+from server.notify.outbox import Notifier
+from server.notify.templates import Templates
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    def __init__(
+        self,
+        *,
+        sites: list[SiteConfig],
+        source: ReadingSource,
+        kpi_db: str | Path,
+        alerts_db: str | Path,
+        kpi: KpiConfig | None = None,
+        alerts: AlertsConfig | None = None,
+        notify: NotifyConfig | None = None,
+        smtp: SmtpConfig | None = None,
+        eml_dir: str | Path | None = None,
+        templates_dir: str | Path | None = None,
+        default_recipients: list[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        ssl_context=None,
+    ) -> None:
+        self.clock = clock
+        self.alerts_cfg = alerts or AlertsConfig()
+        notify = notify or NotifyConfig()
+        for p in (Path(kpi_db), Path(alerts_db)):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.kpi_store = KpiStore(kpi_db)
+        self.kpis = KpiEngine(kpi or KpiConfig(), sites, source, self.kpi_store)
+        self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db), default_recipients=default_recipients, clock=clock)
+        if smtp is not None:
+            from server.notify.smtp import SmtpTransport
+
+            transport = SmtpTransport(smtp, ssl_context=ssl_context)
+        else:
+            transport = EmlDirTransport(eml_dir or Path(alerts_db).parent / notify.eml_dir)
+        self.notifier = Notifier(notify, open_db(alerts_db), transport, templates=Templates(templates_dir), clock=clock)
+        self._next_run = float("-inf")
+
+    @classmethod
+    def from_config(cls, cfg, source: ReadingSource, *, clock: Callable[[], float] = time.time, **kw) -> Monitor:
+        """Build from a `server.config.ServerConfig` (its kpi, alerts, notify and smtp sections)."""
+        kpi_db = cfg.resolve(cfg.alerts.db_path).with_name("kpi.sqlite")
+        return cls(
+            sites=cfg.sites, source=source, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=cfg.resolve(cfg.alerts.db_path),
+            kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),
+            templates_dir=cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None,
+            default_recipients=cfg.default_recipients, clock=clock, **kw,
+        )
+
+    def on_batch(self, batch) -> None:
+        """Post-write hook: `batch` is a schemas.telemetry.TelemetryBatch already committed to the store."""
+        now = self.clock()
+        by_metric: dict[str, list[float]] = {}
+        seen: dict[str, float] = {}
+        for r in batch.readings:
+            if getattr(r.quality, "value", r.quality) != "good":
+                continue
+            ts = r.ts.timestamp()
+            by_metric.setdefault(r.metric, []).append(ts)
+            seen[r.device] = max(seen.get(r.device, ts), ts)
+            self.alerts.observe_metric(batch.site, r.device, r.metric, ts, r.value, r.unit, now=now)
+        self.kpis.note_batch(batch.site, by_metric)
+        self.alerts.observe_seen(batch.site, batch.agent, seen, now=now)
+
+    def on_readings(self, readings) -> None:
+        """Post-write hook for the store writer: a sequence of stored readings
+        (attributes site, agent, device, metric, ts_ms, value, unit, quality), any sites and agents."""
+        now = self.clock()
+        groups: dict[tuple[str, str], tuple[dict[str, list[float]], dict[str, float]]] = {}
+        for r in readings:
+            by_metric, seen = groups.setdefault((r.site, r.agent), ({}, {}))
+            if r.quality != "good":
+                continue
+            ts = r.ts_ms / 1000.0
+            by_metric.setdefault(r.metric, []).append(ts)
+            seen[r.device] = max(seen.get(r.device, ts), ts)
+            self.alerts.observe_metric(r.site, r.device, r.metric, ts, r.value, r.unit, now=now)
+        for (site, agent), (by_metric, seen) in groups.items():
+            self.kpis.note_batch(site, by_metric)
+            self.alerts.observe_seen(site, agent, seen, now=now)
+
+    def on_agent(self, info, previous=None) -> None:
+        """Agent registry listener: `info` has site, agent and state ("online" | "offline")."""
+        self.alerts.observe_agent_status(info.site, info.agent, info.state == "online", now=self.clock())
+
+    def on_connection(self, up: bool) -> None:
+        """The server's own MQTT link: while it is down, silence is ours, not the devices'."""
+        self.alerts.ingest_connected(up, now=self.clock())
+
+    def on_status(self, status) -> None:
+        """An agent's retained status: `online` birth or `offline` will (schemas.status.AgentStatus)."""
+        self.alerts.observe_agent_status(status.site, status.agent, getattr(status.state, "value", status.state) == "online",
+                                         now=self.clock())
+
+    def tick(self, force: bool = False) -> int:
+        """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent."""
+        now = self.clock()
+        if not force and now < self._next_run:
+            return self.notifier.deliver(now) if self.notifier.has_due(now) else 0
+        self._next_run = now + self.alerts_cfg.tick_interval_s
+        values = self.kpis.run_due(now)
+        self.alerts.observe_kpis(values, now=now)
+        self.alerts.tick(now)
+        return self.notifier.run_once(now)
+
+    def close(self) -> None:
+        self.kpi_store.close()
+        self.alerts.db.close()
+        self.notifier.db.close()

@@ -1,0 +1,1 @@
+"""Notifications: alert events → rendered bilingual emails → durable outbox → SMTP or .eml files."""

@@ -1,0 +1,225 @@
+"""The durable email outbox and the notifier that feeds and drains it.
+
+Delivery contract (STYLE.md §6):
+- an alert event becomes outbox rows in the same SQLite transaction that marks
+  it dispatched, so an event is turned into mail exactly once;
+- a row is marked sent only after the relay accepted it. A crash between the
+  relay's "250 OK" and our commit re-sends that one message after restart
+  (at least once); it keeps its Message-ID so mail clients can fold the copy;
+- while the relay is down rows wait, retried with capped exponential backoff
+  from the injectable clock; nothing is dropped. A permanent rejection (5xx
+  for the recipient) is recorded as failed with its reason and logged.
+
+The outbox grows only while the relay is down, by a few rows per alert; it is
+not bounded, because dropping an officer's notice is worse than disk use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Protocol
+
+from server.notify.config import NotifyConfig
+from server.notify.errors import PermanentSendError, TransientSendError
+from server.notify.templates import Templates
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS email_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_ts REAL NOT NULL, recipient TEXT NOT NULL, subject TEXT NOT NULL,
+    body TEXT NOT NULL, message_id TEXT NOT NULL UNIQUE, event_ids TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ts REAL NOT NULL, status TEXT NOT NULL DEFAULT 'queued', sent_ts REAL, last_error TEXT);
+CREATE INDEX IF NOT EXISTS email_outbox_due ON email_outbox (status, next_attempt_ts);
+"""
+
+
+class Transport(Protocol):
+    sender: str
+
+    def send(self, msg: EmailMessage) -> dict: ...
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    recipient: str
+    subject: str
+    body: str
+    message_id: str
+    attempts: int
+    status: str
+    sent_ts: float | None
+    last_error: str | None
+
+
+class Notifier:
+    """Alert events → outbox rows (with digests) → transport."""
+
+    def __init__(self, cfg: NotifyConfig, db: sqlite3.Connection, transport: Transport, *,
+                 templates: Templates | None = None, clock: Callable[[], float] = time.time,
+                 lock: threading.RLock | None = None) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.transport = transport
+        self.templates = templates or Templates()
+        self.clock = clock
+        self._lock = lock or threading.RLock()
+        self._down = False
+        with self._lock:
+            db.executescript(_SCHEMA)
+
+    def _begin(self):
+        self._lock.acquire()
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def _end(self, ok: bool):
+        try:
+            self.db.execute("COMMIT" if ok else "ROLLBACK")
+        finally:
+            self._lock.release()
+
+    # --- events -> outbox ---------------------------------------------------
+
+    def dispatch(self, now: float | None = None) -> int:
+        """Turn undispatched alert events into outbox rows. Returns the number of rows queued."""
+        now = self.clock() if now is None else now
+        self._begin()
+        ok = False
+        try:
+            try:
+                rows = self.db.execute(
+                    "SELECT id, kind, recipients, facts FROM alert_events WHERE dispatched=0 ORDER BY id").fetchall()
+            except sqlite3.OperationalError:  # no alert engine on this database yet
+                rows = []
+            per_recipient: dict[str, list[tuple[int, str, dict]]] = {}
+            for ev_id, kind, recipients, facts in rows:
+                rcpts = json.loads(recipients)
+                if not rcpts:
+                    log.warning("alert event %d (%s) has no recipients: configure sites[].recipients or default_recipients", ev_id, kind)
+                for r in rcpts:
+                    per_recipient.setdefault(r, []).append((ev_id, kind, json.loads(facts)))
+            queued = 0
+            for rcpt, notices in per_recipient.items():
+                if len(notices) >= self.cfg.digest_threshold:
+                    subject, body = self.templates.digest([(k, f) for _, k, f in notices])
+                    queued += self._queue(rcpt, subject, body, [e for e, _, _ in notices], now)
+                else:
+                    for ev_id, kind, facts in notices:
+                        subject, body = self.templates.notice(kind, facts)
+                        queued += self._queue(rcpt, subject, body, [ev_id], now)
+            if rows:
+                self.db.executemany("UPDATE alert_events SET dispatched=1 WHERE id=?", [(r[0],) for r in rows])
+            ok = True
+            return queued
+        finally:
+            self._end(ok)
+
+    def _queue(self, rcpt: str, subject: str, body: str, event_ids: list[int], now: float) -> int:
+        key = hashlib.sha256(f"{rcpt}|{event_ids}".encode()).hexdigest()[:20]
+        domain = self.transport.sender.rpartition("@")[2] or "greenmine"
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts) "
+            "VALUES (?,?,?,?,?,?,?)", (now, rcpt, subject, body, f"<greenmine.{key}@{domain}>", json.dumps(event_ids), now))
+        return cur.rowcount
+
+    def enqueue(self, recipient: str, subject: str, body: str, now: float | None = None) -> None:
+        """Queue an arbitrary message (e.g. a report) through the same durable path."""
+        now = self.clock() if now is None else now
+        self._begin()
+        ok = False
+        try:
+            self.db.execute(
+                "INSERT INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts) "
+                "VALUES (?,?,?,?,?,?,?)", (now, recipient, subject, body,
+                                          f"<greenmine.m{now:.6f}.{hashlib.sha256((recipient + subject + body).encode()).hexdigest()[:12]}@greenmine>",
+                                          "[]", now))
+            ok = True
+        finally:
+            self._end(ok)
+
+    # --- outbox -> relay ----------------------------------------------------
+
+    def deliver(self, now: float | None = None) -> int:
+        """Send due messages. Stops at the first transient failure (the relay is down). Returns sent count."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT id, recipient, subject, body, message_id, attempts, created_ts FROM email_outbox "
+                "WHERE status='queued' AND next_attempt_ts<=? ORDER BY id LIMIT ?", (now, self.cfg.send_batch_max)).fetchall()
+        sent = 0
+        for row_id, rcpt, subject, body, msg_id, attempts, created in rows:
+            msg = self._message(rcpt, subject, body, msg_id, created)
+            try:
+                refused = self.transport.send(msg)
+            except TransientSendError as exc:
+                delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(attempts, 20))
+                self._update("UPDATE email_outbox SET attempts=attempts+1, next_attempt_ts=?, last_error=? WHERE id=?",
+                             (now + delay, str(exc), row_id))
+                # delay the rest of the queue too, so order is kept and a dead relay is not hammered
+                self._update("UPDATE email_outbox SET next_attempt_ts=max(next_attempt_ts, ?) WHERE status='queued'",
+                             (now + delay,))
+                if not self._down:
+                    log.error("mail relay unavailable, %d message(s) waiting: %s", len(rows) - sent, exc)
+                    self._down = True
+                break
+            except PermanentSendError as exc:
+                self._update("UPDATE email_outbox SET attempts=attempts+1, status='failed', last_error=? WHERE id=?",
+                             (str(exc), row_id))
+                log.error("email %s to %s rejected permanently: %s", msg_id, rcpt, exc)
+                continue
+            self._update("UPDATE email_outbox SET attempts=attempts+1, status='sent', sent_ts=?, last_error=? WHERE id=?",
+                         (now, json.dumps(refused) if refused else None, row_id))
+            sent += 1
+            if self._down:
+                log.info("mail relay reachable again")
+                self._down = False
+        return sent
+
+    def _update(self, sql: str, args: tuple) -> None:
+        self._begin()
+        ok = False
+        try:
+            self.db.execute(sql, args)
+            ok = True
+        finally:
+            self._end(ok)
+
+    def _message(self, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
+        return build_message(self.transport.sender, rcpt, subject, body, msg_id, created)
+
+    def has_due(self, now: float) -> bool:
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM email_outbox WHERE status='queued' AND next_attempt_ts<=? LIMIT 1",
+                                   (now,)).fetchone() is not None
+
+    def rows(self, status: str | None = None) -> list[OutboxRow]:
+        q = "SELECT id, recipient, subject, body, message_id, attempts, status, sent_ts, last_error FROM email_outbox"
+        with self._lock:
+            rs = self.db.execute(q + (" WHERE status=?" if status else "") + " ORDER BY id", (status,) if status else ()).fetchall()
+        return [OutboxRow(*r) for r in rs]
+
+    def run_once(self, now: float | None = None) -> int:
+        self.dispatch(now)
+        return self.deliver(now)
+
+
+def build_message(sender: str, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = rcpt
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(created, localtime=False)
+    msg["Message-ID"] = msg_id
+    msg["X-Greenmine"] = "alert"
+    msg.set_content(body, charset="utf-8")
+    return msg

@@ -1,0 +1,212 @@
+"""Email through a real SMTP server (aiosmtpd on a free loopback port)."""
+
+import warnings
+
+import pytest
+from pydantic import SecretStr
+
+from server.alerts.config import AlertsConfig
+from server.alerts.engine import AlertEngine, open_db
+from server.config import SiteConfig, SmtpConfig
+from server.kpi.model import KpiValue
+from server.notify.config import NotifyConfig
+from server.notify.eml import EmlDirTransport
+from server.notify.errors import TemplateError
+from server.notify.outbox import Notifier
+from server.notify.smtp import SmtpTransport
+from server.notify.templates import Templates
+from tests.server.notify.smtpsink import SmtpSink, self_signed
+from tests.support.services import wait_for
+
+T0 = 1_795_708_800.0  # 2026-11-27 00:00 Asia/Shanghai
+DAY = 86400.0
+SITE = SiteConfig(id="jc-cu", name="金昌某铜矿", recipients=["officer@example.test", "chief@example.test"])
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def night_noise(day_index, value, device="n1"):
+    start = T0 + day_index * DAY + 22 * 3600
+    return KpiValue(
+        site="jc-cu", kpi="noise_leq_night", subject=device, period_kind="noise_night", period_start=start,
+        period_end=start + 8 * 3600, period_label=f"2026-11-{27 + day_index} night", value=value, unit="dB(A)",
+        completeness=0.975, complete=True, devices=(device,), limit=50.0, comparison=">",
+        standard="GB 12348-2008 2类 夜间 50 dB(A)", extra={"arithmetic_mean_db": 44.0, "samples": 468},
+    )
+
+
+def reuse(day_index, value):
+    start = T0 + day_index * DAY
+    return KpiValue(
+        site="jc-cu", kpi="water_reuse_daily", subject="site", period_kind="day", period_start=start,
+        period_end=start + DAY, period_label="2026-11-27", value=value, unit="%", completeness=1.0, complete=True,
+        devices=("reuse1", "fresh1"), limit=85.0, comparison="<",
+        standard="甘肃省绿色矿山建设实施方案 选矿废水循环利用率 ≥ 85%",
+        extra={"reused_m3": 1520.0, "fresh_m3": 480.0},
+    )
+
+
+def build(tmp_path, transport, clock, **ncfg):
+    path = tmp_path / "alerts.sqlite"
+    eng = AlertEngine(AlertsConfig(reminder_interval_s=0), [SITE], open_db(path), clock=clock)
+    notifier = Notifier(NotifyConfig(**ncfg), open_db(path), transport, clock=clock)
+    return eng, notifier
+
+
+def smtp(sink, **kw):
+    return SmtpTransport(SmtpConfig(host="127.0.0.1", port=sink.port, security="none", sender="greenmine@mine.test", timeout_s=5, **kw))
+
+
+def close(*objs):
+    for o in objs:
+        o.db.close()
+
+
+def test_firing_email_content_bilingual_with_value_limit_and_standard(tmp_path, smtp_sink):
+    clock = Clock(T0 + DAY + 7 * 3600)
+    eng, notifier = build(tmp_path, smtp(smtp_sink), clock)
+    eng.observe_kpis([night_noise(0, 53.2)])
+    assert notifier.run_once() == 2
+    msgs = wait_for(lambda: len(smtp_sink.received()) == 2 and smtp_sink.received(), 5, what="2 emails")
+    assert sorted(m["To"] for m in msgs) == ["chief@example.test", "officer@example.test"]
+    m = msgs[0]
+    subject, body = str(m["Subject"]), m.get_content()
+    assert "警告" in subject and "金昌某铜矿" in subject and "厂界噪声夜间等效声级" in subject
+    assert "warning" in subject and "night-time Leq" in subject
+    assert "53.2 dB(A)" in body and "≤ 50 dB(A)" in body
+    assert "GB 12348-2008 2类 夜间 50 dB(A)" in body
+    assert "数据完整率" in body and "97.5 %" in body and "n1" in body
+    assert "2026-11-27 22:00" in body  # period start, local time
+    assert "解除条件" in body and "Resolves when" in body
+    assert body.index("测量值") < body.index("Measured")  # Chinese first, English second
+    close(eng, notifier)
+
+
+def test_reuse_email_and_short_resolution_follow_up(tmp_path, smtp_sink):
+    clock = Clock(T0 + DAY + 60)
+    eng, notifier = build(tmp_path, smtp(smtp_sink), clock)
+    eng.observe_kpis([reuse(0, 76.0)])
+    notifier.run_once()
+    clock.t += DAY
+    eng.observe_kpis([reuse(1, 91.0)])
+    notifier.run_once()
+    msgs = [m for m in wait_for(lambda: len(smtp_sink.received()) == 4 and smtp_sink.received(), 5)
+            if m["To"] == "officer@example.test"]
+    firing, resolved = msgs
+    assert "选矿废水循环利用率" in str(firing["Subject"]) and "严重" in str(firing["Subject"])
+    assert "76 %" in firing.get_content() and "≥ 85 %" in firing.get_content()
+    assert "回用水量 1520 m³" in firing.get_content()
+    assert "已解除" in str(resolved["Subject"]) and "resolved" in str(resolved["Subject"])
+    rb = resolved.get_content()
+    assert "91 %" in rb and "最差值 76 %" in rb and len(rb) < len(firing.get_content())
+    close(eng, notifier)
+
+
+def test_outage_mail_waits_and_arrives_once(tmp_path):
+    sink = SmtpSink()
+    sink.start()
+    clock = Clock(T0 + 3 * DAY)
+    eng, notifier = build(tmp_path, smtp(sink), clock, retry_initial_s=30)
+    sink.stop()  # relay down before anything is sent
+    eng.observe_kpis([reuse(0, 70.0), night_noise(0, 55.0)])
+    assert notifier.run_once() == 0
+    assert len(notifier.rows("queued")) == 4 and notifier.rows("queued")[0].attempts == 1
+    clock.t += 10
+    assert notifier.deliver() == 0  # still inside the backoff
+    close(eng, notifier)
+
+    # restart of the whole server process while the relay is down
+    eng, notifier = build(tmp_path, smtp(sink), clock, retry_initial_s=30)
+    eng.tick()
+    assert notifier.run_once() == 0
+    sink.start()  # relay back on the same port
+    clock.t += 60
+    assert notifier.run_once() == 4
+    clock.t += 3600
+    assert notifier.run_once() == 0
+    close(eng, notifier)
+    eng, notifier = build(tmp_path, smtp(sink), clock)
+    eng.tick()
+    assert notifier.run_once() == 0
+    msgs = wait_for(lambda: len(sink.received()) >= 4 and sink.received(), 5)
+    assert len(msgs) == 4 and len({(m["Message-ID"]) for m in msgs}) == 4
+    assert len(notifier.rows("sent")) == 4
+    close(eng, notifier)
+    sink.stop()
+
+
+def test_many_alerts_at_once_become_one_digest_per_recipient(tmp_path, smtp_sink):
+    clock = Clock(T0 + 2 * DAY)
+    eng, notifier = build(tmp_path, smtp(smtp_sink), clock, digest_threshold=5)
+    eng.observe_kpis([night_noise(0, 55.0 + i, device=f"n{i}") for i in range(6)])
+    assert notifier.run_once() == 2
+    msgs = wait_for(lambda: len(smtp_sink.received()) == 2 and smtp_sink.received(), 5)
+    body = msgs[0].get_content()
+    assert "告警汇总" in str(msgs[0]["Subject"]) and "6" in str(msgs[0]["Subject"])
+    for i in range(6):
+        assert f"{55 + i} dB(A)" in body and f"n{i}" in body
+    # below the threshold: one email each
+    eng.observe_kpis([reuse(1, 70.0)])
+    assert notifier.run_once() == 2
+    close(eng, notifier)
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_tls_modes_with_auth(tmp_path, mode):
+    files = self_signed(tmp_path)
+    sink = SmtpSink(mode=mode, tls_files=files, credentials=("greenmine", "s3cret"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink.start()
+    try:
+        cfg = SmtpConfig(host="127.0.0.1", port=sink.port, security=mode, username="greenmine", password="s3cret",
+                         sender="greenmine@mine.test", timeout_s=5)
+        clock = Clock(T0 + 2 * DAY)
+        eng, notifier = build(tmp_path, SmtpTransport(cfg, ssl_context=sink.client_ctx()), clock)
+        eng.observe_kpis([reuse(0, 70.0)])
+        assert notifier.run_once() == 2
+        assert len(wait_for(lambda: len(sink.received()) == 2 and sink.received(), 5)) == 2
+        close(eng, notifier)
+        # wrong password: the mail waits instead of being lost
+        # (aiosmtpd stalls smtplib's fallback mechanism after a refused AUTH: a short timeout keeps this fast)
+        bad = cfg.model_copy(update={"password": SecretStr("nope"), "timeout_s": 1.0})
+        eng, notifier = build(tmp_path, SmtpTransport(bad, ssl_context=sink.client_ctx()), clock)
+        eng.observe_kpis([reuse(1, 91.0)])
+        assert notifier.run_once() == 0 and len(notifier.rows("queued")) == 2
+        assert notifier.rows("queued")[0].last_error
+        close(eng, notifier)
+    finally:
+        sink.stop()
+
+
+def test_demo_mode_writes_eml_files(tmp_path):
+    clock = Clock(T0 + 2 * DAY)
+    eng, notifier = build(tmp_path, EmlDirTransport(tmp_path / "mail"), clock)
+    eng.observe_kpis([reuse(0, 70.0)])
+    assert notifier.run_once() == 2
+    files = sorted((tmp_path / "mail").glob("*.eml"))
+    assert len(files) == 2
+    import email
+    import email.policy
+
+    m = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    assert "选矿废水循环利用率" in str(m["Subject"]) and "70 %" in m.get_content()
+    close(eng, notifier)
+
+
+def test_template_override_and_bad_placeholder(tmp_path):
+    d = tmp_path / "tpl"
+    d.mkdir()
+    (d / "firing.txt").write_text("Subject: 超标 ${site_name}\n\n值 ${value_text}\n", encoding="utf-8")
+    t = Templates(d)
+    subject, body = t.notice("firing", {"site_name": "矿", "value": 3.0, "unit": "mg/m³"})
+    assert subject == "超标 矿" and body == "值 3 mg/m³\n"
+    (d / "firing.txt").write_text("Subject: ${nope}\n\nx\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"firing.txt: unknown placeholder \$\{nope\}"):
+        Templates(d)
