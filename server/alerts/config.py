@@ -50,6 +50,8 @@ class ThresholdRule(_Model):
     recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
     sites: list[str] = Field(default_factory=list, description="only these site ids; empty: every site")
     devices: list[str] = Field(default_factory=list, description="only these devices (KPI subjects); empty: every one")
+    title_zh: str | None = Field(default=None, max_length=80, description="what is breached, in Chinese, for emails; default: the series name (KPIs bring their own)")
+    title_en: str | None = Field(default=None, max_length=80, description="what is breached, in English, for emails; default: the series name")
 
 
 class DeadmanRule(_Model):

@@ -391,7 +391,8 @@ class AlertEngine:
             }
         return {
             "kind": "threshold", "rule": rule.name, "site_id": site, "site_name": s.name if s and s.name else site,
-            "subject": subject, "title_zh": rule.series, "title_en": rule.series, "kpi": rule.series,
+            "subject": subject, "title_zh": f"{rule.title_zh or rule.series}: {subject}",
+            "title_en": f"{rule.title_en or rule.series}: {subject}", "kpi": rule.series,
             "value": value, "unit": unit, "limit": limit, "comparison": cmp, "standard": "",
             "period_label": fmt_local(obs_ts, tz), "devices": [subject], "completeness_pct": None,
             "resolves_zh": "数值回到限值以内", "resolves_en": "the value back within the limit", "timezone": tz,
