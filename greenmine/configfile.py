@@ -111,6 +111,12 @@ def load_model(model: type, path: Path | str, *, context: dict[str, Any] | None 
     """Read and validate one config file into `model`. Raises ConfigError naming every problem."""
     if doc is None:
         doc = read_toml(path)
+    field = getattr(model, "model_fields", {}).get("kind")
+    expected = getattr(field, "default", None)
+    given = doc.get("kind") if isinstance(doc, dict) else None
+    if isinstance(expected, str) and isinstance(given, str) and given != expected:
+        article = "an" if expected[0] in "aeiou" else "a"
+        raise ConfigError(path, [f'this is a {given} config (kind = "{given}"), not {article} {expected} config'])
     try:
         return model.model_validate(doc, context=context)
     except ValidationError as exc:

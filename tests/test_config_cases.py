@@ -74,3 +74,15 @@ def test_secrets_come_from_environment(tmp_path, monkeypatch):
     cfg = load_agent_config(cfg_file)
     assert cfg.mqtt.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(cfg)
+
+
+def test_a_config_of_another_kind_is_named_as_such():
+    from agent.config import load_agent_config
+    from server.config import load_server_config
+
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(ROOT / "config" / "server.example.toml")
+    assert info.value.messages == ['this is a server config (kind = "server"), not an agent config']
+    with pytest.raises(ConfigError) as info:
+        load_server_config(ROOT / "config" / "site.example.toml")
+    assert info.value.messages == ['this is a sim config (kind = "sim"), not a server config']
