@@ -148,7 +148,7 @@ def drain_server(cfg, n_readings_total: int) -> float:
         if written[0] >= n_readings_total:
             done.set()
 
-    app.writer.add_listener(on_written)
+    app.writer.add_listener(on_written, rows=True)
     t0 = time.perf_counter()
     app.start()
     done.wait(600)

@@ -93,21 +93,38 @@ class Monitor:
         self.alerts.observe_seen(batch.site, batch.agent, seen, now=now)
 
     def on_readings(self, readings) -> None:
-        """Post-write hook for the store writer: a sequence of stored readings
-        (attributes site, agent, device, metric, ts_ms, value, unit, quality), any sites and agents."""
+        """Post-write hook for the store writer: a sequence of stored readings, any sites and agents, as
+        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality).
+
+        Per reading this only filters and keys (the writer hands over tens of thousands at a time); the
+        rest is per distinct (site, metric, ts), (site, agent, device) or reading with a metric rule."""
         now = self.clock()
-        groups: dict[tuple[str, str], tuple[dict[str, list[float]], dict[str, float]]] = {}
-        for r in readings:
-            by_metric, seen = groups.setdefault((r.site, r.agent), ({}, {}))
-            if r.quality != "good":
-                continue
-            ts = r.ts_ms / 1000.0
-            by_metric.setdefault(r.metric, []).append(ts)
-            seen[r.device] = max(seen.get(r.device, ts), ts)
-            self.alerts.observe_metric(r.site, r.device, r.metric, ts, r.value, r.unit, now=now)
-        for (site, agent), (by_metric, seen) in groups.items():
+        alerts = self.alerts
+        agents = {(r[0], r[1]) for r in readings}  # an agent with no good reading was still heard from
+        good = [r for r in readings if r[7] == "good"]
+        rule_metrics = alerts.metric_rule_metrics
+        if rule_metrics:
+            for r in good:
+                if r[3] in rule_metrics:
+                    alerts.observe_metric(r[0], r[2], r[3], r[4] / 1000.0, r[5], r[6], now=now)
+        latest: dict[tuple[str, str, str], int] = {}
+        get = latest.get
+        for r in good:
+            k = (r[0], r[1], r[2])
+            ts = r[4]
+            old = get(k)
+            if old is None or ts > old:
+                latest[k] = ts
+        kpi_metrics = self.kpis.metrics
+        by_site: dict[str, dict[str, list[float]]] = {}
+        for site, metric, ts_ms in {(r[0], r[3], r[4]) for r in good if r[3] in kpi_metrics}:
+            by_site.setdefault(site, {}).setdefault(metric, []).append(ts_ms / 1000.0)
+        for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
-            self.alerts.observe_seen(site, agent, seen, now=now)
+        seen: dict[tuple[str, str], dict[str, float]] = {a: {} for a in agents}
+        for (site, agent, device), ts_ms in latest.items():
+            seen[(site, agent)][device] = ts_ms / 1000.0
+        alerts.observe_seen_many(seen, now=now)
 
     def on_agent(self, info, previous=None) -> None:
         """Agent registry listener: `info` has site, agent and state ("online" | "offline")."""

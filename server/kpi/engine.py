@@ -37,6 +37,9 @@ class KpiEngine:
         self.store = store
         self._next_rolling = float("-inf")
         self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
+        #: the metrics any KPI reads; readings of other metrics touch no period
+        self._counters = frozenset(self._counter_metrics())
+        self.metrics = frozenset({*self._counters, dust.TSP, dust.PM10, noise.LAEQ, cfg.noise.lmax_metric})
 
     # --- which periods a reading touches ------------------------------------
 
@@ -47,7 +50,7 @@ class KpiEngine:
         tz = site.timezone
         d = periods.local_date(ts, tz)
         out: list[Period] = []
-        if metric in self._counter_metrics():
+        if metric in self._counters:
             # a read just after midnight still closes the previous day's last interval
             edge = periods.local_date(ts - self.cfg.counter_interval_s, tz)
             for dd in {d, edge}:
@@ -78,6 +81,8 @@ class KpiEngine:
             return
         ps: dict[tuple[str, str, float], Period] = {}
         for metric, timestamps in by_metric.items():
+            if metric not in self.metrics:
+                continue
             for ts in timestamps:
                 for p in self.periods_for(site, metric, ts):
                     key = (site_id, p.kind, p.start)
