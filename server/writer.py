@@ -41,7 +41,7 @@ from schemas import telemetry_topic
 from server.deadletter import STORE_REJECTED, dead_letter
 from server.errors import ServerError, StoreRejected
 from server.metrics import Metrics
-from server.spool import DeadLetter, Spool, SpooledBatch, unpack_readings
+from server.spool import DeadLetter, Spool, SpooledBatch
 from server.store.base import Sink, StoredReading
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Writer:
 
         def submit(bs: list[SpooledBatch]) -> None:
             if spooled is not None:  # the sink decodes the spool bodies itself; decode here only for listeners
-                rs = [r for b in bs for r in unpack_readings(b.body)] if self._listeners or self._row_listeners else None
+                rs = [r for b in bs for r in self.spool.rows_of(b.body)] if self._listeners or self._row_listeners else None
                 inflight.append((spooled([b.body for b in bs]), bs, rs, time.perf_counter()))
                 return
             rs = [r for b in bs for r in b.readings()]
