@@ -153,7 +153,8 @@ class Writer:
             log.debug("writer: maintenance failed: %s", exc)
 
     def _write(self, batches: list[SpooledBatch]) -> None:
-        readings = [r for b in batches for r in b.readings()]
+        # the rows ingest kept (else decoded): a retried batch is simply decoded again
+        readings = [r for b in batches for r in map(_make_reading, self.spool.rows_of(b.body))]
         self._store(readings)
         self.spool.delete(batches)
         self._ok()
@@ -170,7 +171,7 @@ class Writer:
                 rs = [r for b in bs for r in self.spool.rows_of(b.body)] if self._listeners or self._row_listeners else None
                 inflight.append((spooled([b.body for b in bs]), bs, rs, time.perf_counter()))
                 return
-            rs = [r for b in bs for r in b.readings()]
+            rs = [r for b in bs for r in map(_make_reading, self.spool.rows_of(b.body))]
             inflight.append((self.sink.write_async(rs), bs, rs, time.perf_counter()))
 
         try:
