@@ -16,6 +16,12 @@ What it does, all on loopback:
    the bare subscriber drains twice, first and last, and the faster of its two
    runs is the reference (the machine may be busier during one of them).
 
+The server is `server.app.App`, wired as `greenmine server run` wires it:
+the KPI engine, alert monitor and email outbox are attached as writer and
+agent listeners, and the bench site is a configured site, so they see every
+reading (KPI inputs among them: totalizers, dust, noise). No HJ 212 points
+are configured (they need a platform to connect to).
+
 Draining a backlog measures what a consumer sustains, independent of how
 fast one Python publisher can publish. Both sides learn that they are done
 from a callback setting an Event (no polling that would take the GIL from the
@@ -46,6 +52,10 @@ from paho.mqtt.properties import Properties  # noqa: E402
 from tests.support.services import Mosquitto, VictoriaMetrics, wait_for  # noqa: E402
 
 SITE = "bench-site"
+#: a site's usual mix: KPI inputs (totalizers, dust, noise) and plain metrics; device i reports METRICS[i % 10]
+METRICS = [("power_kw", "kW"), ("energy_kwh_total", "kWh"), ("water_reused_m3_total", "m3"), ("water_fresh_m3_total", "m3"),
+           ("dust_tsp_mgm3", "mg/m3"), ("dust_pm10_mgm3", "mg/m3"), ("noise_laeq_db", "dB"), ("ore_t_total", "t"),
+           ("current_a", "A"), ("voltage_v", "V")]
 FILTER = "greenmine/v1/+/+/telemetry"
 
 
@@ -58,8 +68,8 @@ def payloads(n_msgs: int, n_readings: int) -> list[tuple[str, bytes]]:
         doc = {
             "schema": "greenmine.telemetry.v1", "site": SITE, "agent": agent, "seq": seq, "sent_at": ts,
             "readings": [
-                {"device": f"{agent}-m{i:02d}", "metric": "power_kw", "ts": ts, "value": 100.0 + seq % 97 + i / 10,
-                 "unit": "kW", "quality": "good"}
+                {"device": f"{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts, "value": 100.0 + seq + i / 10,
+                 "unit": METRICS[i % 10][1], "quality": "good"}
                 for i in range(n_readings)
             ],
         }
@@ -121,8 +131,11 @@ def server_config(tmp: Path, port: int, name: str, store: dict, synchronous: str
     doc = {
         "kind": "server",
         "mqtt": {"port": port, "client_id": f"bench-{name}", "receive_maximum": 1000},
-        "ingest": {"spool_path": str(tmp / f"{name}-spool.sqlite"), "unknown_site": "accept", "spool_synchronous": synchronous},
+        "ingest": {"spool_path": str(tmp / f"{name}-spool.sqlite"), "unknown_site": "reject", "spool_synchronous": synchronous},
         "store": store,
+        # a configured site, so the KPI engine and alert monitor (attached by App, as in `server run`) see every reading
+        "sites": [{"id": SITE, "name": "bench", "timezone": "Asia/Shanghai"}],
+        "alerts": {"db_path": str(tmp / f"{name}-alerts" / "alerts.sqlite")},
     }
     return load_server_config(tmp / f"{name}.toml", doc=doc)
 
@@ -148,7 +161,7 @@ def drain_server(cfg, n_readings_total: int) -> float:
         if written[0] >= n_readings_total:
             done.set()
 
-    app.writer.add_listener(on_written)
+    app.writer.add_listener(on_written, rows=True)
     t0 = time.perf_counter()
     app.start()
     done.wait(600)

@@ -21,7 +21,7 @@ clock unless a demo or test asks for accelerated simulated time). The HJ 212
 uplink keeps the system clock.
 
 Extension points for the KPI, alert and uplink engines:
-`app.writer.add_listener(fn(readings))` after each stored batch, and
+`app.writer.add_listener(fn(readings))` after each stored batch (`rows=True`: plain row tuples), and
 `app.agents.add_listener(fn(info, previous))` for agent status changes.
 """
 
@@ -80,7 +80,7 @@ class App:
                 from server.uplink.hj212.service import Hj212Service
 
                 self.hj212 = Hj212Service(cfg, self.agents)
-                self.writer.add_listener(self.hj212.on_stored)
+                self.writer.add_listener(self.hj212.on_stored, rows=True)
                 self.metrics.bind_hj212(self.hj212.snapshot)
             self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,

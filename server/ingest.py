@@ -125,6 +125,7 @@ class Ingestor:
                 batch = parse_telemetry_rows(d.payload, limits=self.limits, now=now)
                 self._match(topic, batch.site, batch.agent)
                 body = pack_readings(batch.rows)
+                self.spool.remember_rows(body, batch.rows)  # spares the writer's listeners unpickling it again
                 return SpoolEntry(now_ms, topic.site, topic.agent, batch.seq, len(batch.rows), body)
             status: AgentStatus = parse_status(d.payload, limits=self.limits)
             self._match(topic, status.site, status.agent)

@@ -167,6 +167,10 @@ class Spool:
         # Ingest commits and writer deletes take turns on this lock rather than on SQLite's
         # file lock, whose busy handler sleeps (1 ms, 2 ms, 5 ms, ...) when they collide.
         self._wlock = threading.Lock()
+        # rows ingest has just packed, by body, so the writer's listeners need not unpickle them again
+        self._recent: dict[bytes, list] = {}
+        self._recent_readings = 0
+        self._recent_lock = threading.Lock()
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +232,30 @@ class Spool:
             self._cond.notify_all()
 
     # --- ingest side -------------------------------------------------------
+
+    #: most readings kept decoded for the writer (a backlog beyond it is unpickled again)
+    RECENT_MAX_READINGS = 50_000
+
+    def remember_rows(self, body: bytes, rows: list) -> None:
+        """Keep `rows`, which `body` is `pack_readings(rows)` of, for `rows_of(body)` (the writer's listeners).
+
+        Bounded: the oldest are dropped first. Keyed by content, so a stale or
+        never-committed entry can only ever give the rows its body holds."""
+        with self._recent_lock:
+            self._recent[body] = rows
+            self._recent_readings += len(rows)
+            recent = self._recent
+            while self._recent_readings > self.RECENT_MAX_READINGS and recent:
+                self._recent_readings -= len(recent.pop(next(iter(recent))))
+
+    def rows_of(self, body: bytes) -> list:
+        """The rows of a spool body: the ones ingest kept (`remember_rows`) or, failing that, decoded."""
+        with self._recent_lock:
+            rows = self._recent.pop(body, None)
+            if rows is not None:
+                self._recent_readings -= len(rows)
+                return rows
+        return unpack_readings(body)
 
     def commit(
         self,

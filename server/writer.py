@@ -23,6 +23,10 @@ flight and goes back to one write at a time (the paths above) for a round.
 Listeners (`add_listener(fn)`) are called on the writer thread with every
 batch of readings the store has taken, after the write. Delivery to them is
 at least once: a batch rewritten after a crash is passed again.
+`add_listener(fn, rows=True)` passes plain tuples in StoredReading's field
+order (site, agent, device, metric, ts_ms, value, unit, quality) instead of
+StoredReading objects: the spool's rows as they are decoded, without building
+an object per reading on the hot path (a listener indexing its rows takes both).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Writer:
         self.keep_bytes = keep_bytes
         self._clock = clock
         self._listeners: list[Listener] = []
+        self._row_listeners: list[Listener] = []  # take plain row tuples
         self._stop = threading.Event()
         self._draining = False
         self._deadline = float("inf")
@@ -80,8 +85,8 @@ class Writer:
     def store_ok(self) -> bool:
         return self._failures == 0
 
-    def add_listener(self, fn: Listener) -> None:
-        self._listeners.append(fn)
+    def add_listener(self, fn: Listener, *, rows: bool = False) -> None:
+        (self._row_listeners if rows else self._listeners).append(fn)
 
     def start(self) -> None:
         self._thread.start()
@@ -148,7 +153,8 @@ class Writer:
             log.debug("writer: maintenance failed: %s", exc)
 
     def _write(self, batches: list[SpooledBatch]) -> None:
-        readings = [r for b in batches for r in b.readings()]
+        # the rows ingest kept (else decoded): a retried batch is simply decoded again
+        readings = [r for b in batches for r in map(_make_reading, self.spool.rows_of(b.body))]
         self._store(readings)
         self.spool.delete(batches)
         self._ok()
@@ -162,10 +168,10 @@ class Writer:
 
         def submit(bs: list[SpooledBatch]) -> None:
             if spooled is not None:  # the sink decodes the spool bodies itself; decode here only for listeners
-                rs = [r for b in bs for r in b.readings()] if self._listeners else None
+                rs = [r for b in bs for r in self.spool.rows_of(b.body)] if self._listeners or self._row_listeners else None
                 inflight.append((spooled([b.body for b in bs]), bs, rs, time.perf_counter()))
                 return
-            rs = [r for b in bs for r in b.readings()]
+            rs = [r for b in bs for r in map(_make_reading, self.spool.rows_of(b.body))]
             inflight.append((self.sink.write_async(rs), bs, rs, time.perf_counter()))
 
         try:
@@ -258,12 +264,25 @@ class Writer:
         for dl in dead:
             self.metrics.rejected.labels(dl.reason).inc()
 
-    def _notify(self, readings: Sequence[StoredReading]) -> None:
+    def _notify(self, readings: Sequence) -> None:
+        """`readings`: StoredReadings or plain row tuples in their field order."""
+        for fn in self._row_listeners:
+            try:
+                fn(readings)
+            except Exception:
+                log.exception("writer: listener %r failed", fn)
+        if not self._listeners:
+            return
+        if readings and type(readings[0]) is not StoredReading:
+            readings = list(map(_make_reading, readings))
         for fn in self._listeners:
             try:
                 fn(readings)
             except Exception:
                 log.exception("writer: listener %r failed", fn)
+
+
+_make_reading = StoredReading._make
 
 
 def _ok_ids(r: StoredReading) -> bool:

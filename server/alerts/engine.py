@@ -120,6 +120,8 @@ class AlertEngine:
         for r in self.rules:
             if isinstance(r, ThresholdRule) and r.source == "metric":
                 self._metric_rules.setdefault(r.series, []).append(r)
+        #: metrics that some metric-threshold rule watches (readings of others need no look)
+        self.metric_rule_metrics = frozenset(self._metric_rules)
         self.sites = {s.id: s for s in sites}
         self.default_recipients = list(default_recipients or [])
         self.db = db
@@ -183,6 +185,19 @@ class AlertEngine:
             db.executemany(
                 "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
                 [(site, "device", d, min(ts, now)) for d, ts in devices.items()])
+
+    def observe_seen_many(self, groups: dict[tuple[str, str], dict[str, float]], now: float | None = None) -> None:
+        """observe_seen for several (site, agent) at once, in one transaction."""
+        if not groups:
+            return
+        now = self.clock() if now is None else now
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
+                "reported_offline=0", [(site, "agent", agent, now) for site, agent in groups])
+            db.executemany(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
+                [(site, "device", d, min(ts, now)) for (site, _agent), devices in groups.items() for d, ts in devices.items()])
 
     def observe_agent_status(self, site: str, agent: str, online: bool, now: float | None = None) -> None:
         now = self.clock() if now is None else now

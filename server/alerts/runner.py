@@ -1,7 +1,7 @@
 """Running the Monitor inside the server process.
 
     runner = MonitorRunner(monitor)
-    app.writer.add_listener(runner.on_readings)   # writer thread: only enqueues
+    app.writer.add_listener(runner.on_readings, rows=True)   # writer thread: only enqueues
     app.agents.add_listener(runner.on_agent)      # ingest thread: only enqueues
     runner.start() ... runner.stop()
 
@@ -34,7 +34,8 @@ class MonitorRunner:
         self.api = AlertsApi(monitor.alerts)
 
     def on_readings(self, readings) -> None:
-        self._q.put(("readings", list(readings)))
+        # the writer hands over a fresh list per batch: enqueue it as it is, no copy on the writer thread
+        self._q.put(("readings", readings if isinstance(readings, list) else list(readings)))
 
     def on_agent(self, info, previous=None) -> None:
         self._q.put(("agent", info))

@@ -43,6 +43,6 @@ def attach(app, clock: Callable[[], float] = time.time) -> MonitorRunner:
                     cfg.store.kind)
         source = _NoSource()
     runner = MonitorRunner(Monitor.from_config(cfg, source, clock=clock), closers=closers)
-    app.writer.add_listener(runner.on_readings)
+    app.writer.add_listener(runner.on_readings, rows=True)  # plain row tuples: no object per reading
     app.agents.add_listener(runner.on_agent)
     return runner

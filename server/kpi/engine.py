@@ -37,6 +37,11 @@ class KpiEngine:
         self.store = store
         self._next_rolling = float("-inf")
         self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
+        #: the metrics any KPI reads; readings of other metrics touch no period
+        self._counters = frozenset(self._counter_metrics())
+        self._noisy = frozenset({noise.LAEQ, cfg.noise.lmax_metric})
+        self._hourly = frozenset({dust.TSP, dust.PM10, *self._noisy})
+        self.metrics = frozenset({*self._counters, dust.TSP, dust.PM10, noise.LAEQ, cfg.noise.lmax_metric})
 
     # --- which periods a reading touches ------------------------------------
 
@@ -47,7 +52,7 @@ class KpiEngine:
         tz = site.timezone
         d = periods.local_date(ts, tz)
         out: list[Period] = []
-        if metric in self._counter_metrics():
+        if metric in self._counters:
             # a read just after midnight still closes the previous day's last interval
             edge = periods.local_date(ts - self.cfg.counter_interval_s, tz)
             for dd in {d, edge}:
@@ -77,8 +82,16 @@ class KpiEngine:
         if site is None or self.store is None:
             return
         ps: dict[tuple[str, str, float], Period] = {}
+        done: set[tuple[tuple[bool, bool, bool], float]] = set()
         for metric, timestamps in by_metric.items():
+            if metric not in self.metrics:
+                continue
+            # metrics of one kind (all totalizers; dust; noise) touch the same periods at a given time
+            kind = (metric in self._counters, metric in self._hourly, metric in self._noisy)
             for ts in timestamps:
+                if (kind, ts) in done:
+                    continue
+                done.add((kind, ts))
                 for p in self.periods_for(site, metric, ts):
                     key = (site_id, p.kind, p.start)
                     if key not in self._marked:

@@ -61,6 +61,7 @@ class LatestCache:
 
     def __init__(self, watched: Iterable[tuple[str, str, str]]) -> None:
         self._watched = frozenset(watched)
+        self._metrics = frozenset(m for _, _, m in self._watched)
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, str, str], tuple[int, float, str, str]] = {}
 
@@ -80,9 +81,12 @@ class LatestCache:
                 self._latest[key] = (ts_ms, value, quality, agent)
 
     def on_stored(self, readings: Sequence) -> None:
-        """The writer listener: `StoredReading`s just written to the store."""
-        for r in readings:
-            self.update(r.site, r.device, r.metric, r.ts_ms, r.value, r.quality, r.agent)
+        """The writer listener: readings just written to the store, as `StoredReading`s or plain tuples in
+        their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
+        metrics, watched = self._metrics, self._watched
+        for r in readings:  # most readings are of no watched metric: one set lookup each
+            if r[3] in metrics and (r[0], r[2], r[3]) in watched:
+                self.update(r[0], r[2], r[3], r[4], r[5], r[7], r[1])
 
     def get(self, site: str, device: str, metric: str) -> tuple[int, float, str, str] | None:
         with self._lock:
@@ -248,7 +252,7 @@ class Hj212Service:
     """Every configured point's client on one asyncio loop in one thread.
 
         svc = Hj212Service(cfg, agents)      # pure: opens nothing
-        writer.add_listener(svc.on_stored)
+        writer.add_listener(svc.on_stored, rows=True)
         svc.start() ... svc.stop()
 
     `client_options` are passed to every `Hj212Client` (tests inject a clock).
