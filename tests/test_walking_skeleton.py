@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from greenmine.configfile import dump_toml
+from tests.support.processes import spawn_greenmine, stop_process
 from tests.support.services import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,20 +26,6 @@ START = datetime.fromisoformat("2026-06-01T10:00:00+08:00")
 
 def f32(x: float) -> float:
     return struct.unpack(">f", struct.pack(">f", x))[0]
-
-
-def spawn(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "greenmine", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> int:
-    proc.terminate()
-    try:
-        return proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(5)
 
 
 def test_meter_to_store_exactly_once(tmp_path, mosquitto):
@@ -78,8 +63,8 @@ def test_meter_to_store_exactly_once(tmp_path, mosquitto):
         (tmp_path / "server.toml").write_text(dump_toml(server_doc))
 
         begin = datetime.now(timezone.utc)
-        server = spawn(["server", "run", "--config", str(tmp_path / "server.toml")], tmp_path / "server.log")
-        agent = spawn(["agent", "run", "--config", str(tmp_path / "agent.toml")], tmp_path / "agent.log")
+        server = spawn_greenmine(["server", "run", "--config", str(tmp_path / "server.toml")], tmp_path / "server.log")
+        agent = spawn_greenmine(["agent", "run", "--config", str(tmp_path / "agent.toml")], tmp_path / "agent.log")
         reader = SqliteReader(tmp_path / "store.sqlite")
         try:
             def rows():
@@ -90,7 +75,7 @@ def test_meter_to_store_exactly_once(tmp_path, mosquitto):
                     return []
 
             wait_for(lambda: len(rows()) >= 3, 30, what="three polls in the store")
-            assert stop(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+            assert stop_process(agent) == 0, (tmp_path / "agent.log").read_text()[-3000:]
             got = rows()
             assert len({p.ts_ms for p in got}) == len(got), "a poll was stored twice"
             for p in got:
@@ -125,5 +110,5 @@ def test_meter_to_store_exactly_once(tmp_path, mosquitto):
             assert [(p.ts, p.value) for p in dup] == [(ts, 12.5)]
         finally:
             reader.close()
-            stop(agent)
-            assert stop(server) == 0, (tmp_path / "server.log").read_text()[-3000:]
+            stop_process(agent)
+            assert stop_process(server) == 0, (tmp_path / "server.log").read_text()[-3000:]

@@ -4,11 +4,9 @@ real Mosquitto and a real Modbus server: broker outage, power cut (SIGKILL), out
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,22 +16,14 @@ from agent.config import load_agent_config
 from agent.runtime import Agent
 from tests.agent.helpers import Collector, write_config
 from tests.agent.mbserver import ModbusTestServer, ServerThread, Unit
+from tests.support.processes import spawn_greenmine, stop_process
 from tests.support.services import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def broker(mosquitto):
-    """The shared `mosquitto` fixture, made able to persist: run as root (as in the CI container),
-    mosquitto drops to the `mosquitto` user and cannot write its store in the test's folder
-    ("Error: Permission denied"), so messages it acked are lost across a restart. `user` is
-    ignored when not started as root. (Reported to the lead for tests/support/services.py.)"""
-    import getpass
-
-    if "\nuser " not in mosquitto.conf.read_text():
-        mosquitto.conf.write_text(mosquitto.conf.read_text() + f"user {getpass.getuser()}\n")
-        mosquitto.restart()
+    """The shared Mosquitto (it runs as the current user, so its store persists across restarts)."""
     return mosquitto
 
 
@@ -44,20 +34,7 @@ def meter_devices(port_bus: str, interval: float, n_regs: int = 2) -> list[dict]
 
 
 def start_agent(cfg: Path, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "greenmine", "agent", "run", "--config", str(cfg)],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop_agent(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        raise
+    return spawn_greenmine(["agent", "run", "--config", str(cfg)], log)
 
 
 def outbox_rows(path: Path) -> list[int]:
@@ -97,7 +74,7 @@ def test_broker_outage_every_reading_arrives_once_in_order(tmp_path, broker):
                      and not outbox_rows(tmp_path / "outbox.sqlite"), 60, interval_s=0.1,
                      what="the backlog to drain and live data to flow")
         finally:
-            code = stop_agent(agent)
+            code = stop_process(agent)
             collector.close()
         assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
     for dev in ("m1", "m2"):
@@ -133,7 +110,7 @@ def test_power_cut_no_committed_batch_is_lost_and_seq_keeps_increasing(tmp_path,
             wait_for(lambda: set(range(0, before + 1)) <= set(collector.seqs()), 10,
                      what="every batch committed before the kill")
         finally:
-            stop_agent(agent)
+            stop_process(agent)
             collector.close()
     seqs = collector.seqs()
     assert set(range(0, max(seqs) + 1)) == set(seqs), "a committed batch was lost"

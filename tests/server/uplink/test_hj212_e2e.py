@@ -13,7 +13,6 @@ code path the RtdInterval loop runs).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from tests.agent.helpers import toml_value
 from tests.server.conftest import server_doc, write_toml
 from tests.server.uplink.conftest import ThreadedPlatform
 from tests.simulators.conftest import make_runner, site_doc
+from tests.support.processes import stop_process
 from tests.support.services import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,17 +56,6 @@ def write_agent_config(path: Path, broker_port: int, modbus_port: int) -> Path:
                   "poll_groups = { default = 0.2 }", "backoff_max_s = 1"]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def stop_process(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        raise
 
 
 def cp_of(packet) -> dict[str, str]:
