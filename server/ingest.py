@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from schemas import (
     TelemetryBatch,

@@ -181,8 +181,7 @@ def build_configs(run_dir: Path, broker_port: int, clock: ClockConfig | None = N
     server.setdefault("alerts", {})["db_path"] = str(run_dir / "alerts.sqlite")  # alert state + email outbox
     server["http_port"] = free_port()
     server.pop("smtp", None)  # demo mode: emails are written as .eml files
-    _set_email_dir(server, run_dir / "emails")
-    _rebase_paths(server, run_dir)
+    server.setdefault("notify", {})["eml_dir"] = str(run_dir / "emails")
     if clock is not None:
         _accelerate(site, agent, server, clock)
 
@@ -210,28 +209,6 @@ def _accelerate(site: dict, agent: dict, server: dict, clock: ClockConfig) -> No
     server.setdefault("kpi", {})["rolling_every_s"] = ROLLING_EVERY_S
     rules = server.setdefault("alerts", {}).setdefault("rules", [])
     rules += [r for r in DEMO_RULES if r["name"] not in {x.get("name") for x in rules}]
-
-
-def _set_email_dir(server: dict[str, Any], folder: Path) -> None:
-    """Point the email outbox's .eml folder at the run folder, when the config has one."""
-    notify = server.get("notify") or server.get("email")
-    if isinstance(notify, dict):
-        for key in ("eml_dir", "eml_folder", "outbox_dir"):
-            if key in notify:
-                notify[key] = str(folder)
-
-
-def _rebase_paths(doc: Any, run_dir: Path) -> None:
-    """Any remaining relative *_path / path value is put inside the run folder."""
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            if isinstance(v, str) and (k == "path" or k.endswith("_path") or k.endswith("_dir")) and not os.path.isabs(v):
-                doc[k] = str(run_dir / v)
-            else:
-                _rebase_paths(v, run_dir)
-    elif isinstance(doc, list):
-        for x in doc:
-            _rebase_paths(x, run_dir)
 
 
 class Child:
