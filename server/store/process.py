@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server.child import Child, ChildFailed, ChildGone
+from server.digest import DigestSpec, digest
 from server.errors import StoreRejected, StoreUnavailable
 from server.store.base import StoredReading
 from server.store.sqlite import SqliteReader, SqliteStore
@@ -80,11 +81,12 @@ class SqliteProcessStore(SqliteReader):
             return lambda: None
         return self._send("write", [tuple(r) for r in readings])
 
-    def write_spooled_async(self, bodies: Sequence[bytes]):
-        """`write_async` of spool bodies (`server.spool.pack_readings`), decoded by the child rather than here."""
+    def write_spooled_async(self, bodies: Sequence[bytes], digests: Sequence[DigestSpec] = ()):
+        """`write_async` of spool bodies (`server.spool.pack_readings`), decoded by the child rather than here.
+        With `digests`, `wait()` returns the rows' `server.digest.Digest` for each spec (else None)."""
         if not bodies:
-            return lambda: None
-        return self._send("write_spooled", list(bodies))
+            return (lambda: [digest([], spec) for spec in digests]) if digests else (lambda: None)
+        return self._send("write_spooled", (list(bodies), list(digests)))
 
     def maintain(self, now_s: float | None = None) -> int:
         return self._call("maintain", now_s)
@@ -110,7 +112,10 @@ class StoreWorker:
         if op == "write_spooled":
             from server.spool import unpack_readings
 
-            return self.store.write([row for body in arg for row in unpack_readings(body)])
+            bodies, specs = arg
+            rows = [row for body in bodies for row in unpack_readings(body)]
+            self.store.write(rows)
+            return [digest(rows, spec) for spec in specs] if specs else None
         if op == "maintain":
             return self.store.maintain(arg)
         if op == "ping":

@@ -141,6 +141,12 @@ def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
 
         s.write(batch[:3])
         s.write_spooled_async([pack_readings([tuple(x) for x in batch[3:5]])])()  # the spool holds plain tuples
+        # the digest the child computes is the one this process would compute from the same rows
+        from server.digest import DigestSpec, digest
+
+        spec = DigestSpec(frozenset({"power_kw"}), frozenset({"power_kw"}))
+        rows = [tuple(x) for x in batch[5:7]]
+        assert s.write_spooled_async([pack_readings(rows)], digests=[spec])() == [digest(rows, spec)]
         s.write_async(batch)()
         assert s.count() == 10
         assert s.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))[0].count == 10
