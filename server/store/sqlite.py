@@ -28,6 +28,7 @@ import operator
 import sqlite3
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -101,6 +102,46 @@ _CHUNK = 500
 
 
 _PK = operator.itemgetter(0, 2, 3, 4)  # (site, device, metric, ts_ms) of a StoredReading
+
+
+_SLOT_MS = 900_000  # _Buckets' cache slot: every UTC offset is a multiple of 15 minutes
+
+
+def _accumulate(acc: dict[tuple, list], key: tuple, end: int, ts: Sequence[int], values: Sequence[float],
+                good: Sequence[bool] | None, lo: int, hi: int) -> None:
+    """Add readings [lo, hi) (one series, sorted by time, distinct timestamps) to the partial rollup `key`."""
+    if good is None:
+        vs = values[lo:hi]
+        part = [end, hi - lo, sum(vs, 0.0), min(vs), max(vs), ts[lo], values[lo], ts[hi - 1], values[hi - 1], 0]
+    else:
+        flags = good[lo:hi]
+        vs = list(itertools.compress(values[lo:hi], flags))
+        n = len(vs)
+        if n:
+            f = lo + flags.index(True)
+            la = hi - 1 - flags[::-1].index(True)
+            part = [end, n, sum(vs, 0.0), min(vs), max(vs), ts[f], values[f], ts[la], values[la], hi - lo - n]
+        else:
+            # end, n, total, min, max, first_ts, first, last_ts, last, not_good
+            part = [end, 0, 0.0, None, None, None, None, None, None, hi - lo]
+    a = acc.get(key)
+    if a is None:
+        acc[key] = part
+        return
+    # the same bucket again, not contiguous with its first part: merge as the rollup upsert does
+    if part[1]:
+        if not a[1]:
+            a[3:9] = part[3:9]
+        else:
+            a[3] = min(a[3], part[3])
+            a[4] = max(a[4], part[4])
+            if part[5] < a[5]:
+                a[5], a[6] = part[5], part[6]
+            if part[7] >= a[7]:
+                a[7], a[8] = part[7], part[8]
+    a[1] += part[1]
+    a[2] += part[2]
+    a[9] += part[9]
 
 
 def _values(n_rows: int, n_cols: int) -> str:
@@ -364,8 +405,17 @@ class SqliteStore(SqliteReader):
                             chunk = readings[i : i + _CHUNK]
                             params = list(itertools.chain.from_iterable(chunk))
                             inserted += con.execute(_insert_sql(len(chunk)), params).fetchall()
+                        inserted.sort(key=_PK)  # RETURNING's order is unspecified
                     if inserted:
-                        aggs = self._aggregate(inserted)
+                        site, _agent, device, metric, ts, value, _unit, quality = zip(*inserted)
+                        good = None if quality.count("good") == len(quality) else [q == "good" for q in quality]
+                        runs = []
+                        lo = 0
+                        for key, grp in itertools.groupby(zip(site, device, metric)):
+                            hi = lo + sum(1 for _ in grp)
+                            runs.append((key, lo, hi))
+                            lo = hi
+                        aggs = self._aggregate(runs, ts, value, good)
                         for i in range(0, len(aggs), _CHUNK):
                             chunk = aggs[i : i + _CHUNK]
                             con.execute(_ROLLUP_UPSERT.format(values=_values(len(chunk), 15)), list(itertools.chain.from_iterable(chunk)))
@@ -376,31 +426,37 @@ class SqliteStore(SqliteReader):
             except sqlite3.Error as exc:
                 raise _translate(exc, "write") from exc
 
-    def _aggregate(self, rows: Sequence[tuple]) -> list[tuple]:
-        """Partial rollups of newly inserted rows (StoredReading-shaped): one tuple per (series, period, bucket)."""
+    def _aggregate(self, runs: Sequence[tuple[tuple[str, str, str], int, int]], ts: Sequence[int],
+                   values: Sequence[float], good: Sequence[bool] | None) -> list[tuple]:
+        """Partial rollups of newly inserted readings: one tuple per (series, period, bucket).
+
+        The readings are columns (`ts`, `values`, `good`: None when every one is good) sorted by
+        series, then time; `runs` holds ((site, device, metric), lo, hi) per series, its rows being
+        [lo, hi). Work is per bucket, not per reading: a bucket is a contiguous slice of its series,
+        aggregated with builtins.
+        """
         acc: dict[tuple, list] = {}
         buckets = self._buckets
-        for site, _agent, device, metric, ts, value, _unit, quality in rows:
-            h0, h1, d0, d1 = buckets(site, ts)
-            good = quality == "good"
-            for key, end in (((site, device, metric, "hour", h0), h1), ((site, device, metric, "day", d0), d1)):
-                a = acc.get(key)
-                if a is None:
-                    # end, n, total, min, max, first_ts, first, last_ts, last, not_good
-                    a = acc[key] = [end, 0, 0.0, None, None, None, None, None, None, 0]
-                if not good:
-                    a[9] += 1
-                    continue
-                a[1] += 1
-                a[2] += value
-                if a[3] is None or value < a[3]:
-                    a[3] = value
-                if a[4] is None or value > a[4]:
-                    a[4] = value
-                if a[5] is None or ts < a[5]:
-                    a[5], a[6] = ts, value
-                if a[7] is None or ts >= a[7]:
-                    a[7], a[8] = ts, value
+        for key, lo, hi in runs:
+            site = key[0]
+            # Walk the series one 15-minute slot at a time (every reading of a slot shares its
+            # buckets, see _Buckets) and cut it where the hour or the local day changes. Jumping
+            # to the bucket's end instead would be wrong where a DST shift is not a whole hour.
+            hour = day = buckets(site, ts[lo])
+            h_lo = d_lo = lo
+            i = bisect_left(ts, ts[lo] - ts[lo] % _SLOT_MS + _SLOT_MS, lo + 1, hi)
+            while i < hi:
+                t = ts[i]
+                b = buckets(site, t)
+                if b[0] != hour[0]:
+                    _accumulate(acc, key + ("hour", hour[0]), hour[1], ts, values, good, h_lo, i)
+                    hour, h_lo = b, i
+                if b[2] != day[2]:
+                    _accumulate(acc, key + ("day", day[2]), day[3], ts, values, good, d_lo, i)
+                    day, d_lo = b, i
+                i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, i + 1, hi)
+            _accumulate(acc, key + ("hour", hour[0]), hour[1], ts, values, good, h_lo, hi)
+            _accumulate(acc, key + ("day", day[2]), day[3], ts, values, good, d_lo, hi)
         return [key + tuple(a) for key, a in acc.items()]
 
     def ping(self) -> None:
