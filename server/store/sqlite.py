@@ -22,13 +22,14 @@ connections, one per thread, and can be used from another process.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import operator
 import sqlite3
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -42,19 +43,37 @@ log = logging.getLogger(__name__)
 
 PERIODS = ("hour", "day")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    site    TEXT    NOT NULL,
-    device  TEXT    NOT NULL,
-    metric  TEXT    NOT NULL,
-    ts_ms   INTEGER NOT NULL,
-    value   REAL    NOT NULL,
+# Raw readings are normalised so that an inserted row binds four numbers, no text: about half
+# the CPU per reading of the earlier layout, one text row of 8 columns keyed by (site, device,
+# metric, ts_ms). Ids are never deleted or renumbered, so the writer caches them.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS series (
+    id     INTEGER PRIMARY KEY,
+    site   TEXT    NOT NULL,
+    device TEXT    NOT NULL,
+    metric TEXT    NOT NULL,
+    UNIQUE (site, device, metric)
+)""",
+    """CREATE TABLE IF NOT EXISTS labels (
+    id      INTEGER PRIMARY KEY,
     unit    TEXT    NOT NULL,
     quality TEXT    NOT NULL,
     agent   TEXT    NOT NULL,
-    PRIMARY KEY (site, device, metric, ts_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollups (
+    UNIQUE (unit, quality, agent)
+)""",
+    """CREATE TABLE IF NOT EXISTS samples (
+    series INTEGER NOT NULL,  -- series.id
+    ts_ms  INTEGER NOT NULL,
+    value  REAL    NOT NULL,
+    label  INTEGER NOT NULL,  -- labels.id
+    PRIMARY KEY (series, ts_ms)
+) WITHOUT ROWID""",
+    # the readings as one table, for ad-hoc SQL; queries by site, device and metric still use the indexes
+    """CREATE VIEW IF NOT EXISTS readings AS
+SELECT se.site AS site, se.device AS device, se.metric AS metric, sa.ts_ms AS ts_ms, sa.value AS value,
+       la.unit AS unit, la.quality AS quality, la.agent AS agent
+FROM samples sa JOIN series se ON se.id = sa.series JOIN labels la ON la.id = sa.label""",
+    """CREATE TABLE IF NOT EXISTS rollups (
     site        TEXT    NOT NULL,
     device      TEXT    NOT NULL,
     metric      TEXT    NOT NULL,
@@ -71,8 +90,21 @@ CREATE TABLE IF NOT EXISTS rollups (
     v_last      REAL,
     not_good    INTEGER NOT NULL,
     PRIMARY KEY (site, device, metric, period, start_ms)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID""",
+)
+
+# A store written before the normalisation holds `readings` as a table; on open it is copied
+# into the tables above (series and labels numbered in key order, so samples go in in order).
+_MIGRATE = (
+    "INSERT INTO series (site, device, metric) SELECT DISTINCT site, device, metric FROM readings ORDER BY 1, 2, 3",
+    "INSERT INTO labels (unit, quality, agent) SELECT DISTINCT unit, quality, agent FROM readings ORDER BY 1, 2, 3",
+    "INSERT INTO samples (series, ts_ms, value, label) "
+    "SELECT se.id, r.ts_ms, r.value, la.id FROM readings r "
+    "CROSS JOIN series se ON se.site = r.site AND se.device = r.device AND se.metric = r.metric "
+    "CROSS JOIN labels la ON la.unit = r.unit AND la.quality = r.quality AND la.agent = r.agent "
+    "ORDER BY r.site, r.device, r.metric, r.ts_ms",
+    "DROP TABLE readings",
+)
 
 # Upsert of a partial aggregate: every expression on the right sees the old row,
 # so first/last compare against the old timestamps before either is replaced.
@@ -96,13 +128,21 @@ ON CONFLICT (site, device, metric, period, start_ms) DO UPDATE SET
     not_good = not_good + excluded.not_good
 """
 
-#: rows per multi-row INSERT (8 parameters each, well under SQLite's 32766 limit)
+#: rows per multi-row INSERT into samples (4 parameters each, well under SQLite's 32766 limit)
 _CHUNK = 500
+#: rows per multi-row rollup upsert (15 parameters each)
+_ROLLUP_CHUNK = 500
 
-
-
-_PK = operator.itemgetter(0, 2, 3, 4)  # (site, device, metric, ts_ms) of a StoredReading
-
+_IDS_KEY = operator.itemgetter(0, 2, 3, 6, 7, 1)  # (site, device, metric) + (unit, quality, agent) of a StoredReading
+_TS = operator.itemgetter(4)
+_VALUE = operator.itemgetter(5)
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+# of a samples row (series, ts_ms, value, label)
+_SAMPLE_KEY = operator.itemgetter(0, 1)
+_TS_OF_SAMPLE = operator.itemgetter(1)
+_VALUE_OF_SAMPLE = operator.itemgetter(2)
+_LABEL_OF_SAMPLE = operator.itemgetter(3)
 
 _SLOT_MS = 900_000  # _Buckets' cache slot: every UTC offset is a multiple of 15 minutes
 
@@ -149,16 +189,17 @@ def _values(n_rows: int, n_cols: int) -> str:
     return ",".join([row] * n_rows)
 
 
-def _insert_plain_sql(rows: int) -> str:
-    return f"INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES {_values(rows, 8)} ON CONFLICT DO NOTHING"
+# The SQL texts are cached: sqlite3's statement cache is keyed by the text, which would otherwise be
+# rebuilt (and hashed, some 10 kB) for every statement.
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int, returning: bool) -> str:
+    sql = f"INSERT INTO samples (series, ts_ms, value, label) VALUES {_values(rows, 4)} ON CONFLICT DO NOTHING"
+    return sql + " RETURNING series, ts_ms, value, label" if returning else sql
 
 
-def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
-    return (
-        f"INSERT INTO readings (site, agent, device, metric, ts_ms, value, unit, quality) VALUES {values} "
-        "ON CONFLICT DO NOTHING RETURNING site, agent, device, metric, ts_ms, value, unit, quality"
-    )
+@functools.lru_cache(maxsize=64)
+def _rollup_sql(rows: int) -> str:
+    return _ROLLUP_UPSERT.format(values=_values(rows, 15))
 
 
 def to_ms(when: datetime | int | float) -> int:
@@ -252,6 +293,14 @@ class _Buckets:
         return hit
 
 
+# One series' points: its id from `series`, then a range of the samples' primary key (CROSS JOIN
+# keeps samples the outer loop, labels being looked up per row).
+_POINTS = (
+    "SELECT sa.ts_ms, sa.value, la.unit, la.quality, la.agent FROM samples sa CROSS JOIN labels la ON la.id = sa.label "
+    "WHERE sa.series = (SELECT id FROM series WHERE site = ? AND device = ? AND metric = ?)"
+)
+
+
 class SqliteReader:
     """Read side of the SQLite store; safe to share between threads (one connection per thread)."""
 
@@ -276,19 +325,14 @@ class SqliteReader:
     ) -> list[Point]:
         """Readings of one series with start <= ts < end (datetimes or epoch ms), oldest first."""
         rows = self._con().execute(
-            "SELECT ts_ms, value, unit, quality, agent FROM readings "
-            "WHERE site = ? AND device = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
+            f"{_POINTS} AND sa.ts_ms >= ? AND sa.ts_ms < ? ORDER BY sa.ts_ms",
             (site, device, metric, to_ms(start), to_ms(end)),
         ).fetchall()
         return [Point(*r) for r in rows]
 
     def latest(self, site: str, device: str, metric: str) -> Point | None:
         """The newest reading of one series."""
-        row = self._con().execute(
-            "SELECT ts_ms, value, unit, quality, agent FROM readings "
-            "WHERE site = ? AND device = ? AND metric = ? ORDER BY ts_ms DESC LIMIT 1",
-            (site, device, metric),
-        ).fetchone()
+        row = self._con().execute(f"{_POINTS} ORDER BY sa.ts_ms DESC LIMIT 1", (site, device, metric)).fetchone()
         return Point(*row) if row else None
 
     def rollups(
@@ -329,7 +373,7 @@ class SqliteReader:
 
     def count(self) -> int:
         """Number of raw rows (for tests and `server status`)."""
-        return self._con().execute("SELECT count(*) FROM readings").fetchone()[0]
+        return self._con().execute("SELECT count(*) FROM samples").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
@@ -359,6 +403,12 @@ class SqliteStore(SqliteReader):
         self._buckets = _Buckets(site_timezones or {}, default_timezone)
         self._clock = clock
         self._wlock = threading.Lock()
+        # The writer's copy of the id tables: (site, device, metric) -> series id, and so on.
+        self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._series_keys: dict[int, tuple[str, str, str]] = {}
+        self._label_ids: dict[tuple[str, str, str], int] = {}
+        self._good_labels: set[int] = set()
+        self._ids: dict[tuple, tuple[int, int]] = {}  # both at once, filled as readings come
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._w = _connect(self.path, busy_timeout_ms)
@@ -367,64 +417,154 @@ class SqliteStore(SqliteReader):
             self._w.execute("PRAGMA synchronous=FULL")
             # the writer touches one leaf page per series it writes: keep them cached (the default is 2 MiB)
             self._w.execute("PRAGMA cache_size=-32768")
-            self._w.executescript(_SCHEMA)
+            self._create()
+            for sid, *key in self._w.execute("SELECT id, site, device, metric FROM series"):
+                self._series_ids[tuple(key)] = sid
+                self._series_keys[sid] = tuple(key)
+            for lid, *key in self._w.execute("SELECT id, unit, quality, agent FROM labels"):
+                self._label_ids[tuple(key)] = lid
+                if key[1] == "good":
+                    self._good_labels.add(lid)
         except sqlite3.Error as exc:
+            if getattr(self, "_w", None) is not None:
+                self._w.close()
             raise _translate(exc, f"cannot open {self.path}") from exc
+
+    def _create(self) -> None:
+        """Create the tables, or migrate a store written before `readings` became a view, in one transaction."""
+        con = self._w
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            old = con.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
+            migrate = old is not None and old[0] == "table"
+            for stmt in _SCHEMA:
+                if not (migrate and stmt.startswith("CREATE VIEW")):
+                    con.execute(stmt)
+            if migrate:
+                for stmt in _MIGRATE:
+                    con.execute(stmt)
+                con.execute(next(stmt for stmt in _SCHEMA if stmt.startswith("CREATE VIEW")))
+                n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if migrate:
+            log.info("sqlite store %s: migrated %d raw readings to the series/labels/samples layout", self.path, n)
 
     def write(self, readings: Sequence[StoredReading]) -> None:
         if not readings:
             return
-        # In primary-key order, consecutive inserts land on the same leaf page: about half
-        # the CPU of inserting in arrival order (series interleaved). The sort is stable, so
-        # of two copies of a reading in one write the first still wins.
-        readings = sorted(readings, key=_PK)
         with self._wlock:
             con = self._w
+            created: list[tuple[dict, tuple]] = []  # ids cached in this transaction: forgotten if it rolls back
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
+                    rows = self._rows(readings, created)
+                    # In primary-key order, consecutive inserts land on the same leaf page: about half
+                    # the CPU of inserting in arrival order (series interleaved). Plain tuple order is
+                    # (series, ts_ms) order unless a reading is repeated within this write; then the
+                    # fast path below fails and the fallback sorts stably, so that the first copy wins.
+                    ordered = sorted(rows)
                     # Multi-row statements, not executemany: sqlite3 releases and retakes the
                     # GIL around every step, and with the ingest and MQTT threads busy each
                     # retake can wait a whole switch interval; one step per 500 rows avoids that.
-                    # Fast path: plain INSERTs; if they inserted every row, all are new and feed
-                    # the rollups as they are. Otherwise some were stored already (a redelivery):
-                    # undo, and insert again with RETURNING so that only new rows are counted.
                     con.execute("SAVEPOINT fast")
                     added = 0
-                    for i in range(0, len(readings), _CHUNK):
-                        chunk = readings[i : i + _CHUNK]
-                        added += con.execute(_insert_plain_sql(len(chunk)), list(itertools.chain.from_iterable(chunk))).rowcount
-                    if added == len(readings):
+                    for i in range(0, len(ordered), _CHUNK):
+                        chunk = ordered[i : i + _CHUNK]
+                        added += con.execute(_insert_sql(len(chunk), False), list(itertools.chain.from_iterable(chunk))).rowcount
+                    if added == len(rows):
                         con.execute("RELEASE fast")
-                        inserted = readings
+                        inserted = ordered
                     else:
                         con.execute("ROLLBACK TO fast")
                         con.execute("RELEASE fast")
+                        rows.sort(key=_SAMPLE_KEY)  # stable: of two copies of a reading, the first is inserted
                         inserted = []
-                        for i in range(0, len(readings), _CHUNK):
-                            chunk = readings[i : i + _CHUNK]
-                            params = list(itertools.chain.from_iterable(chunk))
-                            inserted += con.execute(_insert_sql(len(chunk)), params).fetchall()
-                        inserted.sort(key=_PK)  # RETURNING's order is unspecified
+                        for i in range(0, len(rows), _CHUNK):
+                            chunk = rows[i : i + _CHUNK]
+                            inserted += con.execute(_insert_sql(len(chunk), True), list(itertools.chain.from_iterable(chunk))).fetchall()
+                        inserted.sort()  # RETURNING's order is unspecified; (series, ts_ms) is unique among them
                     if inserted:
-                        site, _agent, device, metric, ts, value, _unit, quality = zip(*inserted)
-                        good = None if quality.count("good") == len(quality) else [q == "good" for q in quality]
-                        runs = []
-                        lo = 0
-                        for key, grp in itertools.groupby(zip(site, device, metric)):
-                            hi = lo + sum(1 for _ in grp)
-                            runs.append((key, lo, hi))
-                            lo = hi
-                        aggs = self._aggregate(runs, ts, value, good)
-                        for i in range(0, len(aggs), _CHUNK):
-                            chunk = aggs[i : i + _CHUNK]
-                            con.execute(_ROLLUP_UPSERT.format(values=_values(len(chunk), 15)), list(itertools.chain.from_iterable(chunk)))
+                        aggs = self._aggregate_samples(inserted)
+                        for i in range(0, len(aggs), _ROLLUP_CHUNK):
+                            chunk = aggs[i : i + _ROLLUP_CHUNK]
+                            con.execute(_rollup_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
                     con.execute("COMMIT")
                 except BaseException:
+                    self._forget(created)
                     con.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise _translate(exc, "write") from exc
+
+    def _rows(self, readings: Sequence[StoredReading], created: list[tuple[dict, tuple]]) -> list[tuple]:
+        """samples rows (series, ts_ms, value, label) of StoredReading-shaped tuples, in their order."""
+        # one dict lookup per reading, in C: (site, device, metric, unit, quality, agent) -> (series, label)
+        keys = list(map(_IDS_KEY, readings))
+        ids = list(map(self._ids.get, keys))
+        if None in ids:
+            ids = [self._new_ids(k, created) if x is None else x for k, x in zip(keys, ids)]
+        return list(zip(map(_FIRST, ids), map(_TS, readings), map(_VALUE, readings), map(_SECOND, ids)))
+
+    def _new_ids(self, key: tuple, created: list[tuple[dict, tuple]]) -> tuple[int, int]:
+        ids = self._ids.get(key)  # an earlier reading of this write may have added it
+        if ids is None:
+            ids = self._ids[key] = (self._series_id(key[:3], created), self._label_id(key[3:], created))
+            created.append((self._ids, key))
+        return ids
+
+    def _series_id(self, key: tuple[str, str, str], created: list[tuple[dict, tuple]]) -> int:
+        sid = self._series_ids.get(key)  # an earlier reading of this write may have created it
+        if sid is None:
+            # another process sharing the file may have created it since we loaded the ids
+            row = self._w.execute("INSERT INTO series (site, device, metric) VALUES (?, ?, ?) ON CONFLICT DO NOTHING "
+                                  "RETURNING id", key).fetchone()
+            if row is None:
+                row = self._w.execute("SELECT id FROM series WHERE site = ? AND device = ? AND metric = ?", key).fetchone()
+            sid = self._series_ids[key] = row[0]
+            self._series_keys[sid] = key
+            created.append((self._series_ids, key))
+        return sid
+
+    def _label_id(self, key: tuple[str, str, str], created: list[tuple[dict, tuple]]) -> int:
+        lid = self._label_ids.get(key)
+        if lid is None:
+            row = self._w.execute("INSERT INTO labels (unit, quality, agent) VALUES (?, ?, ?) ON CONFLICT DO NOTHING "
+                                  "RETURNING id", key).fetchone()
+            if row is None:
+                row = self._w.execute("SELECT id FROM labels WHERE unit = ? AND quality = ? AND agent = ?", key).fetchone()
+            lid = self._label_ids[key] = row[0]
+            if key[1] == "good":
+                self._good_labels.add(lid)
+            created.append((self._label_ids, key))
+        return lid
+
+    def _forget(self, created: list[tuple[dict, tuple]]) -> None:
+        """Drop ids cached in a transaction that rolls back: SQLite may give them to other keys later."""
+        for ids, key in created:
+            i = ids.pop(key)
+            if ids is self._series_ids:
+                del self._series_keys[i]
+            elif ids is self._label_ids:
+                self._good_labels.discard(i)
+
+    def _aggregate_samples(self, rows: list[tuple]) -> list[tuple]:
+        """Partial rollups of newly inserted samples rows, sorted by (series, ts_ms)."""
+        sids = list(map(_FIRST, rows))
+        ts = list(map(_TS_OF_SAMPLE, rows))
+        values = list(map(_VALUE_OF_SAMPLE, rows))
+        labels = list(map(_LABEL_OF_SAMPLE, rows))
+        good = None if self._good_labels.issuperset(labels) else list(map(self._good_labels.__contains__, labels))
+        runs = []
+        lo, n = 0, len(sids)
+        while lo < n:
+            hi = bisect_right(sids, sids[lo], lo)
+            runs.append((self._series_keys[sids[lo]], lo, hi))
+            lo = hi
+        return self._aggregate(runs, ts, values, good)
 
     def _aggregate(self, runs: Sequence[tuple[tuple[str, str, str], int, int]], ts: Sequence[int],
                    values: Sequence[float], good: Sequence[bool] | None) -> list[tuple]:
@@ -472,13 +612,8 @@ class SqliteStore(SqliteReader):
         deleted = 0
         with self._wlock:
             try:
-                series = self._w.execute("SELECT DISTINCT site, device, metric FROM rollups WHERE period = 'day'").fetchall()
-                for site, device, metric in series:
-                    cur = self._w.execute(
-                        "DELETE FROM readings WHERE site = ? AND device = ? AND metric = ? AND ts_ms < ?",
-                        (site, device, metric, cutoff),
-                    )
-                    deleted += cur.rowcount
+                for (sid,) in self._w.execute("SELECT id FROM series").fetchall():
+                    deleted += self._w.execute("DELETE FROM samples WHERE series = ? AND ts_ms < ?", (sid, cutoff)).rowcount
             except sqlite3.Error as exc:
                 raise _translate(exc, "retention") from exc
         if deleted:
