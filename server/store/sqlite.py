@@ -147,41 +147,43 @@ _LABEL_OF_SAMPLE = operator.itemgetter(3)
 _SLOT_MS = 900_000  # _Buckets' cache slot: every UTC offset is a multiple of 15 minutes
 
 
-def _accumulate(acc: dict[tuple, list], key: tuple, end: int, ts: Sequence[int], values: Sequence[float],
-                good: Sequence[bool] | None, lo: int, hi: int) -> None:
-    """Add readings [lo, hi) (one series, sorted by time, distinct timestamps) to the partial rollup `key`."""
+def _stats(ts: Sequence[int], values: Sequence[float], good: Sequence[bool] | None, lo: int, hi: int) -> list:
+    """[n, total, min, max, first_ts, first, last_ts, last, not_good] of readings [lo, hi): one series,
+    sorted by time, distinct timestamps; aggregates over the good ones."""
     if good is None:
         vs = values[lo:hi]
-        part = [end, hi - lo, sum(vs, 0.0), min(vs), max(vs), ts[lo], values[lo], ts[hi - 1], values[hi - 1], 0]
-    else:
-        flags = good[lo:hi]
-        vs = list(itertools.compress(values[lo:hi], flags))
-        n = len(vs)
-        if n:
-            f = lo + flags.index(True)
-            la = hi - 1 - flags[::-1].index(True)
-            part = [end, n, sum(vs, 0.0), min(vs), max(vs), ts[f], values[f], ts[la], values[la], hi - lo - n]
-        else:
-            # end, n, total, min, max, first_ts, first, last_ts, last, not_good
-            part = [end, 0, 0.0, None, None, None, None, None, None, hi - lo]
+        return [hi - lo, sum(vs, 0.0), min(vs), max(vs), ts[lo], vs[0], ts[hi - 1], vs[-1], 0]
+    flags = good[lo:hi]
+    vs = list(itertools.compress(values[lo:hi], flags))
+    n = len(vs)
+    if not n:
+        return [0, 0.0, None, None, None, None, None, None, hi - lo]
+    f = lo + flags.index(True)
+    la = hi - 1 - flags[::-1].index(True)
+    return [n, sum(vs, 0.0), min(vs), max(vs), ts[f], vs[0], ts[la], vs[-1], hi - lo - n]
+
+
+def _add(acc: dict[tuple, list], key: tuple, end: int, part: list) -> None:
+    """Add a part's stats to the partial rollup `key` ([end] + stats), merging as the rollup upsert does."""
     a = acc.get(key)
     if a is None:
-        acc[key] = part
+        acc[key] = [end, *part]
         return
-    # the same bucket again, not contiguous with its first part: merge as the rollup upsert does
-    if part[1]:
+    if part[0]:
         if not a[1]:
-            a[3:9] = part[3:9]
+            a[3:9] = part[2:8]
         else:
-            a[3] = min(a[3], part[3])
-            a[4] = max(a[4], part[4])
-            if part[5] < a[5]:
-                a[5], a[6] = part[5], part[6]
-            if part[7] >= a[7]:
-                a[7], a[8] = part[7], part[8]
-    a[1] += part[1]
-    a[2] += part[2]
-    a[9] += part[9]
+            if part[2] < a[3]:
+                a[3] = part[2]
+            if part[3] > a[4]:
+                a[4] = part[3]
+            if part[4] < a[5]:
+                a[5], a[6] = part[4], part[5]
+            if part[6] >= a[7]:
+                a[7], a[8] = part[6], part[7]
+    a[1] += part[0]
+    a[2] += part[1]
+    a[9] += part[8]
 
 
 def _values(n_rows: int, n_cols: int) -> str:
@@ -461,7 +463,7 @@ class SqliteStore(SqliteReader):
             try:
                 con.execute("BEGIN IMMEDIATE")
                 try:
-                    rows = self._rows(readings, created)
+                    rows, ids = self._rows(readings, created)
                     # In primary-key order, consecutive inserts land on the same leaf page: about half
                     # the CPU of inserting in arrival order (series interleaved). Plain tuple order is
                     # (series, ts_ms) order unless a reading is repeated within this write; then the
@@ -488,7 +490,8 @@ class SqliteStore(SqliteReader):
                             inserted += con.execute(_insert_sql(len(chunk), True), list(itertools.chain.from_iterable(chunk))).fetchall()
                         inserted.sort()  # RETURNING's order is unspecified; (series, ts_ms) is unique among them
                     if inserted:
-                        aggs = self._aggregate_samples(inserted)
+                        # all good (the usual case) is checked on the ids rather than per row
+                        aggs = self._aggregate(inserted, self._good_labels.issuperset(map(_SECOND, ids)))
                         for i in range(0, len(aggs), _ROLLUP_CHUNK):
                             chunk = aggs[i : i + _ROLLUP_CHUNK]
                             con.execute(_rollup_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
@@ -500,14 +503,14 @@ class SqliteStore(SqliteReader):
             except sqlite3.Error as exc:
                 raise _translate(exc, "write") from exc
 
-    def _rows(self, readings: Sequence[StoredReading], created: list[tuple[dict, tuple]]) -> list[tuple]:
-        """samples rows (series, ts_ms, value, label) of StoredReading-shaped tuples, in their order."""
+    def _rows(self, readings: Sequence[StoredReading], created: list[tuple[dict, tuple]]) -> tuple[list, list]:
+        """samples rows (series, ts_ms, value, label) of StoredReading-shaped tuples, in their order, and their
+        (series, label) ids."""
         # one dict lookup per reading, in C: (site, device, metric, unit, quality, agent) -> (series, label)
-        keys = list(map(_IDS_KEY, readings))
-        ids = list(map(self._ids.get, keys))
+        ids = list(map(self._ids.get, map(_IDS_KEY, readings)))
         if None in ids:
-            ids = [self._new_ids(k, created) if x is None else x for k, x in zip(keys, ids)]
-        return list(zip(map(_FIRST, ids), map(_TS, readings), map(_VALUE, readings), map(_SECOND, ids)))
+            ids = [self._new_ids(_IDS_KEY(r), created) if x is None else x for r, x in zip(readings, ids)]
+        return list(zip(map(_FIRST, ids), map(_TS, readings), map(_VALUE, readings), map(_SECOND, ids))), ids
 
     def _new_ids(self, key: tuple, created: list[tuple[dict, tuple]]) -> tuple[int, int]:
         ids = self._ids.get(key)  # an earlier reading of this write may have added it
@@ -551,53 +554,67 @@ class SqliteStore(SqliteReader):
             elif ids is self._label_ids:
                 self._good_labels.discard(i)
 
-    def _aggregate_samples(self, rows: list[tuple]) -> list[tuple]:
-        """Partial rollups of newly inserted samples rows, sorted by (series, ts_ms)."""
-        sids = list(map(_FIRST, rows))
+    def _aggregate(self, rows: list[tuple], all_good: bool) -> list[tuple]:
+        """Partial rollups of newly inserted samples rows (sorted by series, then time): one tuple per
+        (series, period, bucket), in the rollups table's column order.
+
+        Work is per series and bucket, not per reading: a bucket is a contiguous slice of its series,
+        aggregated with builtins. Usually a write holds a few seconds of each series, all of them in one
+        15-minute slot (so in one hour and one day) and all good: that case is inline.
+        """
         ts = list(map(_TS_OF_SAMPLE, rows))
         values = list(map(_VALUE_OF_SAMPLE, rows))
-        labels = list(map(_LABEL_OF_SAMPLE, rows))
-        good = None if self._good_labels.issuperset(labels) else list(map(self._good_labels.__contains__, labels))
-        runs = []
-        lo, n = 0, len(sids)
+        good = None if all_good else list(map(self._good_labels.__contains__, map(_LABEL_OF_SAMPLE, rows)))
+        series_keys = self._series_keys
+        buckets = self._buckets
+        out: list[tuple] = []
+        lo, n = 0, len(rows)
         while lo < n:
-            hi = bisect_right(sids, sids[lo], lo)
-            runs.append((self._series_keys[sids[lo]], lo, hi))
+            sid = rows[lo][0]
+            hi = bisect_right(rows, sid, lo, key=_FIRST)
+            key = series_keys[sid]
+            t = ts[lo]
+            if ts[hi - 1] - t < _SLOT_MS - t % _SLOT_MS:  # one slot
+                b = buckets(key[0], t)
+                if good is None:
+                    vs = values[lo:hi]
+                    part = (hi - lo, sum(vs, 0.0), min(vs), max(vs), t, vs[0], ts[hi - 1], vs[-1], 0)
+                else:
+                    part = tuple(_stats(ts, values, good, lo, hi))
+                out.append(key + ("hour", b[0], b[1]) + part)
+                out.append(key + ("day", b[2], b[3]) + part)
+            else:
+                out += self._segments(key, ts, values, good, lo, hi)
             lo = hi
-        return self._aggregate(runs, ts, values, good)
+        return out
 
-    def _aggregate(self, runs: Sequence[tuple[tuple[str, str, str], int, int]], ts: Sequence[int],
-                   values: Sequence[float], good: Sequence[bool] | None) -> list[tuple]:
-        """Partial rollups of newly inserted readings: one tuple per (series, period, bucket).
-
-        The readings are columns (`ts`, `values`, `good`: None when every one is good) sorted by
-        series, then time; `runs` holds ((site, device, metric), lo, hi) per series, its rows being
-        [lo, hi). Work is per bucket, not per reading: a bucket is a contiguous slice of its series,
-        aggregated with builtins.
-        """
+    def _segments(self, key: tuple[str, str, str], ts: list[int], values: list[float], good: list[bool] | None,
+                  lo: int, hi: int) -> list[tuple]:
+        """`_aggregate` of one series' readings [lo, hi) that span more than one 15-minute slot."""
         acc: dict[tuple, list] = {}
         buckets = self._buckets
-        for key, lo, hi in runs:
-            site = key[0]
-            # Walk the series one 15-minute slot at a time (every reading of a slot shares its
-            # buckets, see _Buckets) and cut it where the hour or the local day changes. Jumping
-            # to the bucket's end instead would be wrong where a DST shift is not a whole hour.
-            hour = day = buckets(site, ts[lo])
-            h_lo = d_lo = lo
-            i = bisect_left(ts, ts[lo] - ts[lo] % _SLOT_MS + _SLOT_MS, lo + 1, hi)
-            while i < hi:
-                t = ts[i]
-                b = buckets(site, t)
-                if b[0] != hour[0]:
-                    _accumulate(acc, key + ("hour", hour[0]), hour[1], ts, values, good, h_lo, i)
-                    hour, h_lo = b, i
-                if b[2] != day[2]:
-                    _accumulate(acc, key + ("day", day[2]), day[3], ts, values, good, d_lo, i)
-                    day, d_lo = b, i
-                i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, i + 1, hi)
-            _accumulate(acc, key + ("hour", hour[0]), hour[1], ts, values, good, h_lo, hi)
-            _accumulate(acc, key + ("day", day[2]), day[3], ts, values, good, d_lo, hi)
-        return [key + tuple(a) for key, a in acc.items()]
+        site = key[0]
+        # Cut the series into segments whose readings share their hour and day, and aggregate each
+        # segment once for both. Every reading of a 15-minute slot shares its buckets (see _Buckets),
+        # so the walk goes slot by slot; jumping to the hour's end instead would be wrong where a DST
+        # shift is not a whole hour.
+        t = ts[lo]
+        b = buckets(site, t)
+        seg = lo
+        i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, lo + 1, hi)
+        while i < hi:
+            t = ts[i]
+            nb = buckets(site, t)
+            if nb[0] != b[0] or nb[2] != b[2]:
+                part = _stats(ts, values, good, seg, i)
+                _add(acc, ("hour", b[0]), b[1], part)
+                _add(acc, ("day", b[2]), b[3], part)
+                b, seg = nb, i
+            i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, i + 1, hi)
+        part = _stats(ts, values, good, seg, hi)
+        _add(acc, ("hour", b[0]), b[1], part)
+        _add(acc, ("day", b[2]), b[3], part)
+        return [key + bucket + tuple(a) for bucket, a in acc.items()]
 
     def ping(self) -> None:
         try:
