@@ -472,10 +472,10 @@ class SqliteStore(SqliteReader):
                     # the CPU of inserting in arrival order (series interleaved). Plain tuple order is
                     # (series, ts_ms) order unless a reading is repeated within this write; then the
                     # fast path below fails and the fallback sorts stably, so that the first copy wins.
-                    ordered = sorted(rows)
-                    # aggregated now, while the rows are in the CPU's caches; redone below if not all are new
-                    all_good = self._good_labels.issuperset(map(_SECOND, ids))  # checked once, not per row
-                    aggs = self._aggregate(ordered, all_good)
+                    try:
+                        ordered = sorted(rows)
+                    except TypeError:  # a repeated reading with a value of another type: let the insert reject it
+                        ordered = sorted(rows, key=_SAMPLE_KEY)
                     # Multi-row statements, not executemany: sqlite3 releases and retakes the
                     # GIL around every step, and with the ingest and MQTT threads busy each
                     # retake can wait a whole switch interval; one step per 500 rows avoids that.
@@ -486,6 +486,7 @@ class SqliteStore(SqliteReader):
                         added += con.execute(_insert_sql(len(chunk), False), list(itertools.chain.from_iterable(chunk))).rowcount
                     if added == len(rows):
                         con.execute("RELEASE fast")
+                        inserted = ordered
                     else:
                         con.execute("ROLLBACK TO fast")
                         con.execute("RELEASE fast")
@@ -495,7 +496,8 @@ class SqliteStore(SqliteReader):
                             chunk = rows[i : i + _CHUNK]
                             inserted += con.execute(_insert_sql(len(chunk), True), list(itertools.chain.from_iterable(chunk))).fetchall()
                         inserted.sort()  # RETURNING's order is unspecified; (series, ts_ms) is unique among them
-                        aggs = self._aggregate(inserted, all_good) if inserted else []
+                    # all good (the usual case) is checked on the ids, not per row
+                    aggs = self._aggregate(inserted, self._good_labels.issuperset(map(_SECOND, ids))) if inserted else []
                     for i in range(0, len(aggs), _ROLLUP_CHUNK):
                         chunk = aggs[i : i + _ROLLUP_CHUNK]
                         con.execute(_rollup_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
