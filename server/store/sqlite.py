@@ -3,16 +3,26 @@
 Tables (one file, WAL mode, so readers in other threads or processes never
 block the writer):
 
-- `readings`: one row per reading, primary key (site, device, metric, ts_ms),
-  WITHOUT ROWID, so the key is also the clustered index that makes "this
-  device's metric over a time range" one range scan. Written with
-  `ON CONFLICT DO NOTHING`: the first write of a reading wins and a redelivered
+- `samples(series, ts_ms, value, label)`: one row per reading, primary key
+  (series, ts_ms), WITHOUT ROWID, so the key is also the clustered index that
+  makes "this device's metric over a time range" one range scan. A row holds
+  numbers only: `series` is an id in `series(id, site, device, metric)` and
+  `label` one in `labels(id, unit, quality, agent)`. Ids are never deleted or
+  renumbered; the writer keeps both tables in memory (and forgets the ids made
+  by a write that rolls back, since SQLite may give them out again).
+  Written with `ON CONFLICT DO NOTHING`: a reading's identity is still (site,
+  device, metric, ts_ms), the first write of a reading wins and a redelivered
   batch changes nothing.
+- `readings`: a view with the old one-table columns (site, device, metric,
+  ts_ms, value, unit, quality, agent) for ad-hoc SQL. A file written before
+  `samples` existed holds `readings` as a table: it is migrated on open, once,
+  in one transaction.
 - `rollups`: per (site, device, metric, period, start_ms) with period `hour` or
   `day` in the site's local time (DOMAIN.md: daily periods start at 00:00).
   Only rows that were really inserted update a rollup (the INSERT ... RETURNING
   tells which), so duplicates never double-count. Aggregates cover
-  `quality = good` readings; `not_good` counts the others.
+  `quality = good` readings; `not_good` counts the others. A write aggregates
+  per series and bucket (slices of its sorted rows), not per reading.
 - Raw rows older than `raw_retention_days` are deleted by `maintain()`;
   rollups stay.
 
