@@ -449,6 +449,10 @@ class SqliteStore(SqliteReader):
     def _create(self) -> None:
         """Create the tables, or migrate a store written before `readings` became a view, in one transaction."""
         con = self._w
+        have = dict(con.execute("SELECT name, type FROM sqlite_master WHERE name IN "
+                                "('series', 'labels', 'samples', 'readings', 'rollups')"))
+        if have == {"series": "table", "labels": "table", "samples": "table", "readings": "view", "rollups": "table"}:
+            return  # the usual case: no need to wait for the write lock
         con.execute("BEGIN IMMEDIATE")
         try:
             old = con.execute("SELECT type FROM sqlite_master WHERE name = 'readings'").fetchone()
@@ -489,6 +493,9 @@ class SqliteStore(SqliteReader):
                     # Multi-row statements, not executemany: sqlite3 releases and retakes the
                     # GIL around every step, and with the ingest and MQTT threads busy each
                     # retake can wait a whole switch interval; one step per 500 rows avoids that.
+                    # Fast path: plain INSERTs; if they inserted every row, all are new and feed
+                    # the rollups as they are. Otherwise some were stored already (a redelivery):
+                    # undo, and insert again with RETURNING so that only new rows are counted.
                     con.execute("SAVEPOINT fast")
                     added = 0
                     for i in range(0, len(ordered), _CHUNK):
