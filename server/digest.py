@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
+from server.kpi.periods import SLOT_S
+
 _SITE_AGENT = itemgetter(0, 1)
 _SITE_AGENT_DEVICE = itemgetter(0, 1, 2)
 _SITE_METRIC_TS = itemgetter(0, 3, 4)
 _TS = itemgetter(4)
 _QUALITY = itemgetter(7)
+_SLOT_MS = SLOT_S * 1000
 
 
 class DigestSpec(NamedTuple):
@@ -40,7 +43,8 @@ class Digest(NamedTuple):
     agents: set[tuple[str, str]]
     #: (site, agent, device) -> newest ts_ms of its good readings
     latest: dict[tuple[str, str, str], int]
-    #: distinct (site, metric, ts_ms) of good readings of KPI metrics
+    #: (site, metric, ts_ms) of good readings of KPI metrics: the first and last of each 15-minute slot
+    #: (`server.kpi.periods.SLOT_S`), which touch every period the others touch
     kpi_ts: set[tuple[str, str, int]]
     #: good rows of metrics with a threshold rule, in write order
     rule_rows: list[tuple]
@@ -57,5 +61,15 @@ def digest(rows: Sequence[tuple], spec: DigestSpec) -> Digest:
     by_ts = sorted(good, key=_TS)  # stable: for each device the last row is its latest
     latest = dict(zip(map(_SITE_AGENT_DEVICE, by_ts), map(_TS, by_ts)))
     kpi = spec.kpi_metrics
-    kpi_ts = {k for k in set(map(_SITE_METRIC_TS, good)) if k[1] in kpi}
+    bounds: dict[tuple[str, str, int], list[int]] = {}
+    for site, metric, ts in set(map(_SITE_METRIC_TS, good)):
+        if metric in kpi:
+            b = bounds.get((site, metric, ts // _SLOT_MS))
+            if b is None:
+                bounds[(site, metric, ts // _SLOT_MS)] = [ts, ts]
+            elif ts < b[0]:
+                b[0] = ts
+            elif ts > b[1]:
+                b[1] = ts
+    kpi_ts = {(site, metric, ts) for (site, metric, _), b in bounds.items() for ts in b}
     return Digest(agents, latest, kpi_ts, rule_rows, len(rows))

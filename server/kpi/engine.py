@@ -23,7 +23,7 @@ from server.kpi.config import KpiConfig
 from server.kpi.counters import CounterTracker
 from server.kpi.energy import energy_kpis
 from server.kpi.model import KpiValue, MeterData, Sample
-from server.kpi.periods import Period
+from server.kpi.periods import SLOT_S, Period
 from server.kpi.store import KpiStore, Point, ReadingSource
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,20 @@ class KpiEngine:
         if site is None or self.store is None:
             return
         ps: dict[tuple[str, str, float], Period] = {}
-        done: set[tuple[tuple[bool, bool, bool], float]] = set()
+        done: set[tuple] = set()
+        edge = self.cfg.counter_interval_s
         for metric, timestamps in by_metric.items():
             if metric not in self.metrics:
                 continue
             # metrics of one kind (all totalizers; dust; noise) touch the same periods at a given time
             kind = (metric in self._counters, metric in self._hourly, metric in self._noisy)
             for ts in timestamps:
-                if (kind, ts) in done:
+                # timestamps in one SLOT_S slot whose counter edges `ts - counter_interval_s` share a slot
+                # too touch the same periods: one periods_for per slot, not per timestamp
+                slot = (kind, ts // SLOT_S, (ts - edge) // SLOT_S)
+                if slot in done:
                     continue
-                done.add((kind, ts))
+                done.add(slot)
                 for p in self.periods_for(site, metric, ts):
                     key = (site_id, p.kind, p.start)
                     if key not in self._marked:

@@ -13,6 +13,11 @@ from zoneinfo import ZoneInfo
 
 from server.kpi.counters import Increment
 
+#: Every period boundary (local hours, days, months, the noise day and night, which start on whole
+#: hours) falls on a multiple of this many seconds of UTC, because UTC offsets and DST shifts do.
+#: So all timestamps of one such slot lie in the same periods.
+SLOT_S = 900
+
 
 @dataclass(frozen=True)
 class Period:
