@@ -151,7 +151,6 @@ def register_server(cfg) -> None:
 
 def drain_server(cfg, n_readings_total: int) -> float:
     from server.app import App
-    from server.digest import DigestSpec
 
     app = App(cfg)
     written = [0]
@@ -162,8 +161,9 @@ def drain_server(cfg, n_readings_total: int) -> float:
         if written[0] >= n_readings_total:
             done.set()
 
-    # an empty digest only counts the rows: the bench must not make the server decode writes it would not decode
-    app.writer.add_listener(on_written, digest=DigestSpec(frozenset(), frozenset()))
+    # the monitor's own digest (shared, not computed twice) counts the rows: the bench must not make the
+    # server decode or digest writes it would not otherwise
+    app.writer.add_listener(on_written, digest=app.monitor.monitor.digest_spec)
     t0 = time.perf_counter()
     app.start()
     done.wait(600)

@@ -178,7 +178,7 @@ class Writer:
             if spooled is not None:  # the sink decodes the spool bodies itself; decode here only for listeners
                 rs = [r for b in bs for r in self.spool.rows_of(b.body)] if self._listeners or self._row_listeners else None
                 if self._digest_listeners:  # the sink computes the digests beside the rows it decoded
-                    wait = spooled([b.body for b in bs], digests=[spec for _, spec in self._digest_listeners])
+                    wait = spooled([b.body for b in bs], digests=self._specs())
                 else:
                     wait = spooled([b.body for b in bs])
                 inflight.append((wait, bs, rs, time.perf_counter()))
@@ -276,13 +276,20 @@ class Writer:
         for dl in dead:
             self.metrics.rejected.labels(dl.reason).inc()
 
+    def _specs(self) -> list[DigestSpec]:
+        """The distinct digest specs of the listeners (listeners asking for the same one share its digest)."""
+        return list(dict.fromkeys(spec for _, spec in self._digest_listeners))
+
     def _notify(self, readings: Sequence | None, digests: list | None = None) -> None:
         """`readings`: StoredReadings or plain row tuples in their field order (None: no row listener needs them);
         `digests`: the digest listeners' digests if the sink made them, else they are made here."""
         if self._digest_listeners:
+            specs = self._specs()
             if digests is None:
-                digests = [digest(readings, spec) for _, spec in self._digest_listeners]
-            for (fn, _), d in zip(self._digest_listeners, digests):
+                digests = [digest(readings, spec) for spec in specs]
+            by_spec = dict(zip(specs, digests))
+            for fn, spec in self._digest_listeners:
+                d = by_spec[spec]
                 try:
                     fn(d)
                 except Exception:
