@@ -78,6 +78,7 @@ class Ingestor:
         self._abort = False
         self._warned: set[str] = set()
         self._pending: dict = {}  # agent states prepared in groups not yet committed
+        self._topics: dict = {}  # topic string -> parsed Topic (valid ones only)
         self.validator = Validator(self.limits, in_child=ing.validator_process)
         self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
 
@@ -117,7 +118,12 @@ class Ingestor:
         """The topic (site, agent) of a telemetry message, to be validated with its group; an agent state for a
         status message; or a dead letter. Never raises."""
         try:
-            topic = parse_topic(d.topic)
+            topic = self._topics.get(d.topic)
+            if topic is None:  # each agent publishes on two topics: parse each once
+                topic = parse_topic(d.topic)
+                if len(self._topics) >= 10_000:
+                    self._topics.clear()
+                self._topics[d.topic] = topic
             if topic.site not in self.sites and not self.accept_unknown:
                 raise WireError(WireRejectReason.UNKNOWN_SITE, f"site {topic.site!r} is not configured (ingest.unknown_site = reject)")
             if topic.kind is TopicKind.TELEMETRY:
