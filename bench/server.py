@@ -164,6 +164,7 @@ def drain_server(cfg, n_readings_total: int) -> float:
     # the monitor's own digest (shared, not computed twice) counts the rows: the bench must not make the
     # server decode or digest writes it would not otherwise
     app.writer.add_listener(on_written, digest=app.monitor.monitor.digest_spec)
+    app.warm_up()  # a running server has its child processes up; start() would otherwise start them in the window
     t0 = time.perf_counter()
     app.start()
     done.wait(600)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from server.agents import AgentRegistry
 from server.alerts.wiring import attach as attach_monitor
 from server.config import ServerConfig
+from server.errors import ServerError
 from server.ingest import Ingestor
 from server.metrics import HttpEndpoint, Metrics
 from server.mqtt import MqttSubscriber
@@ -117,7 +118,20 @@ class App:
             "spool_full": full,
         }
 
+    def warm_up(self) -> None:
+        """Start the child processes (telemetry validator, SQLite writer) now rather than with the first
+        message, so the first seconds of a stream do not wait for them. `start` calls it; a failure here is
+        logged and retried when the child is next needed."""
+        self.ingestor.validator.start()
+        start = getattr(self.sink, "start", None)
+        if start is not None:
+            try:
+                start()
+            except ServerError as exc:
+                log.warning("server: %s; the writer retries", exc)
+
     def start(self) -> None:
+        self.warm_up()
         self.monitor.start()
         self.writer.start()
         if self.hj212 is not None:

@@ -141,6 +141,16 @@ class Child:
 
         return wait
 
+    def start(self) -> None:
+        """Start the child now rather than on the first request (no-op if it runs). Raises ChildGone/ChildFailed."""
+        with self._lock:
+            if self._closed:
+                raise ChildGone(f"{self.name}: closed")
+            if self._run is None or not self._run.alive():
+                if self._run is not None:
+                    self._stop(self._run)
+                self._run = self._start()
+
     @property
     def pid(self) -> int | None:
         """The running child's process id (None before the first request or after it ended)."""

@@ -77,6 +77,16 @@ class Validator:
         self._child = Child("server.validation:ValidatorWorker", limits, name="ingest validator") if in_child else None
         self._child_failing = False
 
+    def start(self) -> None:
+        """Start the child now (else it starts with the first group). A failure is logged; groups are then
+        validated in the ingest thread until a child starts."""
+        if self._child is None:
+            return
+        try:
+            self._child.start()
+        except (ChildGone, ChildFailed) as exc:
+            self._fallback(exc, [], 0)
+
     def validate(self, now_ms: int, items: Sequence[Item]) -> list[tuple]:
         return self.validate_async(now_ms, items)()
 

@@ -44,6 +44,13 @@ class SqliteProcessStore(SqliteReader):
         kwargs.pop("clock", None)  # a callable cannot cross; the child uses time.time
         self._child = Child("server.store.process:StoreWorker", (str(self.path), kwargs), name=f"sqlite store {self.path}")
 
+    def start(self) -> None:
+        """Start the writer process now rather than on the first write. Raises StoreUnavailable."""
+        try:
+            self._child.start()
+        except (ChildGone, ChildFailed) as exc:
+            raise StoreUnavailable(str(exc)) from None
+
     def _send(self, op: str, arg=None):
         try:
             wait = self._child.send(op, arg)

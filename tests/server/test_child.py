@@ -86,3 +86,16 @@ def test_a_worker_that_cannot_start_says_why():
         assert info.value.kind == "RuntimeError" and "told to refuse" in info.value.message
     finally:
         child.close()
+
+
+def test_start_brings_the_child_up_before_the_first_request_once():
+    child = Child(FACTORY, "x", name="echo")
+    try:
+        assert child.pid is None
+        child.start()
+        pid = child.pid
+        assert pid is not None
+        child.start()
+        assert child.pid == pid and child.call("init") == "x"
+    finally:
+        child.close()
