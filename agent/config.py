@@ -64,7 +64,7 @@ class OutboxConfig(_Model):
     batch_max_readings: int = Field(default=500, ge=1, le=10000, description="readings per published batch, at most")
     drain_batches_per_s: float = Field(default=50.0, gt=0, description="backlog publish rate after an outage")
     linger_ms: int = Field(
-        default=5, ge=0, le=10000,
+        default=15, ge=0, le=10000,
         description="readings of polls finishing within this window share one batch (polls finishing while a "
         "commit runs join the next batch anyway)"
     )

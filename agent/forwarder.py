@@ -58,12 +58,12 @@ class Forwarder:
         """A new batch was committed."""
         self._wake.set()
 
-    def offer(self, batch: StoredBatch) -> None:
+    def offer(self, batch: StoredBatch, polled_s: float | None = None) -> None:
         """A batch was just committed: publish it at once if it is the next live one, else leave it
-        to the pump (which reads it back from the outbox)."""
+        to the pump (which reads it back from the outbox). `polled_s`: when the oldest poll in it finished."""
         if (self.connected and batch.seq == self.live_cursor + 1 and batch.seq >= self.live_from
                 and len(self.inflight) < self.max_inflight and batch.seq not in self._unacked):
-            if self._send(batch.seq, batch.created_s, batch.payload):
+            if self._send(batch.seq, batch.created_s, batch.payload, polled_s):
                 self.live_cursor = batch.seq
                 return
         self._wake.set()
@@ -82,11 +82,14 @@ class Forwarder:
         entry = self.inflight.pop(mid, None)
         if entry is None:
             return  # e.g. the retained status message
-        seq, created_s = entry
+        seq, created_s, polled_s = entry
         self.published += 1
         if self.metrics:
             self.metrics.published.inc()
-            self.metrics.publish_latency.observe(max(0.0, time.time() - created_s))
+            now = time.time()
+            self.metrics.publish_latency.observe(max(0.0, now - created_s))
+            if polled_s is not None:  # published live, from memory
+                self.metrics.poll_to_puback.observe(max(0.0, now - polled_s))
         self._to_ack.append(seq)
         if self._ack_task is None or self._ack_task.done():
             self._ack_task = task = asyncio.get_running_loop().create_task(self._ack_all())
@@ -107,11 +110,11 @@ class Forwarder:
                 self._unacked.difference_update(seqs)
 
     # -- loop -----------------------------------------------------------------------------------
-    def _send(self, seq: int, created_s: float, payload: bytes) -> bool:
+    def _send(self, seq: int, created_s: float, payload: bytes, polled_s: float | None = None) -> bool:
         mid = self._publish(payload)
         if mid is None:
             return False
-        self.inflight[mid] = (seq, created_s)
+        self.inflight[mid] = (seq, created_s, polled_s)
         self._unacked.add(seq)
         return True
 

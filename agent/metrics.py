@@ -28,6 +28,10 @@ class AgentMetrics:
         self.publish_latency = Histogram(
             "greenmine_agent_publish_latency_seconds", "poll batch committed -> PUBACK",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600), registry=r)
+        self.poll_to_puback = Histogram(
+            "greenmine_agent_poll_to_puback_seconds",
+            "oldest poll in a live batch finished -> PUBACK: how long a poll's readings take to reach the broker",
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.broker_connected = Gauge("greenmine_agent_broker_connected", "1 while connected to the broker", registry=r)
         self._server = None
         self._thread = None

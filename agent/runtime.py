@@ -66,6 +66,7 @@ class Agent:
         self.status_topic = status_topic(cfg.site, cfg.agent_id)
         self.config_hash = cfg.config_hash()
         self._pending: list[Reading] = []
+        self._pending_since = 0.0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -88,6 +89,8 @@ class Agent:
         return task
 
     def _collect(self, readings: list[Reading]) -> None:
+        if not self._pending:
+            self._pending_since = time.time()  # the oldest poll of the next batch finished now
         self._pending.extend(readings)
         if self._flush_lock.locked():
             return  # group commit: the flush in progress commits these as soon as its fsync is done
@@ -111,6 +114,7 @@ class Agent:
 
     async def _commit_pending(self) -> None:
         pending, self._pending = self._pending, []
+        polled_s = self._pending_since
         size = self.cfg.outbox.batch_max_readings
         for i in range(0, len(pending), size):
             try:
@@ -119,7 +123,7 @@ class Agent:
                 log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
                 continue
             if self.forwarder:
-                self.forwarder.offer(batch)
+                self.forwarder.offer(batch, polled_s)
 
     def _update_outbox_metrics(self) -> None:
         st = self.outbox.stats()

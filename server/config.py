@@ -70,6 +70,11 @@ class IngestConfig(_Model):
     spool_commit_max_messages: int = Field(
         default=500, ge=1, description="most MQTT messages spooled in one transaction (group commit) before they are acknowledged"
     )
+    validator_process: bool = Field(
+        default=True,
+        description="validate telemetry in a child process, so that validation does not share the GIL with the MQTT thread; "
+        "false: in the ingest thread (one process fewer, for small sites)",
+    )
     writer_batch_readings: int = Field(default=20_000, ge=1, description="most readings the writer hands the store per write (fewer when the spool holds fewer)")
     writer_retry_min_s: float = Field(default=0.5, gt=0, description="first wait after a failed store write; doubles per failure")
     writer_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between store write retries")

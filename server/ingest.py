@@ -2,9 +2,10 @@
 
 paho's network thread only queues deliveries (`submit`); one ingest thread
 takes up to `spool_commit_max_messages` at a time, validates each with the v1
-schemas, commits the accepted batches, the dead letters and the agent states
-in one spool transaction (group commit: one fsync for many messages), and
-only then acknowledges every message of the group. A crash before the commit
+schemas (telemetry payloads in a child process by default, see
+`server.validation`), commits the accepted batches, the dead letters and the
+agent states in one spool transaction (group commit: one fsync for many
+messages), and only then acknowledges every message of the group. A crash before the commit
 leaves the messages unacknowledged in the broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
@@ -19,22 +20,19 @@ pushes back on the TCP connection.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from schemas import (
-    TelemetryBatch,
     TopicKind,
     WireError,
     WireLimits,
     WireRejectReason,
     parse_status,
-    parse_telemetry,
-    parse_telemetry_rows,
     parse_topic,
 )
 from schemas.status import AgentStatus
@@ -44,14 +42,10 @@ from server.deadletter import dead_letter
 from server.errors import SpoolError
 from server.metrics import Metrics
 from server.mqtt import Delivery
-from server.spool import DeadLetter, Spool, SpoolEntry, pack_readings
+from server.spool import DeadLetter, Spool, SpoolEntry
+from server.validation import Validator
 
 log = logging.getLogger(__name__)
-
-
-def validate_telemetry(payload: bytes, limits: WireLimits, now: datetime) -> TelemetryBatch:
-    """`schemas.parse_telemetry` (kept for callers that want the model; ingest uses `parse_telemetry_rows`)."""
-    return parse_telemetry(payload, limits=limits, now=now)
 
 
 class Ingestor:
@@ -83,6 +77,8 @@ class Ingestor:
         self._stopping = False
         self._abort = False
         self._warned: set[str] = set()
+        self._pending: dict = {}  # agent states prepared in groups not yet committed
+        self.validator = Validator(self.limits, in_child=ing.validator_process)
         self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
 
     # --- paho thread -------------------------------------------------------
@@ -103,7 +99,9 @@ class Ingestor:
     def stop(self) -> None:
         """Spool and acknowledge what is queued, then stop. Call after the subscriber stopped consuming."""
         self._stopping = True
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.validator.close()
 
     def abort(self) -> None:
         """Stop now; queued messages stay unacknowledged (the broker redelivers them)."""
@@ -111,22 +109,19 @@ class Ingestor:
         self.spool.wake()
         if self._thread.is_alive():
             self._thread.join()
+        self.validator.close()
 
     # --- validation --------------------------------------------------------
 
-    def handle(self, d: Delivery, now_ms: int, pending: dict) -> SpoolEntry | AgentInfo | DeadLetter:
-        """Classify one message: a spool entry, an agent state, or a dead letter. Never raises."""
+    def classify(self, d: Delivery, now_ms: int, pending: dict) -> tuple | AgentInfo | DeadLetter:
+        """The topic (site, agent) of a telemetry message, to be validated with its group; an agent state for a
+        status message; or a dead letter. Never raises."""
         try:
             topic = parse_topic(d.topic)
             if topic.site not in self.sites and not self.accept_unknown:
                 raise WireError(WireRejectReason.UNKNOWN_SITE, f"site {topic.site!r} is not configured (ingest.unknown_site = reject)")
             if topic.kind is TopicKind.TELEMETRY:
-                now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
-                batch = parse_telemetry_rows(d.payload, limits=self.limits, now=now)
-                self._match(topic, batch.site, batch.agent)
-                body = pack_readings(batch.rows)
-                self.spool.remember_rows(body, batch.rows)  # spares the writer's listeners unpickling it again
-                return SpoolEntry(now_ms, topic.site, topic.agent, batch.seq, len(batch.rows), body)
+                return (topic.site, topic.agent, d.payload)
             status: AgentStatus = parse_status(d.payload, limits=self.limits)
             self._match(topic, status.site, status.agent)
             info = self.agents.prepare(status, now_ms, pending)
@@ -157,28 +152,54 @@ class Ingestor:
     # --- the ingest thread -------------------------------------------------
 
     def _run(self) -> None:
+        # Two groups in flight: while the validator judges one group, the previous one is
+        # committed and acknowledged here, so neither this thread nor the validator waits for the other.
+        inflight: collections.deque = collections.deque()
         while not self._abort:
-            try:
-                group = [self._q.get(timeout=0.1)]
-            except queue.Empty:
+            group = self._take(block=not inflight)
+            if group:
+                inflight.append(self._start(group))
+            elif not inflight:
                 if self._stopping:
                     return
                 continue
-            while len(group) < self.max_group:
-                try:
-                    group.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            self._process(group)
+            if inflight and (not group or len(inflight) >= 2):
+                self._finish(*inflight.popleft())
 
-    def _process(self, group: list[Delivery]) -> None:
+    def _take(self, block: bool) -> list[Delivery]:
+        try:
+            group = [self._q.get(timeout=0.1) if block else self._q.get_nowait()]
+        except queue.Empty:
+            return []
+        while len(group) < self.max_group:
+            try:
+                group.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        return group
+
+    def _start(self, group: list[Delivery]) -> tuple:
+        """Classify a group and send its telemetry to the validator; `_finish` takes the result."""
         now_ms = int(self._clock() * 1000)
+        outs = [self.classify(d, now_ms, self._pending) for d in group]
+        telemetry = [i for i, out in enumerate(outs) if type(out) is tuple]
+        wait = self.validator.validate_async(now_ms, [outs[i] for i in telemetry])
+        return group, now_ms, outs, telemetry, wait
+
+    def _finish(self, group: list[Delivery], now_ms: int, outs: list, telemetry: list[int], wait) -> None:
+        for i, res in zip(telemetry, wait()):
+            site, agent, _ = outs[i]
+            if res[0] == "ok":
+                _, seq, n, body, rows = res
+                if rows is not None:
+                    self.spool.remember_rows(body, rows)  # spares the writer's listeners unpickling it again
+                outs[i] = SpoolEntry(now_ms, site, agent, seq, n, body)
+            else:
+                outs[i] = self._reject(group[i], res[1], res[2], now_ms)
         entries: list[SpoolEntry] = []
         dead: list[DeadLetter] = []
         infos: list[AgentInfo] = []
-        pending: dict = {}
-        for d in group:
-            out = self.handle(d, now_ms, pending)
+        for out in outs:
             if isinstance(out, SpoolEntry):
                 entries.append(out)
             elif isinstance(out, AgentInfo):
@@ -190,6 +211,10 @@ class Ingestor:
         if not self._commit(entries, dead, infos):
             return
         self.agents.applied(infos)
+        for info in infos:  # applied: later groups read it from the registry
+            key = (info.site, info.agent)
+            if self._pending.get(key) is info:
+                del self._pending[key]
         m = self.metrics
         if entries or infos:
             m.messages.labels("accepted").inc(len(entries) + len(infos))

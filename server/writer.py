@@ -27,6 +27,9 @@ at least once: a batch rewritten after a crash is passed again.
 order (site, agent, device, metric, ts_ms, value, unit, quality) instead of
 StoredReading objects: the spool's rows as they are decoded, without building
 an object per reading on the hot path (a listener indexing its rows takes both).
+`add_listener(fn, digest=spec)` passes a `server.digest.Digest` of each write
+instead: with the SQLite store's child process it is computed there, and this
+process does not decode the rows at all (when no other listener needs them).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from collections.abc import Callable, Sequence
 
 from schemas import telemetry_topic
 from server.deadletter import STORE_REJECTED, dead_letter
+from server.digest import DigestSpec, digest
 from server.errors import ServerError, StoreRejected
 from server.metrics import Metrics
 from server.spool import DeadLetter, Spool, SpooledBatch
@@ -74,6 +78,7 @@ class Writer:
         self._clock = clock
         self._listeners: list[Listener] = []
         self._row_listeners: list[Listener] = []  # take plain row tuples
+        self._digest_listeners: list[tuple[Callable, DigestSpec]] = []  # take a Digest per write
         self._stop = threading.Event()
         self._draining = False
         self._deadline = float("inf")
@@ -85,8 +90,11 @@ class Writer:
     def store_ok(self) -> bool:
         return self._failures == 0
 
-    def add_listener(self, fn: Listener, *, rows: bool = False) -> None:
-        (self._row_listeners if rows else self._listeners).append(fn)
+    def add_listener(self, fn: Callable, *, rows: bool = False, digest: DigestSpec | None = None) -> None:
+        if digest is not None:
+            self._digest_listeners.append((fn, digest))
+        else:
+            (self._row_listeners if rows else self._listeners).append(fn)
 
     def start(self) -> None:
         self._thread.start()
@@ -169,7 +177,11 @@ class Writer:
         def submit(bs: list[SpooledBatch]) -> None:
             if spooled is not None:  # the sink decodes the spool bodies itself; decode here only for listeners
                 rs = [r for b in bs for r in self.spool.rows_of(b.body)] if self._listeners or self._row_listeners else None
-                inflight.append((spooled([b.body for b in bs]), bs, rs, time.perf_counter()))
+                if self._digest_listeners:  # the sink computes the digests beside the rows it decoded
+                    wait = spooled([b.body for b in bs], digests=[spec for _, spec in self._digest_listeners])
+                else:
+                    wait = spooled([b.body for b in bs])
+                inflight.append((wait, bs, rs, time.perf_counter()))
                 return
             rs = [r for b in bs for r in map(_make_reading, self.spool.rows_of(b.body))]
             inflight.append((self.sink.write_async(rs), bs, rs, time.perf_counter()))
@@ -182,15 +194,15 @@ class Writer:
                     if more:
                         submit(more)
                 wait, bs, rs, t0 = inflight[0]
-                wait()
+                digests = wait()
                 inflight.pop(0)
                 m = self.metrics
                 m.write_seconds.labels(m.sink).observe(time.perf_counter() - t0)
                 m.written.labels(m.sink).inc(sum(b.n_readings for b in bs))
                 self.spool.delete(bs)
                 self._ok()
-                if rs is not None:
-                    self._notify(rs)
+                if rs is not None or digests is not None:
+                    self._notify(rs, digests)
         finally:
             for wait, *_ in inflight:  # after a failure: let the store finish; those batches are rewritten (idempotent)
                 try:
@@ -264,8 +276,19 @@ class Writer:
         for dl in dead:
             self.metrics.rejected.labels(dl.reason).inc()
 
-    def _notify(self, readings: Sequence) -> None:
-        """`readings`: StoredReadings or plain row tuples in their field order."""
+    def _notify(self, readings: Sequence | None, digests: list | None = None) -> None:
+        """`readings`: StoredReadings or plain row tuples in their field order (None: no row listener needs them);
+        `digests`: the digest listeners' digests if the sink made them, else they are made here."""
+        if self._digest_listeners:
+            if digests is None:
+                digests = [digest(readings, spec) for _, spec in self._digest_listeners]
+            for (fn, _), d in zip(self._digest_listeners, digests):
+                try:
+                    fn(d)
+                except Exception:
+                    log.exception("writer: listener %r failed", fn)
+        if readings is None:
+            return
         for fn in self._row_listeners:
             try:
                 fn(readings)

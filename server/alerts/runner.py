@@ -1,7 +1,7 @@
 """Running the Monitor inside the server process.
 
     runner = MonitorRunner(monitor)
-    app.writer.add_listener(runner.on_readings, rows=True)   # writer thread: only enqueues
+    app.writer.add_listener(runner.on_digest, digest=monitor.digest_spec)   # writer thread: only enqueues
     app.agents.add_listener(runner.on_agent)      # ingest thread: only enqueues
     runner.start() ... runner.stop()
 
@@ -37,6 +37,9 @@ class MonitorRunner:
         # the writer hands over a fresh list per batch: enqueue it as it is, no copy on the writer thread
         self._q.put(("readings", readings if isinstance(readings, list) else list(readings)))
 
+    def on_digest(self, d) -> None:
+        self._q.put(("digest", d))
+
     def on_agent(self, info, previous=None) -> None:
         self._q.put(("agent", info))
 
@@ -67,6 +70,8 @@ class MonitorRunner:
             try:
                 if kind == "readings":
                     self.monitor.on_readings(item)
+                elif kind == "digest":
+                    self.monitor.on_digest(item)
                 elif kind == "agent":
                     self.monitor.on_agent(item)
                 elif kind == "connection":

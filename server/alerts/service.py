@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from operator import itemgetter
 from pathlib import Path
 
 from server.alerts.config import AlertsConfig
 from server.alerts.engine import AlertEngine, open_db
 from server.config import SiteConfig, SmtpConfig
+from server.digest import Digest, DigestSpec, digest
 from server.kpi.config import KpiConfig
 from server.kpi.engine import KpiEngine
 from server.kpi.store import KpiStore, ReadingSource
@@ -30,13 +30,6 @@ from server.notify.outbox import Notifier
 from server.notify.templates import Templates
 
 log = logging.getLogger(__name__)
-
-# fields of a stored reading row (site, agent, device, metric, ts_ms, value, unit, quality)
-_SITE_AGENT = itemgetter(0, 1)
-_SITE_AGENT_DEVICE = itemgetter(0, 1, 2)
-_SITE_METRIC_TS = itemgetter(0, 3, 4)
-_TS = itemgetter(4)
-_QUALITY = itemgetter(7)
 
 
 class Monitor:
@@ -100,33 +93,30 @@ class Monitor:
         self.kpis.note_batch(batch.site, by_metric)
         self.alerts.observe_seen(batch.site, batch.agent, seen, now=now)
 
+    @property
+    def digest_spec(self) -> DigestSpec:
+        """What `on_digest` needs from the writer's rows (`server.digest`)."""
+        return DigestSpec(self.kpis.metrics, self.alerts.metric_rule_metrics)
+
     def on_readings(self, readings) -> None:
         """Post-write hook for the store writer: a sequence of stored readings, any sites and agents, as
-        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality).
+        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
+        self.on_digest(digest(readings, self.digest_spec))
 
-        Per reading this only filters and keys (the writer hands over tens of thousands at a time); the
-        rest is per distinct (site, metric, ts), (site, agent, device) or reading with a metric rule."""
+    def on_digest(self, d: Digest) -> None:
+        """Post-write hook: the digest of a write (`server.digest`), computed by the writer or the store's child.
+        The work here is per distinct (site, metric, ts), (site, agent, device) or reading with a metric rule."""
         now = self.clock()
         alerts = self.alerts
-        # C-level passes (itemgetter, set, sorted, dict(zip)) rather than a Python loop per reading
-        agents = set(map(_SITE_AGENT, readings))  # an agent with no good reading was still heard from
-        good = readings if set(map(_QUALITY, readings)) <= {"good"} else [r for r in readings if r[7] == "good"]
-        rule_metrics = alerts.metric_rule_metrics
-        if rule_metrics:
-            for r in good:
-                if r[3] in rule_metrics:
-                    alerts.observe_metric(r[0], r[2], r[3], r[4] / 1000.0, r[5], r[6], now=now)
-        by_ts = sorted(good, key=_TS)  # stable: for each device the last row is its latest
-        latest = dict(zip(map(_SITE_AGENT_DEVICE, by_ts), map(_TS, by_ts)))
-        kpi_metrics = self.kpis.metrics
+        for r in d.rule_rows:
+            alerts.observe_metric(r[0], r[2], r[3], r[4] / 1000.0, r[5], r[6], now=now)
         by_site: dict[str, dict[str, list[float]]] = {}
-        for site, metric, ts_ms in set(map(_SITE_METRIC_TS, good)):
-            if metric in kpi_metrics:
-                by_site.setdefault(site, {}).setdefault(metric, []).append(ts_ms / 1000.0)
+        for site, metric, ts_ms in d.kpi_ts:
+            by_site.setdefault(site, {}).setdefault(metric, []).append(ts_ms / 1000.0)
         for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
-        seen: dict[tuple[str, str], dict[str, float]] = {a: {} for a in agents}
-        for (site, agent, device), ts_ms in latest.items():
+        seen: dict[tuple[str, str], dict[str, float]] = {a: {} for a in d.agents}  # heard from, even with no good reading
+        for (site, agent, device), ts_ms in d.latest.items():
             seen[(site, agent)][device] = ts_ms / 1000.0
         alerts.observe_seen_many(seen, now=now)
 

@@ -42,7 +42,9 @@ def attach(app, clock: Callable[[], float] = time.time) -> MonitorRunner:
         log.warning("KPIs need the SQLite store's query API; with store kind %r only deadman and metric alerts run",
                     cfg.store.kind)
         source = _NoSource()
-    runner = MonitorRunner(Monitor.from_config(cfg, source, clock=clock), closers=closers)
-    app.writer.add_listener(runner.on_readings, rows=True)  # plain row tuples: no object per reading
+    monitor = Monitor.from_config(cfg, source, clock=clock)
+    runner = MonitorRunner(monitor, closers=closers)
+    # a digest of each write, not its rows: with the SQLite store the store's child computes it (server.digest)
+    app.writer.add_listener(runner.on_digest, digest=monitor.digest_spec)
     app.agents.add_listener(runner.on_agent)
     return runner

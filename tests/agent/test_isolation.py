@@ -157,6 +157,9 @@ def test_failing_devices_do_not_stall_healthy_ones_and_recover(tmp_path, mosquit
     assert down['greenmine_agent_failures_total{device="refusing",kind="exception"}'] >= 2
     assert down['greenmine_agent_device_online{device="good_a"}'] == 1
     assert down['greenmine_agent_polls_total{device="dead",group="default",result="backoff"}'] >= 1
+    # live batches: poll finished -> PUBACK is observed (on loopback well under the 100 ms target)
+    assert down["greenmine_agent_poll_to_puback_seconds_count"] > 0
+    assert down['greenmine_agent_poll_to_puback_seconds_bucket{le="1.0"}'] > 0
 
     # Status message: each failure and each recovery is in it; the graceful stop publishes offline.
     seen = {n: [d["state"] for st in collector.statuses for d in st["devices"] if d["device"] == n] for n in FAILING}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from server.store.sqlite import SqliteReader
 from tests.server.conftest import SITE, T0, Publisher, batch, dumps, make_config, running, topic
@@ -39,8 +43,10 @@ def _bad_messages():
     ]
 
 
-def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(tmp_path, mosquitto, publisher):
-    cfg = make_config(tmp_path, mosquitto.port, max_payload_bytes=16 * 1024, dead_letter_payload_bytes=64)
+@pytest.mark.parametrize("validator_process", [True, False], ids=["validator-child", "in-thread"])
+def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(tmp_path, mosquitto, publisher, validator_process):
+    cfg = make_config(tmp_path, mosquitto.port, max_payload_bytes=16 * 1024, dead_letter_payload_bytes=64,
+                      validator_process=validator_process)
     bad = _bad_messages()
     reader = stored(cfg)
     try:
@@ -72,6 +78,32 @@ def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(t
             rows = app.spool.dead_letters(limit=100, reason="oversize")
         _, _, t, reason, detail, payload, size = rows[0]
         assert len(payload) == 64 and size > 16 * 1024 and "limit" in detail
+    finally:
+        reader.close()
+
+
+def test_a_dead_validator_process_costs_no_message(tmp_path, mosquitto, publisher):
+    """SIGKILL the validator child between messages: the next group is validated in the ingest thread (or by a
+    new child); every message is stored once, bad ones are still dead-lettered, and stop() leaves no process."""
+    cfg = make_config(tmp_path, mosquitto.port)
+    reader = stored(cfg)
+    try:
+        kills = 0
+        with running(cfg) as app:
+            validator = app.ingestor.validator
+            for seq in range(1, 7):
+                pid = validator.pid  # None right after a failure: the next group starts a new child
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                publisher.publish(topic(), dumps(batch(seq, n=3)))
+                publisher.publish(topic(), b"{not json")
+                ts = T0 + timedelta(seconds=seq)
+                wait_for(lambda: reader.query_series(SITE, "m02", "power_kw", ts, ts + timedelta(seconds=1)), 10, what=f"batch {seq}")
+            wait_for(lambda: app.metrics.value("greenmine_ingest_rejected_total", reason="not_json") == 6, 5, what="6 rejections")
+            assert app.metrics.value("greenmine_ingest_messages_total", result="accepted") == 6
+        assert kills >= 2
+        assert reader.count() == 18
     finally:
         reader.close()
 

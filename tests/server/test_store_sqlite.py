@@ -141,14 +141,21 @@ def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
 
         s.write(batch[:3])
         s.write_spooled_async([pack_readings([tuple(x) for x in batch[3:5]])])()  # the spool holds plain tuples
+        # the digest the child computes is the one this process would compute from the same rows
+        from server.digest import DigestSpec, digest
+
+        spec = DigestSpec(frozenset({"power_kw"}), frozenset({"power_kw"}))
+        rows = [tuple(x) for x in batch[5:7]]
+        assert s.write_spooled_async([pack_readings(rows)], digests=[spec])() == [digest(rows, spec)]
         s.write_async(batch)()
         assert s.count() == 10
         assert s.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))[0].count == 10
-        os.kill(s._proc.pid, signal.SIGKILL)
-        s._proc.wait()
+        child = s._child._run.proc
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
         s.write(batch)  # a new child
         wait = s.write_async([r(t + timedelta(seconds=20 + i), 1.0) for i in range(5)])
-        os.kill(s._proc.pid, signal.SIGKILL)
+        os.kill(s._child.pid, signal.SIGKILL)
         try:
             wait()
         except StoreUnavailable:
@@ -160,7 +167,7 @@ def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
             s.write(rest)
         assert s.count() == 16
         assert s.maintain(now_s=t.timestamp()) == 0
-        proc = s._proc
+        proc = s._child._run.proc
     finally:
         s.close()
     assert proc.poll() is not None
