@@ -583,37 +583,36 @@ class SqliteStore(SqliteReader):
 
         Work is per series and bucket, not per reading: a bucket is a contiguous slice of its series,
         aggregated with builtins. Usually a write holds a few seconds of each series, all of them in one
-        15-minute slot (so in one hour and one day) and all good: that case is inline.
+        15-minute slot (so in one hour and one day) and all good (`all_good` says if every row of the
+        write is): that case is inline.
         """
-        ts = list(map(_TS_OF_SAMPLE, rows))
-        values = list(map(_VALUE_OF_SAMPLE, rows))
-        good = None if all_good else list(map(self._good_labels.__contains__, map(_LABEL_OF_SAMPLE, rows)))
         series_keys = self._series_keys
         buckets = self._buckets
         out: list[tuple] = []
         lo, n = 0, len(rows)
         while lo < n:
-            sid = rows[lo][0]
-            hi = bisect_right(rows, sid, lo, key=_FIRST)
-            key = series_keys[sid]
-            t = ts[lo]
-            if ts[hi - 1] - t < _SLOT_MS - t % _SLOT_MS:  # one slot
+            first = rows[lo]
+            hi = bisect_right(rows, first[0], lo, key=_FIRST)
+            key = series_keys[first[0]]
+            last = rows[hi - 1]
+            t = first[1]
+            if all_good and last[1] - t < _SLOT_MS - t % _SLOT_MS:  # all in one slot
+                vs = list(map(_VALUE_OF_SAMPLE, rows[lo:hi]))
+                part = (hi - lo, sum(vs, 0.0), min(vs), max(vs), t, first[2], last[1], last[2], 0)
                 b = buckets(key[0], t)
-                if good is None:
-                    vs = values[lo:hi]
-                    part = (hi - lo, sum(vs, 0.0), min(vs), max(vs), t, vs[0], ts[hi - 1], vs[-1], 0)
-                else:
-                    part = tuple(_stats(ts, values, good, lo, hi))
                 out.append(key + ("hour", b[0], b[1]) + part)
                 out.append(key + ("day", b[2], b[3]) + part)
             else:
-                out += self._segments(key, ts, values, good, lo, hi)
+                out += self._segments(key, rows[lo:hi])
             lo = hi
         return out
 
-    def _segments(self, key: tuple[str, str, str], ts: list[int], values: list[float], good: list[bool] | None,
-                  lo: int, hi: int) -> list[tuple]:
-        """`_aggregate` of one series' readings [lo, hi) that span more than one 15-minute slot."""
+    def _segments(self, key: tuple[str, str, str], rows: list[tuple]) -> list[tuple]:
+        """`_aggregate` of one series' rows in general: some not good, or spanning 15-minute slots."""
+        ts = list(map(_TS_OF_SAMPLE, rows))
+        values = list(map(_VALUE_OF_SAMPLE, rows))
+        good_labels = self._good_labels
+        good = None if good_labels.issuperset(map(_LABEL_OF_SAMPLE, rows)) else list(map(good_labels.__contains__, map(_LABEL_OF_SAMPLE, rows)))
         acc: dict[tuple, list] = {}
         buckets = self._buckets
         site = key[0]
@@ -621,10 +620,11 @@ class SqliteStore(SqliteReader):
         # segment once for both. Every reading of a 15-minute slot shares its buckets (see _Buckets),
         # so the walk goes slot by slot; jumping to the hour's end instead would be wrong where a DST
         # shift is not a whole hour.
-        t = ts[lo]
+        hi = len(rows)
+        t = ts[0]
         b = buckets(site, t)
-        seg = lo
-        i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, lo + 1, hi)
+        seg = 0
+        i = bisect_left(ts, t - t % _SLOT_MS + _SLOT_MS, 1, hi)
         while i < hi:
             t = ts[i]
             nb = buckets(site, t)
