@@ -22,6 +22,12 @@ agent listeners, and the bench site is a configured site, so they see every
 reading (KPI inputs among them: totalizers, dust, noise). No HJ 212 points
 are configured (they need a platform to connect to).
 
+Its child processes (the telemetry validator and the SQLite writer) are
+started before the timed window (`App.warm_up`), as they are in a server that
+has been running, and the bench counts written readings with a listener that
+shares the monitor's digest, so it asks the server for no work it would not
+do anyway.
+
 Draining a backlog measures what a consumer sustains, independent of how
 fast one Python publisher can publish. Both sides learn that they are done
 from a callback setting an Event (no polling that would take the GIL from the
