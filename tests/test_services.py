@@ -19,3 +19,13 @@ def test_missing_binary_skips_outside_ci(monkeypatch):
 
 def test_present_binary_is_found():
     assert services.need_binary("sh", "dash").endswith("/sh")
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", "True", "1", "yes", "on"])
+def test_ci_values_that_make_missing_services_fail(value):
+    assert services.ci_from_env(value)
+
+
+@pytest.mark.parametrize("value", [None, "", "false", "0", "no"])
+def test_ci_values_that_allow_a_local_skip(value):
+    assert not services.ci_from_env(value)

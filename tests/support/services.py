@@ -1,6 +1,7 @@
 """Real services for tests, each on a free loopback port: Mosquitto, VictoriaMetrics.
 
 A service whose binary is missing is a skip locally and a failure under CI=true
+(or CI=1/yes/on)
 (never a silent skip in CI). Each service can be stopped and started again on
 the same port, so tests can stage outages.
 """
@@ -18,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+def ci_from_env(value: str | None) -> bool:
+    """CI's own convention is CI=true; CI=1 / yes / on count too, so no CI runner ever gets a silent skip."""
+    return (value or "").strip().lower() in {"true", "1", "yes", "on"}
+
+
+IN_CI = ci_from_env(os.environ.get("CI"))
 
 
 def need_binary(name: str, package: str) -> str:
