@@ -29,6 +29,7 @@ Another process opening the same spool file is refused (an flock on
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import itertools
@@ -266,43 +267,49 @@ class Spool:
         """Store accepted batches, dead letters and agent states in one durable transaction. Raises SpoolError."""
         if not (entries or dead or agents):
             return
-        con = self._in
-        with self._wlock:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    # multi-row statements rather than executemany: one GIL round trip per
-                    # chunk instead of per row (see SqliteStore.write)
-                    for i in range(0, len(entries), _CHUNK):
-                        chunk = entries[i : i + _CHUNK]
-                        con.execute(
-                            f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {_values(len(chunk), 6)}",
-                            list(itertools.chain.from_iterable(chunk)),
-                        )
-                    if dead:
-                        con.executemany(
-                            "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            dead,
-                        )
-                        con.execute(
-                            "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-                            (self.dead_letter_max_rows,),
-                        )
-                    if agents:
-                        con.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", agents)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: commit: {exc}") from exc
+        with self._transaction(self._in, "commit") as con:
+            # multi-row statements rather than executemany: one GIL round trip per
+            # chunk instead of per row (see SqliteStore.write)
+            for i in range(0, len(entries), _CHUNK):
+                chunk = entries[i : i + _CHUNK]
+                con.execute(
+                    f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {_values(len(chunk), 6)}",
+                    list(itertools.chain.from_iterable(chunk)),
+                )
+            self._insert_dead_letters(con, dead)
+            if agents:
+                con.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", agents)
         if entries:
             with self._cond:
                 self._batches += len(entries)
                 self._readings += sum(e.n_readings for e in entries)
                 self._bytes += sum(len(e.body) for e in entries)
                 self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def _transaction(self, con: sqlite3.Connection, what: str):
+        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError."""
+        with self._wlock:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: {what}: {exc}") from exc
+
+    def _insert_dead_letters(self, con: sqlite3.Connection, dead: Sequence[DeadLetter]) -> None:
+        """Rejected messages (ingest's, or batches the store refused), keeping the table to its bound."""
+        if not dead:
+            return
+        con.executemany(
+            "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+            dead,
+        )
+        con.execute("DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?", (self.dead_letter_max_rows,))
 
     # --- writer side -------------------------------------------------------
 
@@ -329,26 +336,11 @@ class Spool:
         """Remove batches the store has taken (and record dead letters for any it refused)."""
         if not batches:
             return
-        con = self._out
-        with self._wlock:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    for i in range(0, len(batches), _CHUNK):
-                        chunk = batches[i : i + _CHUNK]
-                        con.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(chunk))})", [b.id for b in chunk])
-                    if dead:
-                        con.executemany(
-                            "INSERT INTO dead_letters (received_ms, topic, reason, detail, payload, payload_bytes) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            dead,
-                        )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: delete: {exc}") from exc
+        with self._transaction(self._out, "delete") as con:
+            for i in range(0, len(batches), _CHUNK):
+                chunk = batches[i : i + _CHUNK]
+                con.execute(f"DELETE FROM spool WHERE id IN ({','.join('?' * len(chunk))})", [b.id for b in chunk])
+            self._insert_dead_letters(con, dead)
         with self._cond:
             self._batches -= len(batches)
             self._readings -= sum(b.n_readings for b in batches)
