@@ -1,7 +1,8 @@
 """Validation of telemetry payloads, in the ingest thread or in a child process.
 
     validator = Validator(limits, in_child=True)
-    results = validator.validate(now_ms, [(topic_site, topic_agent, payload), ...])
+    wait = validator.validate_async(now_ms, [(topic_site, topic_agent, payload), ...])
+    results = wait()
     validator.close()
 
 Each result is one of
@@ -85,10 +86,7 @@ class Validator:
         try:
             self._child.start()
         except (ChildGone, ChildFailed) as exc:
-            self._fallback(exc, [], 0)
-
-    def validate(self, now_ms: int, items: Sequence[Item]) -> list[tuple]:
-        return self.validate_async(now_ms, items)()
+            self._child_failed(exc)
 
     def validate_async(self, now_ms: int, items: Sequence[Item]) -> Callable[[], list[tuple]]:
         """Start validating; returns `wait()` for the results. Call the waits in order."""
@@ -115,10 +113,13 @@ class Validator:
 
         return result
 
-    def _fallback(self, exc: Exception, items: Sequence[Item], now_ms: int) -> list[tuple]:
+    def _child_failed(self, exc: Exception) -> None:
         if not self._child_failing:
             log.warning("ingest: validator process failed (%s); validating in the ingest thread until it is back", exc)
             self._child_failing = True
+
+    def _fallback(self, exc: Exception, items: Sequence[Item], now_ms: int) -> list[tuple]:
+        self._child_failed(exc)
         return validate_many(items, self.limits, now_ms)
 
     @property

@@ -33,10 +33,6 @@ class MonitorRunner:
         self._thread: threading.Thread | None = None
         self.api = AlertsApi(monitor.alerts)
 
-    def on_readings(self, readings) -> None:
-        # the writer hands over a fresh list per batch: enqueue it as it is, no copy on the writer thread
-        self._q.put(("readings", readings if isinstance(readings, list) else list(readings)))
-
     def on_digest(self, d) -> None:
         self._q.put(("digest", d))
 
@@ -68,9 +64,7 @@ class MonitorRunner:
             except queue.Empty:
                 kind, item = "tick", None
             try:
-                if kind == "readings":
-                    self.monitor.on_readings(item)
-                elif kind == "digest":
+                if kind == "digest":
                     self.monitor.on_digest(item)
                 elif kind == "agent":
                     self.monitor.on_agent(item)

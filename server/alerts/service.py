@@ -1,7 +1,8 @@
 """The monitor: KPI engine → alert engine → email outbox, as one unit the server runs.
 
     mon = Monitor.from_config(server_cfg, source)   # source: a kpi.store.ReadingSource over the store
-    mon.on_batch(batch)        # post-write hook: after each batch is committed to the store
+    mon.on_digest(d)           # post-write hook: a server.digest.Digest of each write the store took
+    mon.on_batch(batch)        # the same for one TelemetryBatch (tools, tests)
     mon.on_status(status)      # agent birth / will messages
     mon.tick()                 # periodically (cheap; does work every alerts.tick_interval_s of the clock)
     mon.close()
@@ -79,19 +80,13 @@ class Monitor:
         )
 
     def on_batch(self, batch) -> None:
-        """Post-write hook: `batch` is a schemas.telemetry.TelemetryBatch already committed to the store."""
-        now = self.clock()
-        by_metric: dict[str, list[float]] = {}
-        seen: dict[str, float] = {}
-        for r in batch.readings:
-            if getattr(r.quality, "value", r.quality) != "good":
-                continue
-            ts = r.ts.timestamp()
-            by_metric.setdefault(r.metric, []).append(ts)
-            seen[r.device] = max(seen.get(r.device, ts), ts)
-            self.alerts.observe_metric(batch.site, r.device, r.metric, ts, r.value, r.unit, now=now)
-        self.kpis.note_batch(batch.site, by_metric)
-        self.alerts.observe_seen(batch.site, batch.agent, seen, now=now)
+        """A schemas.telemetry.TelemetryBatch already committed to the store (tools and tests): its rows go the
+        writer's way, through `on_readings`."""
+        self.on_readings([
+            (batch.site, batch.agent, r.device, r.metric, round(r.ts.timestamp() * 1000), r.value, r.unit,
+             getattr(r.quality, "value", r.quality))
+            for r in batch.readings
+        ])
 
     @property
     def digest_spec(self) -> DigestSpec:

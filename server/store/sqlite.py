@@ -545,24 +545,24 @@ class SqliteStore(SqliteReader):
     def _series_id(self, key: tuple[str, str, str], created: list[tuple[dict, tuple]]) -> int:
         sid = self._series_ids.get(key)  # an earlier reading of this write may have created it
         if sid is None:
-            # another process sharing the file may have created it since we loaded the ids
-            row = self._w.execute("INSERT INTO series (site, device, metric) VALUES (?, ?, ?) ON CONFLICT DO NOTHING "
-                                  "RETURNING id", key).fetchone()
-            if row is None:
-                row = self._w.execute("SELECT id FROM series WHERE site = ? AND device = ? AND metric = ?", key).fetchone()
-            sid = self._series_ids[key] = row[0]
+            sid = self._series_ids[key] = self._row_id("series", ("site", "device", "metric"), key)
             self._series_keys[sid] = key
             created.append((self._series_ids, key))
         return sid
 
+    def _row_id(self, table: str, columns: tuple[str, ...], key: tuple) -> int:
+        """The id of `key` in an id table, inserting it if needed (another process sharing the file may have
+        inserted it since we loaded the ids)."""
+        row = self._w.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(key))}) "
+                              "ON CONFLICT DO NOTHING RETURNING id", key).fetchone()
+        if row is None:
+            row = self._w.execute(f"SELECT id FROM {table} WHERE {' AND '.join(c + ' = ?' for c in columns)}", key).fetchone()
+        return row[0]
+
     def _label_id(self, key: tuple[str, str, str], created: list[tuple[dict, tuple]]) -> int:
         lid = self._label_ids.get(key)
         if lid is None:
-            row = self._w.execute("INSERT INTO labels (unit, quality, agent) VALUES (?, ?, ?) ON CONFLICT DO NOTHING "
-                                  "RETURNING id", key).fetchone()
-            if row is None:
-                row = self._w.execute("SELECT id FROM labels WHERE unit = ? AND quality = ? AND agent = ?", key).fetchone()
-            lid = self._label_ids[key] = row[0]
+            lid = self._label_ids[key] = self._row_id("labels", ("unit", "quality", "agent"), key)
             if key[1] == "good":
                 self._good_labels.add(lid)
             created.append((self._label_ids, key))
