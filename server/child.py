@@ -110,14 +110,7 @@ class Child:
     def send(self, op: str, arg: object = None) -> Callable[[], object]:
         """Send a request; returns a function that waits for its reply (and raises what the worker raised)."""
         with self._lock:
-            if self._closed:
-                raise ChildGone(f"{self.name}: closed")
-            if self._run is None or not self._run.alive():
-                if self._run is not None:
-                    log.warning("%s: child process exited (code %s); starting another", self.name, self._run.proc.returncode)
-                    self._stop(self._run)
-                self._run = self._start()
-            run = self._run
+            run = self._running()
             try:
                 _write_msg(run.proc.stdin, (op, arg))
             except (OSError, ValueError) as exc:
@@ -144,12 +137,18 @@ class Child:
     def start(self) -> None:
         """Start the child now rather than on the first request (no-op if it runs). Raises ChildGone/ChildFailed."""
         with self._lock:
-            if self._closed:
-                raise ChildGone(f"{self.name}: closed")
-            if self._run is None or not self._run.alive():
-                if self._run is not None:
-                    self._stop(self._run)
-                self._run = self._start()
+            self._running()
+
+    def _running(self) -> _Running:
+        """The running child, started (again) if need be. Call with the lock held."""
+        if self._closed:
+            raise ChildGone(f"{self.name}: closed")
+        if self._run is None or not self._run.alive():
+            if self._run is not None:
+                log.warning("%s: child process exited (code %s); starting another", self.name, self._run.proc.returncode)
+                self._stop(self._run)
+            self._run = self._start()
+        return self._run
 
     @property
     def pid(self) -> int | None:
