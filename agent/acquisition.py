@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from agent.config import BusConfig, DeviceConfig
-from agent.decoding import decode_request
-from agent.errors import ModbusError, ModbusTimeout, ModbusConnectError
-from agent.metrics import AgentMetrics
-from agent.planner import ReadRequest
-from schemas import DeviceState, DeviceStatus, Reading
+from greenmine.agent.config import BusConfig, DeviceConfig
+from greenmine.agent.decoding import decode_request
+from greenmine.agent.errors import ModbusError, ModbusTimeout, ModbusConnectError
+from greenmine.agent.metrics import AgentMetrics
+from greenmine.agent.planner import ReadRequest
+from greenmine.schemas import DeviceState, DeviceStatus, Reading
 
 log = logging.getLogger(__name__)
 

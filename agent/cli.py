@@ -11,7 +11,7 @@ import sys
 
 
 def _load(path: str):
-    from agent.config import load_agent_config
+    from greenmine.agent.config import load_agent_config
     from greenmine.configfile import ConfigError
 
     try:
@@ -28,8 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    from agent.errors import AgentError
-    from agent.runtime import Agent
+    from greenmine.agent.errors import AgentError
+    from greenmine.agent.runtime import Agent
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def plan_doc(cfg) -> dict:
-    from agent.planner import plan_device
+    from greenmine.agent.planner import plan_device
 
     devices = []
     total_planned = total_naive = 0
@@ -103,7 +103,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         print(f"{args.config}: no device \"{args.device}\" (devices: {', '.join(d.name for d in cfg.devices)})",
               file=sys.stderr)
         return 2
-    from agent.commission import read_device
+    from greenmine.agent.commission import read_device
 
     rows, errors = asyncio.run(read_device(cfg, dev))
     if args.json:

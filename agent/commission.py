@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from agent.acquisition import Bus
-from agent.config import AgentConfig, DeviceConfig
-from agent.decoding import decode_request
-from agent.errors import ModbusError
-from agent.planner import plan_device
+from greenmine.agent.acquisition import Bus
+from greenmine.agent.config import AgentConfig, DeviceConfig
+from greenmine.agent.decoding import decode_request
+from greenmine.agent.errors import ModbusError
+from greenmine.agent.planner import plan_device
 
 
 async def read_device(cfg: AgentConfig, dev: DeviceConfig) -> tuple[list[dict], list[str]]:
     """Every register (published or not) of `dev`, decoded. Returns (rows, errors)."""
-    from agent.modbus import ModbusLink
+    from greenmine.agent.modbus import ModbusLink
 
     bus_cfg = cfg.bus(dev.bus)
     timeout_s = (dev.timeout_ms or bus_cfg.timeout_ms) / 1000

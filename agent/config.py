@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
 
-from agent.codec import WordOrder
-from agent.registermap import IDENT, Register, check_register_layout, load_profile, merge_registers
+from greenmine.agent.codec import WordOrder
+from greenmine.agent.registermap import IDENT, Register, check_register_layout, load_profile, merge_registers
 from greenmine import PROFILES_DIR
 from greenmine.clock import ClockConfig
 from greenmine.configfile import ConfigError, load_model, resolve_path

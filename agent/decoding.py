@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.codec import CodecError, DataType, WordOrder, decode
-from agent.planner import ReadRequest
-from agent.registermap import Register
-from schemas import Quality
+from greenmine.agent.codec import CodecError, DataType, WordOrder, decode
+from greenmine.agent.planner import ReadRequest
+from greenmine.agent.registermap import Register
+from greenmine.schemas import Quality
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent.metrics import AgentMetrics
-from agent.outbox import AsyncOutbox, StoredBatch
+from greenmine.agent.metrics import AgentMetrics
+from greenmine.agent.outbox import AsyncOutbox, StoredBatch
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from agent.codec import RegisterType
-from agent.config import BusConfig, Transport
-from agent.errors import (
+from greenmine.agent.codec import RegisterType
+from greenmine.agent.config import BusConfig, Transport
+from greenmine.agent.errors import (
     ModbusConnectError,
     ModbusError,
     ModbusExceptionReply,

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.errors import OutboxError
-from schemas import Reading, TelemetryBatch
+from greenmine.agent.errors import OutboxError
+from greenmine.schemas import Reading, TelemetryBatch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch (

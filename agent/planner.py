@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from agent.codec import RegisterType
-from agent.registermap import Register
+from greenmine.agent.codec import RegisterType
+from greenmine.agent.registermap import Register
 
 #: Function codes 1 and 2 return at most 2000 bits (Modbus Application Protocol V1.1b3, §6.1-6.2).
 MAX_BITS_PER_REQUEST = 2000

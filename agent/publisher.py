@@ -25,8 +25,8 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import MqttConfig
-from agent.errors import PublishError
+from greenmine.agent.config import MqttConfig
+from greenmine.agent.errors import PublishError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.codec import DataType, RegisterType, WordOrder, register_count
+from greenmine.agent.codec import DataType, RegisterType, WordOrder, register_count
 from greenmine.configfile import ConfigError, format_validation_error, read_toml
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"

@@ -15,22 +15,22 @@ import logging
 import time
 from datetime import datetime
 
-from agent.acquisition import Bus, DevicePoller
-from agent.config import AgentConfig
-from agent.forwarder import Forwarder
-from agent.metrics import AgentMetrics
-from agent.outbox import AsyncOutbox, Outbox
-from agent.planner import plan_device
-from agent.schedule import GroupJob, PollScheduler
+from greenmine.agent.acquisition import Bus, DevicePoller
+from greenmine.agent.config import AgentConfig
+from greenmine.agent.forwarder import Forwarder
+from greenmine.agent.metrics import AgentMetrics
+from greenmine.agent.outbox import AsyncOutbox, Outbox
+from greenmine.agent.planner import plan_device
+from greenmine.agent.schedule import GroupJob, PollScheduler
 from greenmine import __version__
 from greenmine.clock import Clock
-from schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
+from greenmine.schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
 
 
 def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[str, Bus]:
-    from agent.modbus import ModbusLink
+    from greenmine.agent.modbus import ModbusLink
 
     buses = {}
     for bus_cfg in cfg.buses:
@@ -186,7 +186,7 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        from agent.publisher import MqttPublisher
+        from greenmine.agent.publisher import MqttPublisher
 
         loop = asyncio.get_running_loop()
         cfg = self.cfg

@@ -71,8 +71,8 @@ def split(n_devices: int, n_buses: int) -> list[list[int]]:
 
 def serve(n_buses: int, n_devices: int) -> None:
     """The simulated site: prints the bound ports as one JSON line, then serves until stdin closes."""
-    from simulators.config import load_sim_config
-    from simulators.site import SiteRunner
+    from greenmine.simulators.config import load_sim_config
+    from greenmine.simulators.site import SiteRunner
 
     servers = []
     for b, devs in enumerate(split(n_devices, n_buses)):
@@ -183,8 +183,8 @@ def main() -> int:
         serve(args.buses, args.devices)
         return 0
 
-    from agent.cli import plan_doc
-    from agent.config import load_agent_config
+    from greenmine.agent.cli import plan_doc
+    from greenmine.agent.config import load_agent_config
     from tests.agent.helpers import write_config
     from tests.support.services import Mosquitto
 

@@ -132,7 +132,7 @@ def drain_raw(port: int, n_msgs: int, client_id: str) -> float:
 
 
 def server_config(tmp: Path, port: int, name: str, store: dict, synchronous: str):
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     doc = {
         "kind": "server",
@@ -147,7 +147,7 @@ def server_config(tmp: Path, port: int, name: str, store: dict, synchronous: str
 
 
 def register_server(cfg) -> None:
-    from server.app import App
+    from greenmine.server.app import App
 
     app = App(cfg)
     app.start()
@@ -156,7 +156,7 @@ def register_server(cfg) -> None:
 
 
 def drain_server(cfg, n_readings_total: int) -> float:
-    from server.app import App
+    from greenmine.server.app import App
 
     app = App(cfg)
     written = [0]

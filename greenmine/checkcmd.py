@@ -32,15 +32,15 @@ def load_any(path: Path, kind: str | None = None):
     doc = read_toml(path)
     kind = kind or detect_kind(doc)
     if kind == "agent":
-        from agent.config import load_agent_config
+        from greenmine.agent.config import load_agent_config
 
         return kind, load_agent_config(path, doc)
     if kind == "server":
-        from server.config import load_server_config
+        from greenmine.server.config import load_server_config
 
         return kind, load_server_config(path, doc)
     if kind == "sim":
-        from simulators.config import load_sim_config
+        from greenmine.simulators.config import load_sim_config
 
         return kind, load_sim_config(path, doc)
     raise ConfigError(path, ['cannot tell the config kind: add kind = "agent" | "server" | "sim", or pass --kind'])

@@ -16,12 +16,12 @@ from greenmine import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent import cli as agent_cli
+    from greenmine.agent import cli as agent_cli
     from greenmine import checkcmd
-    from server import cli as server_cli
-    from server.uplink.hj212 import cli as hj212_cli
-    from simulators import cli as sim_cli
-    from simulators import demo
+    from greenmine.server import cli as server_cli
+    from greenmine.server.uplink.hj212 import cli as hj212_cli
+    from greenmine.simulators import cli as sim_cli
+    from greenmine.simulators import demo
 
     parser = argparse.ArgumentParser(
         prog="greenmine",
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     agent_cli.register(sub)
     server_cli.register(sub)
-    __import__("server.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
-    __import__("server.kpi.cli", fromlist=["register"]).register(sub)  # greenmine kpi recompute|show
+    __import__("greenmine.server.monitor.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
+    __import__("greenmine.server.monitor.kpi.cli", fromlist=["register"]).register(sub)  # greenmine kpi recompute|show
     sim_cli.register(sub)
     demo.register(sub)
     checkcmd.register(sub)

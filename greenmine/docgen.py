@@ -93,9 +93,9 @@ def render_model(model: type[BaseModel]) -> str:
 
 
 def render() -> str:
-    from agent.config import AgentConfig
-    from server.config import ServerConfig
-    from simulators.config import SimSiteConfig
+    from greenmine.agent.config import AgentConfig
+    from greenmine.server.config import ServerConfig
+    from greenmine.simulators.config import SimSiteConfig
 
     out = [
         "# Configuration reference",
@@ -113,7 +113,7 @@ def render() -> str:
                 continue
             done.add(model)
             out.append(render_model(model))
-    from agent.registermap import Profile
+    from greenmine.agent.registermap import Profile
 
     out += ["## Device profiles (`config/profiles/*.toml`)", ""]
     for model in _models(Profile):

@@ -7,9 +7,9 @@ Models are frozen, forbid unknown fields, and carry a literal `schema` field.
 A new field means a new schema version; the server accepts a known set.
 """
 
-from schemas.errors import WireError, WireRejectReason
-from schemas.status import AgentState, AgentStatus, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
-from schemas.telemetry import (
+from greenmine.schemas.errors import WireError, WireRejectReason
+from greenmine.schemas.status import AgentState, AgentStatus, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
+from greenmine.schemas.telemetry import (
     IDENTIFIER_PATTERN,
     METRICS,
     TELEMETRY_SCHEMA_V1,
@@ -22,7 +22,7 @@ from schemas.telemetry import (
     parse_telemetry,
     parse_telemetry_rows,
 )
-from schemas.topics import Topic, TopicKind, parse_topic, status_topic, subscription, telemetry_topic
+from greenmine.schemas.topics import Topic, TopicKind, parse_topic, status_topic, subscription, telemetry_topic
 
 __all__ = [
     "IDENTIFIER_PATTERN",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas.telemetry import Identifier, _Wire
+from greenmine.schemas.telemetry import Identifier, _Wire
 
 STATUS_SCHEMA_V1 = "greenmine.status.v1"
 

@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
-from schemas.errors import WireError, WireRejectReason
+from greenmine.schemas.errors import WireError, WireRejectReason
 
 TELEMETRY_SCHEMA_V1 = "greenmine.telemetry.v1"
 
@@ -309,7 +309,7 @@ def parse_telemetry_rows(
 
 def parse_status(payload: bytes | str, *, limits: WireLimits = WireLimits()):
     """Validate a status payload (birth or will). Raises WireError."""
-    from schemas.status import STATUS_SCHEMA_V1, AgentStatus
+    from greenmine.schemas.status import STATUS_SCHEMA_V1, AgentStatus
 
     doc = _load_json(payload, limits)
     if not isinstance(doc, dict):

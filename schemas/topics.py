@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from schemas.errors import WireError, WireRejectReason
+from greenmine.schemas.errors import WireError, WireRejectReason
 
 PREFIX = "greenmine/v1"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -33,17 +33,17 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.agents import AgentRegistry
-from server.alerts.wiring import attach as attach_monitor
-from server.config import ServerConfig
-from server.errors import ServerError
-from server.ingest import Ingestor
-from server.metrics import HttpEndpoint, Metrics
-from server.mqtt import MqttSubscriber
-from server.spool import Spool
-from server.store import open_sink
-from server.store.base import Sink
-from server.writer import Writer
+from greenmine.server.spool.agents import AgentRegistry
+from greenmine.server.monitor.alerts.wiring import attach as attach_monitor
+from greenmine.server.config import ServerConfig
+from greenmine.server.errors import ServerError
+from greenmine.server.ingest.ingestor import Ingestor
+from greenmine.server.metrics import HttpEndpoint, Metrics
+from greenmine.server.ingest.mqtt import MqttSubscriber
+from greenmine.server.spool.spool import Spool
+from greenmine.server.store import open_sink
+from greenmine.server.store.base import Sink
+from greenmine.server.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class App:
             )
             self.hj212 = None
             if cfg.hj212:
-                from server.uplink.hj212.service import Hj212Service
+                from greenmine.server.uplink.hj212.service import Hj212Service
 
                 self.hj212 = Hj212Service(cfg, self.agents)
                 self.writer.add_listener(self.hj212.on_stored, rows=True)

@@ -1,6 +1,6 @@
 """A worker in a child process of its own: requests in, replies out, over its stdin/stdout.
 
-    child = Child("server.validation:ValidatorWorker", init_arg, name="validator")
+    child = Child("greenmine.server.ingest.validation:ValidatorWorker", init_arg, name="validator")
     wait = child.send("op", arg)     # returns at once
     value = wait()                   # the reply; raises ChildFailed or ChildGone
     child.close()

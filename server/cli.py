@@ -10,7 +10,7 @@ import sys
 
 def _load(args):
     from greenmine.configfile import ConfigError
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     try:
         return load_server_config(args.config)
@@ -21,8 +21,8 @@ def _load(args):
 
 def _run(args) -> int:
     cfg = _load(args)
-    from server.app import run
-    from server.errors import ServerError
+    from greenmine.server.app import run
+    from greenmine.server.errors import ServerError
 
     try:
         return run(cfg)
@@ -32,7 +32,7 @@ def _run(args) -> int:
 
 
 def _open_spool(cfg):
-    from server.spool import Spool
+    from greenmine.server.spool.spool import Spool
 
     path = cfg.resolve(cfg.ingest.spool_path)
     if not path.exists():

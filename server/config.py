@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 
 from greenmine.clock import ClockConfig
 from greenmine.configfile import load_model, resolve_path
-from server.uplink.hj212.config import PointConfig, check_points
-from server.alerts.config import AlertsConfig
-from server.kpi.config import KpiConfig
-from server.notify.config import NotifyConfig
+from greenmine.server.uplink.hj212.config import PointConfig, check_points
+from greenmine.server.monitor.alerts.config import AlertsConfig
+from greenmine.server.monitor.kpi.config import KpiConfig
+from greenmine.server.notify.config import NotifyConfig
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 

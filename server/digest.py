@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
-from server.kpi.periods import SLOT_S
+from greenmine.server.monitor.kpi.periods import SLOT_S
 
 _SITE_AGENT = itemgetter(0, 1)
 _SITE_AGENT_DEVICE = itemgetter(0, 1, 2)

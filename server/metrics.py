@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deadletter import REASONS
+from greenmine.server.spool.deadletter import REASONS
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ def _list_scenarios(site_file: str | None) -> int:
     from pathlib import Path
 
     from greenmine import SCENARIOS_DIR
-    from simulators.scenarios import load_scenarios
+    from greenmine.simulators.scenarios import load_scenarios
 
     dirs = ([Path(site_file).parent / "scenarios"] if site_file else []) + [SCENARIOS_DIR]
     scenarios = load_scenarios(dirs)
@@ -34,9 +34,9 @@ def _run(args: argparse.Namespace) -> int:
     if not args.site:
         print("greenmine sim run: --site FILE is required (or --list-scenarios)", file=sys.stderr)
         return 2
-    from simulators.config import load_sim_config
-    from simulators.clock import SimClock
-    from simulators.site import SimError, SimulatedSite
+    from greenmine.simulators.config import load_sim_config
+    from greenmine.simulators.clock import SimClock
+    from greenmine.simulators.site import SimError, SimulatedSite
 
     try:
         cfg = load_sim_config(Path(args.site))

@@ -13,10 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
-from agent.registermap import IDENT, Profile, load_profile
+from greenmine.agent.registermap import IDENT, Profile, load_profile
 from greenmine import PROFILES_DIR, SCENARIOS_DIR
 from greenmine.configfile import ConfigError, load_model, read_toml, resolve_path
-from simulators.scenarios import HHMM, check_names, load_scenarios
+from greenmine.simulators.scenarios import HHMM, check_names, load_scenarios
 
 
 class _Model(BaseModel):

@@ -21,7 +21,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def _handle(site, method: str, path: str, body: dict) -> tuple[int, dict]:
-    from simulators.site import SimError
+    from greenmine.simulators.site import SimError
 
     try:
         if method == "GET" and path == "/state":

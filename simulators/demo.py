@@ -260,7 +260,7 @@ class FlowWatcher:
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as mqtt
 
-        from schemas import TopicKind, WireError, parse_telemetry, parse_topic, subscription
+        from greenmine.schemas import TopicKind, WireError, parse_telemetry, parse_topic, subscription
 
         self._parse = parse_telemetry
         self._parse_topic = parse_topic
@@ -485,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             print(f"  broker     mosquitto on 127.0.0.1:{broker_port} (config {conf})")
         else:
-            from simulators.broker import DemoBrokerThread
+            from greenmine.simulators.broker import DemoBrokerThread
 
             broker_thread = DemoBrokerThread(port=broker_port)
             broker_thread.__enter__()

@@ -29,7 +29,7 @@ from datetime import datetime
 from itertools import accumulate
 from zoneinfo import ZoneInfo
 
-from simulators.scenarios import Effect, EffectKind, Scenario
+from greenmine.simulators.scenarios import Effect, EffectKind, Scenario
 
 CHUNK_MIN = 1440  # minutes per cache chunk
 WATER_ROLES = ("fresh", "reused", "discharge")

@@ -35,7 +35,7 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.transaction import TransactionManager
 
-from agent.codec import RegisterType
+from greenmine.agent.codec import RegisterType
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.codec import DataType, RegisterType, decode, encode
-from agent.registermap import Profile, Register
-from simulators.clock import SimClock
-from simulators.config import SimDeviceConfig, SimServerConfig, SimSiteConfig
-from simulators.physics import PhysicsError, SiteModel
-from simulators.scenarios import EffectKind, Scenario, check_names, load_scenarios
+from greenmine.agent.codec import DataType, RegisterType, decode, encode
+from greenmine.agent.registermap import Profile, Register
+from greenmine.simulators.clock import SimClock
+from greenmine.simulators.config import SimDeviceConfig, SimServerConfig, SimSiteConfig
+from greenmine.simulators.physics import PhysicsError, SiteModel
+from greenmine.simulators.scenarios import EffectKind, Scenario, check_names, load_scenarios
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DeviceRuntime:
         return None
 
     async def action(self, fc, start_address, address, count, registers, set_values):
-        from simulators import server as mb
+        from greenmine.simulators import server as mb
 
         if set_values is not None:
             return mb.ILLEGAL_FUNCTION  # the simulated meters are read-only
@@ -188,13 +188,13 @@ class SimulatedSite:
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        from simulators import server as mb
+        from greenmine.simulators import server as mb
 
         try:
             for srv in self.cfg.servers:
                 await self._start_server(srv, mb)
             if self.cfg.control_port is not None:
-                from simulators.control import start_control
+                from greenmine.simulators.control import start_control
 
                 self._control, self.control_port = await start_control(self, self.cfg.control_port)
         except BaseException:

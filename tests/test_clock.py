@@ -60,7 +60,7 @@ def test_bad_clock_configs_are_refused(doc, message):
 
 
 def test_agent_and_server_configs_take_an_optional_clock_section(tmp_path):
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     assert load_server_config(tmp_path / "s.toml", doc={"kind": "server"}).clock.mode is ClockMode.SYSTEM
     cfg = load_server_config(tmp_path / "s.toml", doc={"kind": "server", "clock": {
@@ -72,7 +72,7 @@ def test_the_simulator_agrees_when_given_the_same_anchor():
     """The simulator keeps its own settable clock; given the real start epoch it reads what Clock reads."""
     import time
 
-    from simulators.clock import SimClock
+    from greenmine.simulators.clock import SimClock
 
     real0 = time.time() - 30.0  # the demo started 30 s ago; the simulator only now
     cfg = ClockConfig(mode="accelerated", sim_start=datetime(2025, 6, 2, 21, 50, tzinfo=CST), real_start_epoch_s=real0, speed=60)

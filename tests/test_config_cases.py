@@ -67,7 +67,7 @@ def test_check_config_cli_exit_codes(tmp_path):
 
 
 def test_secrets_come_from_environment(tmp_path, monkeypatch):
-    from agent.config import load_agent_config
+    from greenmine.agent.config import load_agent_config
 
     cfg_file = ROOT / "tests" / "cases" / "agent_unset_env" / "agent.toml"
     monkeypatch.setenv("GREENMINE_TEST_UNSET_PASSWORD", "s3cret")
@@ -77,8 +77,8 @@ def test_secrets_come_from_environment(tmp_path, monkeypatch):
 
 
 def test_a_config_of_another_kind_is_named_as_such():
-    from agent.config import load_agent_config
-    from server.config import load_server_config
+    from greenmine.agent.config import load_agent_config
+    from greenmine.server.config import load_server_config
 
     with pytest.raises(ConfigError) as info:
         load_agent_config(ROOT / "config" / "server.example.toml")

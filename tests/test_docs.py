@@ -16,10 +16,10 @@ def test_config_reference_is_current():
 
 
 def test_every_option_is_described():
-    from agent.config import AgentConfig
-    from agent.registermap import Profile
-    from server.config import ServerConfig
-    from simulators.config import SimSiteConfig
+    from greenmine.agent.config import AgentConfig
+    from greenmine.agent.registermap import Profile
+    from greenmine.server.config import ServerConfig
+    from greenmine.simulators.config import SimSiteConfig
 
     missing = []
     for root in (AgentConfig, ServerConfig, SimSiteConfig, Profile):

@@ -23,7 +23,7 @@ def test_example_config_loads(path: Path):
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.name for p in PROFILES])
 def test_profile_loads(path: Path):
-    from agent.registermap import load_profile
+    from greenmine.agent.registermap import load_profile
 
     prof = load_profile(path.stem, [path.parent])
     assert prof.source and prof.registers
@@ -31,13 +31,13 @@ def test_profile_loads(path: Path):
 
 def test_demo_configs_form_one_site():
     """The example agent polls exactly the devices the example simulated site serves."""
-    from agent.config import load_agent_config
-    from simulators.config import load_sim_config
+    from greenmine.agent.config import load_agent_config
+    from greenmine.simulators.config import load_sim_config
 
     agent = load_agent_config(ROOT / "config" / "agent.example.toml")
     site = load_sim_config(ROOT / "config" / "site.example.toml")
     assert agent.site == site.site
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     server = load_server_config(ROOT / "config" / "server.example.toml")
     assert server.site(agent.site) is not None, "the example server does not know the example site"

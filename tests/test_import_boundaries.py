@@ -1,5 +1,6 @@
 """DESIGN.md's import rules, checked on the source: the agent never imports the
-server and vice versa; schemas imports only pydantic and the standard library."""
+server and vice versa; schemas imports only pydantic and the standard library;
+every part is imported as `greenmine.<part>`, never as a bare top-level package."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 RULES = {
-    # package: top-level modules it must not import
-    "agent": {"server", "simulators", "influxdb_client"},
-    "server": {"agent", "simulators", "pymodbus", "apscheduler"},
-    "simulators": {"server"},
+    # package folder: modules (or their parents) it must not import
+    "agent": {"greenmine.server", "greenmine.simulators", "influxdb_client"},
+    "server": {"greenmine.agent", "greenmine.simulators", "pymodbus", "apscheduler"},
+    "simulators": {"greenmine.server"},
 }
+#: the repo's top-level folders, installed as greenmine.<name>; importing them bare is a bug
+PARTS = ("agent", "server", "schemas", "simulators")
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 # The simulators may use the agent's codec and register map, nothing else of it.
-SIM_MAY_USE_FROM_AGENT = {"agent.codec", "agent.registermap"}
+SIM_MAY_USE_FROM_AGENT = {"greenmine.agent.codec", "greenmine.agent.registermap"}
 
 
 def imports_of(path: Path) -> list[tuple[str, int]]:
@@ -44,13 +51,24 @@ def test_package_boundaries(package):
         if package == "simulators" and path.name == "demo.py":
             continue  # the demo composes every part (DESIGN.md: "the demo may import all")
         for name, line in imports_of(path):
-            top = name.split(".")[0]
-            if top in RULES[package]:
+            if any(_under(name, forbidden) for forbidden in RULES[package]):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
-            if package == "simulators" and top == "agent" and name not in SIM_MAY_USE_FROM_AGENT:
+            if package == "simulators" and _under(name, "greenmine.agent") and name not in SIM_MAY_USE_FROM_AGENT:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
             if package != "simulators" and name.startswith("greenmine.cli"):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports the CLI dispatcher")
+    assert not bad, "\n".join(bad)
+
+
+def test_parts_are_imported_under_greenmine():
+    """`import server...` would load a second copy of a module beside greenmine.server's (the repo root is on
+    sys.path in tests and demos): every import names the installed package."""
+    bad = []
+    for folder in (*PARTS, "greenmine", "tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name, line in imports_of(path):
+                if name.split(".")[0] in PARTS:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {name} (write greenmine.{name})")
     assert not bad, "\n".join(bad)
 
 
@@ -60,7 +78,7 @@ def test_schemas_imports_only_pydantic_and_stdlib():
         for name, line in imports_of(path):
             top = name.split(".")[0]
             # typing_extensions: pydantic's own dependency; its TypedDict is the one pydantic takes before Python 3.12
-            if top not in STDLIB and top not in {"pydantic", "typing_extensions", "schemas"}:
+            if top not in STDLIB and top not in {"pydantic", "typing_extensions"} and not _under(name, "greenmine.schemas"):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     assert not bad, "\n".join(bad)
 
@@ -73,7 +91,7 @@ def test_agent_cli_does_not_load_server_dependencies():
         "import sys\n"
         "from greenmine.cli import build_parser\n"
         "build_parser()\n"
-        "heavy = [m for m in ('influxdb_client', 'pymodbus', 'apscheduler', 'server.store', 'aiosmtpd') if m in sys.modules]\n"
+        "heavy = [m for m in ('influxdb_client', 'pymodbus', 'apscheduler', 'greenmine.server.store', 'aiosmtpd') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

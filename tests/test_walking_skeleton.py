@@ -29,9 +29,9 @@ def f32(x: float) -> float:
 
 
 def test_meter_to_store_exactly_once(tmp_path, mosquitto):
-    from server.store.sqlite import SqliteReader
-    from simulators.config import load_sim_config
-    from simulators.site import SiteRunner
+    from greenmine.server.store.sqlite import SqliteReader
+    from greenmine.simulators.config import load_sim_config
+    from greenmine.simulators.site import SiteRunner
 
     site_doc = {
         "kind": "sim", "site": SITE,

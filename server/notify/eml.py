@@ -7,7 +7,7 @@ import re
 from email.message import EmailMessage
 from pathlib import Path
 
-from server.notify.errors import TransientSendError
+from greenmine.server.notify.errors import TransientSendError
 
 
 class EmlDirTransport:

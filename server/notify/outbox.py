@@ -28,9 +28,9 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Protocol
 
-from server.notify.config import NotifyConfig
-from server.notify.errors import PermanentSendError, TransientSendError
-from server.notify.templates import Templates
+from greenmine.server.notify.config import NotifyConfig
+from greenmine.server.notify.errors import PermanentSendError, TransientSendError
+from greenmine.server.notify.templates import Templates
 
 log = logging.getLogger(__name__)
 

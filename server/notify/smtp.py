@@ -12,8 +12,8 @@ import socket
 import ssl
 from email.message import EmailMessage
 
-from server.config import SmtpConfig
-from server.notify.errors import PermanentSendError, TransientSendError
+from greenmine.server.config import SmtpConfig
+from greenmine.server.notify.errors import PermanentSendError, TransientSendError
 
 
 class SmtpTransport:

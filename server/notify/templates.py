@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from server.notify.errors import TemplateError
+from greenmine.server.notify.errors import TemplateError
 
 SHIPPED = Path(__file__).parent / "templates"
 NAMES = ("firing", "resolved", "reminder", "digest", "digest_item")

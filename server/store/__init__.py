@@ -9,21 +9,21 @@
 
 from __future__ import annotations
 
-from server.store.base import QUALITY_CODES, Sink, StoredReading
+from greenmine.server.store.base import QUALITY_CODES, Sink, StoredReading
 
 __all__ = ["QUALITY_CODES", "Sink", "StoredReading", "open_sink"]
 
 
 def open_sink(cfg) -> Sink:
     """The sink configured in `cfg.store` (a ServerConfig). Does not connect yet."""
-    from server.config import SqliteStoreConfig
+    from greenmine.server.config import SqliteStoreConfig
 
     store = cfg.store
     if isinstance(store, SqliteStoreConfig):
         if store.writer_process:
-            from server.store.process import SqliteProcessStore as SqliteStore
+            from greenmine.server.store.process import SqliteProcessStore as SqliteStore
         else:
-            from server.store.sqlite import SqliteStore
+            from greenmine.server.store.sqlite import SqliteStore
 
         return SqliteStore(
             cfg.resolve(store.path),
@@ -31,7 +31,7 @@ def open_sink(cfg) -> Sink:
             raw_retention_days=store.raw_retention_days,
             busy_timeout_ms=store.busy_timeout_ms,
         )
-    from server.store.influx import InfluxSink
+    from greenmine.server.store.influx import InfluxSink
 
     return InfluxSink(
         url=store.url,

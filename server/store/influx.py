@@ -33,8 +33,8 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from server.errors import StoreRejected, StoreUnavailable
-from server.store.base import QUALITY_CODES, StoredReading
+from greenmine.server.errors import StoreRejected, StoreUnavailable
+from greenmine.server.store.base import QUALITY_CODES, StoredReading
 
 log = logging.getLogger(__name__)
 

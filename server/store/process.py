@@ -25,11 +25,11 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.child import Child, ChildFailed, ChildGone
-from server.digest import DigestSpec, digest
-from server.errors import StoreRejected, StoreUnavailable
-from server.store.base import StoredReading
-from server.store.sqlite import SqliteReader, SqliteStore
+from greenmine.server.child import Child, ChildFailed, ChildGone
+from greenmine.server.digest import DigestSpec, digest
+from greenmine.server.errors import StoreRejected, StoreUnavailable
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.sqlite import SqliteReader, SqliteStore
 
 
 class SqliteProcessStore(SqliteReader):
@@ -43,7 +43,7 @@ class SqliteProcessStore(SqliteReader):
         SqliteStore(path, busy_timeout_ms=busy_timeout_ms).close()
         kwargs = dict(store_kwargs, busy_timeout_ms=busy_timeout_ms)
         kwargs.pop("clock", None)  # a callable cannot cross; the child uses time.time
-        self._child = Child("server.store.process:StoreWorker", (str(self.path), kwargs), name=f"sqlite store {self.path}")
+        self._child = Child("greenmine.server.store.process:StoreWorker", (str(self.path), kwargs), name=f"sqlite store {self.path}")
 
     def start(self) -> None:
         """Start the writer process now rather than on the first write. Raises StoreUnavailable."""
@@ -118,7 +118,7 @@ class StoreWorker:
         if op == "write":
             return self.store.write(arg)
         if op == "write_spooled":
-            from server.spool import unpack_readings
+            from greenmine.server.spool.spool import unpack_readings
 
             bodies, specs = arg
             rows = list(itertools.chain.from_iterable(map(unpack_readings, bodies)))  # C-level, not a Python loop per row

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from server.errors import StoreRejected, StoreUnavailable
-from server.store.base import StoredReading
+from greenmine.server.errors import StoreRejected, StoreUnavailable
+from greenmine.server.store.base import StoredReading
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import textwrap
 
 import pytest
 
-from agent.codec import DataType, RegisterType, WordOrder
-from agent.config import load_agent_config
-from agent.decoding import decode_register, decode_request
-from agent.planner import plan_registers
-from agent.registermap import Register
-from schemas import Quality
+from greenmine.agent.codec import DataType, RegisterType, WordOrder
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.decoding import decode_register, decode_request
+from greenmine.agent.planner import plan_registers
+from greenmine.agent.registermap import Register
+from greenmine.schemas import Quality
 
 # value, data_type, {order: words}
 CASES = [

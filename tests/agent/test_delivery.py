@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.runtime import Agent
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.runtime import Agent
 from tests.agent.helpers import Collector, write_config
 from tests.agent.mbserver import ModbusTestServer, ServerThread, Unit
 from tests.support.processes import spawn_greenmine, stop_process

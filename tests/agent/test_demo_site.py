@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.runtime import Agent
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.runtime import Agent
 from greenmine import CONFIG_DIR
 from greenmine.configfile import read_toml
-from simulators.config import load_sim_config
-from simulators.site import SiteRunner
+from greenmine.simulators.config import load_sim_config
+from greenmine.simulators.site import SiteRunner
 from tests.agent.helpers import Collector
 from tests.simulators.conftest import T0
 

@@ -1,8 +1,8 @@
 """The agent's example config loads and plans (the example is documentation; it must not rot)."""
 
 from greenmine import CONFIG_DIR
-from agent.config import load_agent_config
-from agent.cli import plan_doc
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.cli import plan_doc
 
 
 def test_minimal_example_loads_and_plans():

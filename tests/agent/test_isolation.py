@@ -14,8 +14,8 @@ import time
 import urllib.request
 from datetime import datetime
 
-from agent.config import load_agent_config
-from agent.runtime import Agent
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.runtime import Agent
 from tests.agent.helpers import Collector, write_config
 from tests.simulators.conftest import make_runner
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from agent.outbox import Outbox
-from schemas import Reading, parse_telemetry
+from greenmine.agent.outbox import Outbox
+from greenmine.schemas import Reading, parse_telemetry
 
 
 def readings(n: int, t: float = 1_700_000_000.0) -> list[Reading]:

@@ -7,9 +7,9 @@ from collections import deque
 
 import pytest
 
-from agent.codec import DataType, RegisterType
-from agent.planner import plan_registers
-from agent.registermap import Register
+from greenmine.agent.codec import DataType, RegisterType
+from greenmine.agent.planner import plan_registers
+from greenmine.agent.registermap import Register
 
 WIDTH = {DataType.UINT16: 1, DataType.FLOAT32: 2, DataType.FLOAT64: 4}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-from agent.schedule import GroupJob, PollScheduler, slot_of
+from greenmine.agent.schedule import GroupJob, PollScheduler, slot_of
 
 
 def utc(s: float) -> datetime:
@@ -134,8 +134,8 @@ def test_agent_status_ts_follows_the_configured_clock(tmp_path):
     """The agent builds one Clock from `[clock]`: its status is stamped in simulated time too."""
     import time
 
-    from agent.config import load_agent_config
-    from agent.runtime import Agent
+    from greenmine.agent.config import load_agent_config
+    from greenmine.agent.runtime import Agent
     from tests.agent.helpers import write_config
 
     real0 = time.time()

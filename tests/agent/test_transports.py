@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.acquisition import Bus, DevicePoller
-from agent.commission import read_device
-from agent.config import load_agent_config
-from agent.planner import plan_device
+from greenmine.agent.acquisition import Bus, DevicePoller
+from greenmine.agent.commission import read_device
+from greenmine.agent.config import load_agent_config
+from greenmine.agent.planner import plan_device
 from tests.agent.helpers import write_config
 from tests.agent.mbserver import ModbusTestServer, ServerThread, Unit
 from tests.support.services import need_binary, wait_for
@@ -68,7 +68,7 @@ def test_rtu_over_socat_pty_pair(tmp_path):
                 assert errors == []
                 check_rows(rows)
                 # the poll path on the same serial bus: a silent unit times out, the good one still reads
-                from agent.runtime import build_buses
+                from greenmine.agent.runtime import build_buses
 
                 buses = build_buses(cfg)
                 try:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schemas import (
+from greenmine.schemas import (
     AgentState,
     AgentStatus,
     Quality,
@@ -204,8 +204,8 @@ def _variants() -> list:
 @pytest.mark.parametrize("i", range(len(_variants())))
 def test_parse_telemetry_rows_agrees_with_the_reference_path(i):
     """parse_telemetry (fast path) and parse_telemetry_rows accept exactly what the slow path accepts, same reasons."""
-    from schemas import parse_telemetry_rows
-    from schemas.telemetry import _EPOCH, _MS, _parse_slow
+    from greenmine.schemas import parse_telemetry_rows
+    from greenmine.schemas.telemetry import _EPOCH, _MS, _parse_slow
 
     payload = _variants()[i]
     limits = WireLimits(max_readings=10, max_future_skew_s=300)

@@ -1,6 +1,6 @@
 import pytest
 
-from schemas import Topic, TopicKind, WireError, WireRejectReason, parse_topic, status_topic, subscription, telemetry_topic
+from greenmine.schemas import Topic, TopicKind, WireError, WireRejectReason, parse_topic, status_topic, subscription, telemetry_topic
 
 
 def test_build_and_parse():

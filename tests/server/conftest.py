@@ -58,7 +58,7 @@ def server_doc(
 
 
 def make_config(tmp_path: Path, broker_port: int, **kw):
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     doc = server_doc(tmp_path, broker_port, **kw)
     return load_server_config(tmp_path / "server.toml", doc=doc)
@@ -155,7 +155,7 @@ def topic(kind: str = "telemetry", site: str = SITE, agent: str = "gw1") -> str:
 
 @contextlib.contextmanager
 def running(cfg, **kw):
-    from server.app import App
+    from greenmine.server.app import App
 
     app = App(cfg, **kw)
     app.start()

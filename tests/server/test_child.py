@@ -1,4 +1,4 @@
-"""server.child: a worker in a child process, over pipes."""
+"""greenmine.server.child: a worker in a child process, over pipes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from server.child import Child, ChildFailed, ChildGone
+from greenmine.server.child import Child, ChildFailed, ChildGone
 
 
 class Echo:

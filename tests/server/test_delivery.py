@@ -12,7 +12,7 @@ import time
 import urllib.request
 from datetime import timedelta
 
-from server.store.sqlite import SqliteReader
+from greenmine.server.store.sqlite import SqliteReader
 from tests.server.conftest import ROOT, SITE, T0, Publisher, batch, dumps, make_config, running, server_doc, topic, write_toml
 from tests.support.services import free_port, wait_for
 
@@ -176,8 +176,8 @@ def test_full_spool_stops_acknowledging_and_loses_nothing(tmp_path, mosquitto, p
     cfg = make_config(tmp_path, mosquitto.port, store=dead_store, spool_max_bytes=1024**2, shutdown_flush_timeout_s=0.2)
     n = 20
     # enough batches to overfill the 1 MiB bound, whatever the spool's encoding of a batch
-    from schemas import parse_telemetry_rows
-    from server.spool import pack_readings
+    from greenmine.schemas import parse_telemetry_rows
+    from greenmine.server.spool.spool import pack_readings
 
     body_bytes = len(pack_readings(parse_telemetry_rows(dumps(batch(0, n=n))).rows))
     n_msgs = 1024**2 // body_bytes + 300

@@ -1,6 +1,6 @@
-"""server.digest: what the monitor needs from a write."""
+"""greenmine.server.digest: what the monitor needs from a write."""
 
-from server.digest import DigestSpec, digest
+from greenmine.server.digest import DigestSpec, digest
 
 SPEC = DigestSpec(kpi_metrics=frozenset({"water_fresh_m3_total", "noise_laeq_db"}), rule_metrics=frozenset({"power_kw"}))
 
@@ -37,9 +37,9 @@ def test_first_and_last_of_each_slot_touch_every_period_all_timestamps_touch():
     from those gives exactly the periods all timestamps give, in odd time zones and around midnight and DST."""
     import random
 
-    from server.config import SiteConfig
-    from server.kpi.config import KpiConfig
-    from server.kpi.engine import KpiEngine
+    from greenmine.server.config import SiteConfig
+    from greenmine.server.monitor.kpi.config import KpiConfig
+    from greenmine.server.monitor.kpi.engine import KpiEngine
 
     rnd = random.Random(7)
     metrics = ["water_fresh_m3_total", "dust_tsp_mgm3", "noise_laeq_db"]

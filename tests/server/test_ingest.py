@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from server.store.sqlite import SqliteReader
+from greenmine.server.store.sqlite import SqliteReader
 from tests.server.conftest import SITE, T0, Publisher, batch, dumps, make_config, running, topic
 from tests.support.services import wait_for
 
@@ -126,7 +126,7 @@ def status(state: str, agent: str = "gw1", **kw) -> bytes:
 
 
 def test_birth_and_will_drive_agent_state_metric_and_listeners(tmp_path, mosquitto, publisher):
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
     from tests.server.conftest import server_doc
 
     doc = server_doc(tmp_path, mosquitto.port)
@@ -165,7 +165,7 @@ def test_birth_and_will_drive_agent_state_metric_and_listeners(tmp_path, mosquit
 
 
 def test_health_is_503_when_the_broker_is_gone(tmp_path, mosquitto):
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
     from tests.server.conftest import server_doc
 
     doc = server_doc(tmp_path, mosquitto.port)
@@ -186,8 +186,8 @@ def test_health_is_503_when_the_broker_is_gone(tmp_path, mosquitto):
 def test_fast_validation_agrees_with_parse_telemetry():
     """The fast paths ingest uses (parse_telemetry_rows, and parse_telemetry's) accept exactly what the
     classifying slow path accepts, with the same values and the same reasons."""
-    from schemas import WireError, WireLimits, WireRejectReason, parse_telemetry, parse_telemetry_rows
-    from schemas.telemetry import _EPOCH, _MS, _parse_slow
+    from greenmine.schemas import WireError, WireLimits, WireRejectReason, parse_telemetry, parse_telemetry_rows
+    from greenmine.schemas.telemetry import _EPOCH, _MS, _parse_slow
 
     limits = WireLimits(max_payload_bytes=16 * 1024, max_readings=100, max_future_skew_s=300)
     now = datetime.now(timezone.utc)

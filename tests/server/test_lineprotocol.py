@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import StoreRejected, StoreUnavailable
-from server.store.base import StoredReading
-from server.store.influx import InfluxSink, build_lines, escape_measurement, escape_tag
+from greenmine.server.errors import StoreRejected, StoreUnavailable
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.influx import InfluxSink, build_lines, escape_measurement, escape_tag
 from tests.support.services import free_port
 
 TS = 1_767_600_000_123  # ms

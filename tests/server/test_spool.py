@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.deadletter import dead_letter
-from server.spool import Spool, SpoolEntry, pack_readings
+from greenmine.server.spool.deadletter import dead_letter
+from greenmine.server.spool.spool import Spool, SpoolEntry, pack_readings
 
 
 def _dead(i: int):

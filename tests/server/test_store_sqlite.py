@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from server.store.base import StoredReading
-from server.store.sqlite import SqliteReader, SqliteStore, to_ms
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.sqlite import SqliteReader, SqliteStore, to_ms
 
 SH = timezone(timedelta(hours=8))
 
@@ -129,20 +129,20 @@ def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
     import os
     import signal
 
-    from server.errors import StoreUnavailable
-    from server.store.process import SqliteProcessStore
+    from greenmine.server.errors import StoreUnavailable
+    from greenmine.server.store.process import SqliteProcessStore
 
     t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
     batch = [r(t + timedelta(seconds=i), float(i)) for i in range(10)]
     s = SqliteProcessStore(tmp_path / "p.sqlite", site_timezones={"gs-demo": "Asia/Shanghai"})
     try:
         assert s.count() == 0
-        from server.spool import pack_readings
+        from greenmine.server.spool.spool import pack_readings
 
         s.write(batch[:3])
         s.write_spooled_async([pack_readings([tuple(x) for x in batch[3:5]])])()  # the spool holds plain tuples
         # the digest the child computes is the one this process would compute from the same rows
-        from server.digest import DigestSpec, digest
+        from greenmine.server.digest import DigestSpec, digest
 
         spec = DigestSpec(frozenset({"power_kw"}), frozenset({"power_kw"}))
         rows = [tuple(x) for x in batch[5:7]]
@@ -267,7 +267,7 @@ def test_a_reading_repeated_within_one_write_is_stored_and_counted_once_first_co
 def test_ids_of_a_rolled_back_write_are_not_reused_for_another_series(store):
     """A write that fails after creating a series id rolls the id back; SQLite may hand that number to
     the next new series, so the writer must not keep it for the first."""
-    from server.errors import StoreRejected
+    from greenmine.server.errors import StoreRejected
 
     t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
     with pytest.raises(StoreRejected):
@@ -305,7 +305,7 @@ def test_readings_view_has_the_old_columns(store):
 
 
 def test_query_series_and_latest_are_range_searches_of_the_primary_key(store):
-    from server.store.sqlite import _POINTS
+    from greenmine.server.store.sqlite import _POINTS
 
     con = store._con()
     for sql in (f"{_POINTS} AND sa.ts_ms >= ? AND sa.ts_ms < ? ORDER BY sa.ts_ms", f"{_POINTS} ORDER BY sa.ts_ms DESC LIMIT 1"):

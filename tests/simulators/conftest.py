@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators.config import load_sim_config
-from simulators.site import SiteRunner
+from greenmine.simulators.config import load_sim_config
+from greenmine.simulators.site import SiteRunner
 
 #: A Monday, so the Wednesday maintenance stop is out of the way; 21:59 local (Asia/Shanghai).
 T0 = datetime(2025, 6, 2, 21, 59)

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from simulators.broker import DemoBrokerThread, topic_matches, valid_topic_filter
+from greenmine.simulators.broker import DemoBrokerThread, topic_matches, valid_topic_filter
 from tests.support.services import wait_for
 
 V311, V5 = 4, 5
@@ -441,7 +441,7 @@ def test_offline_queue_is_bounded_and_drops_oldest(clients, broker):
                  id="oversize-packet"),
 ])
 def test_malformed_input_closes_only_that_client(clients, broker, caplog, garbage):
-    caplog.set_level(logging.WARNING, logger="simulators.broker")
+    caplog.set_level(logging.WARNING, logger="greenmine.simulators.broker")
     sub = clients("sub").connect()
     sub.subscribe("t")
     pub = clients("pub").connect()

@@ -29,8 +29,8 @@ def test_example_configs_pass_check_config():
 
 
 def test_demo_agent_config_polls_exactly_the_demo_site():
-    from agent.config import load_agent_config
-    from simulators.config import load_sim_config
+    from greenmine.agent.config import load_agent_config
+    from greenmine.simulators.config import load_sim_config
 
     site = load_sim_config(ROOT / "config/site.example.toml")
     agent = load_agent_config(ROOT / "config/agent.example.toml")

@@ -25,8 +25,8 @@ def readme_rows() -> list[tuple[str, str]]:
 
 def test_readme_mbpoll_numbers():
     from greenmine.configfile import read_toml
-    from simulators.config import load_sim_config
-    from simulators.site import SiteRunner
+    from greenmine.simulators.config import load_sim_config
+    from greenmine.simulators.site import SiteRunner
 
     mbpoll = need_binary("mbpoll", "mbpoll")
     path = ROOT / "config" / "site.example.toml"

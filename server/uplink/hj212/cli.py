@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _decode(args: argparse.Namespace) -> int:
     import json
 
-    from server.uplink.hj212.codec import FrameError, parse_frame
+    from greenmine.server.uplink.hj212.codec import FrameError, parse_frame
 
     frames = args.frames if args.frames else (line for line in sys.stdin if line.strip())
     status = 0

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, TypeVar
 
-from server.uplink.hj212.codec import (
+from greenmine.server.uplink.hj212.codec import (
     FrameError,
     Packet,
     decode_frame,
@@ -39,8 +39,8 @@ from server.uplink.hj212.codec import (
     parse_data_time,
     split_packet,
 )
-from server.uplink.hj212.config import MIN_INTERVALS_MIN, PointConfig
-from server.uplink.hj212.messages import (
+from greenmine.server.uplink.hj212.config import MIN_INTERVALS_MIN, PointConfig
+from greenmine.server.uplink.hj212.messages import (
     ExeRtn,
     PeriodKind,
     PeriodRecord,
@@ -55,7 +55,7 @@ from server.uplink.hj212.messages import (
     realtime_packet,
     request_reply,
 )
-from server.uplink.hj212.queue import PacketQueue
+from greenmine.server.uplink.hj212.queue import PacketQueue
 
 log = logging.getLogger(__name__)
 

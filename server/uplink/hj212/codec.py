@@ -27,7 +27,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from server.uplink.hj212.crc import hj212_crc, hj212_crc_hex
+from greenmine.server.uplink.hj212.crc import hj212_crc, hj212_crc_hex
 
 #: The data segment limit of HJ 212-2017 §6.3; longer messages are split (PNUM/PNO).
 MAX_DATA_BYTES = 1024

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from enum import Enum, IntEnum
 from zoneinfo import ZoneInfo
 
-from server.uplink.hj212.codec import CpItem, Packet, format_data_time, format_number, make_flag
-from server.uplink.hj212.config import MetricMapping, PointConfig
+from greenmine.server.uplink.hj212.codec import CpItem, Packet, format_data_time, format_number, make_flag
+from greenmine.server.uplink.hj212.config import MetricMapping, PointConfig
 
 ST_SYSTEM = "91"
 

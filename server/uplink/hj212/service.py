@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from server.uplink.hj212.client import Hj212Client
-from server.uplink.hj212.config import PointConfig
-from server.uplink.hj212.messages import (
+from greenmine.server.uplink.hj212.client import Hj212Client
+from greenmine.server.uplink.hj212.config import PointConfig
+from greenmine.server.uplink.hj212.messages import (
     DataFlag,
     NoiseDayNight,
     PeriodKind,
@@ -259,7 +259,7 @@ class Hj212Service:
     """
 
     def __init__(self, cfg, agents, *, period_delay_s: float = 60.0, client_options: Mapping | None = None) -> None:
-        from server.config import SqliteStoreConfig
+        from greenmine.server.config import SqliteStoreConfig
 
         self.cfg = cfg
         self.agents = agents
@@ -304,7 +304,7 @@ class Hj212Service:
 
     def start(self) -> None:
         if self._store_path is not None:
-            from server.store.sqlite import SqliteReader
+            from greenmine.server.store.sqlite import SqliteReader
 
             self._reader = SqliteReader(self._store_path, self._busy_timeout_ms)
             self._seed()

@@ -5,16 +5,16 @@ import warnings
 import pytest
 from pydantic import SecretStr
 
-from server.alerts.config import AlertsConfig
-from server.alerts.engine import AlertEngine, open_db
-from server.config import SiteConfig, SmtpConfig
-from server.kpi.model import KpiValue
-from server.notify.config import NotifyConfig
-from server.notify.eml import EmlDirTransport
-from server.notify.errors import TemplateError
-from server.notify.outbox import Notifier
-from server.notify.smtp import SmtpTransport
-from server.notify.templates import Templates
+from greenmine.server.monitor.alerts.config import AlertsConfig
+from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
+from greenmine.server.config import SiteConfig, SmtpConfig
+from greenmine.server.monitor.kpi.model import KpiValue
+from greenmine.server.notify.config import NotifyConfig
+from greenmine.server.notify.eml import EmlDirTransport
+from greenmine.server.notify.errors import TemplateError
+from greenmine.server.notify.outbox import Notifier
+from greenmine.server.notify.smtp import SmtpTransport
+from greenmine.server.notify.templates import Templates
 from tests.server.notify.smtpsink import SmtpSink, self_signed
 from tests.support.services import wait_for
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from server.uplink.hj212.codec import Packet, decode_frame, encode_packet
-from server.uplink.hj212.config import PointConfig
-from server.uplink.hj212.messages import data_reply
+from greenmine.server.uplink.hj212.codec import Packet, decode_frame, encode_packet
+from greenmine.server.uplink.hj212.config import PointConfig
+from greenmine.server.uplink.hj212.messages import data_reply
 
 UPLOAD_CNS = {"2011", "2051", "2061", "2031"}
 

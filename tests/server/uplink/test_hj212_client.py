@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tests.server.uplink.conftest import FakeTime, PlatformSim, point_config, run_async, wait_until
 
-from server.uplink.hj212.client import Hj212Client
-from server.uplink.hj212.codec import Packet
-from server.uplink.hj212.messages import (
+from greenmine.server.uplink.hj212.client import Hj212Client
+from greenmine.server.uplink.hj212.codec import Packet
+from greenmine.server.uplink.hj212.messages import (
     DataFlag,
     NoiseDayNight,
     PeriodKind,
@@ -18,7 +18,7 @@ from server.uplink.hj212.messages import (
     PeriodValue,
     RealtimeValue,
 )
-from server.uplink.hj212.queue import PacketQueue
+from greenmine.server.uplink.hj212.queue import PacketQueue
 
 MN = "010000A8900016F000169DC0"
 T0 = datetime(2026, 5, 1, 2, 0, 30, tzinfo=timezone.utc)  # 10:00:30 in Asia/Shanghai

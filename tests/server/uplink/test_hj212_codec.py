@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.uplink.hj212.codec import (
+from greenmine.server.uplink.hj212.codec import (
     FLAG_D,
     MAX_DATA_BYTES,
     FrameError,
@@ -20,7 +20,7 @@ from server.uplink.hj212.codec import (
     parse_frame,
     split_packet,
 )
-from server.uplink.hj212.crc import hj212_crc, hj212_crc_hex
+from greenmine.server.uplink.hj212.crc import hj212_crc, hj212_crc_hex
 
 STANDARD_EXAMPLE = (
     "##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;"

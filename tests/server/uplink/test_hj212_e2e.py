@@ -19,9 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from server.config import load_server_config
-from server.store.base import StoredReading
-from server.uplink.hj212.codec import format_number
+from greenmine.server.config import load_server_config
+from greenmine.server.store.base import StoredReading
+from greenmine.server.uplink.hj212.codec import format_number
 from tests.agent.helpers import toml_value
 from tests.server.conftest import server_doc, write_toml
 from tests.server.uplink.conftest import ThreadedPlatform
@@ -63,8 +63,8 @@ def cp_of(packet) -> dict[str, str]:
 
 
 def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
-    from server.app import App
-    from server.store.sqlite import SqliteReader
+    from greenmine.server.app import App
+    from greenmine.server.store.sqlite import SqliteReader
 
     devices = [("dust", "boling-dust", None, {}), ("noise", "tranball-qm7903b", None, {})]
     with make_runner(tmp_path, site_doc(devices)) as sim, ThreadedPlatform() as platform:
@@ -131,7 +131,7 @@ def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
 def test_server_run_sends_realtime_to_configured_platform(tmp_path, mosquitto):
     """`greenmine server run` with a point configured: a 2011 frame reaches the platform (the first
     real-time frame goes out at start, then every RtdInterval), and /metrics counts it."""
-    from server.store.sqlite import SqliteStore
+    from greenmine.server.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "store.sqlite")
     store.write([StoredReading(SITE, "gw1", "dust", "dust_tsp_mgm3", int(time.time() * 1000), 0.1234, "mg/m3", "good")])

@@ -8,12 +8,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from server.store.base import StoredReading
-from server.store.sqlite import SqliteStore
-from server.uplink.hj212.codec import encode_packet
-from server.uplink.hj212.config import PointConfig
-from server.uplink.hj212.messages import DataFlag, NoiseDayNight, PeriodKind, period_packet
-from server.uplink.hj212.service import LatestCache, PointRealtime, StoreHistory
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.sqlite import SqliteStore
+from greenmine.server.uplink.hj212.codec import encode_packet
+from greenmine.server.uplink.hj212.config import PointConfig
+from greenmine.server.uplink.hj212.messages import DataFlag, NoiseDayNight, PeriodKind, period_packet
+from greenmine.server.uplink.hj212.service import LatestCache, PointRealtime, StoreHistory
 
 TZ = ZoneInfo("Asia/Shanghai")
 SITE = "gs-demo"

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from tests.server.uplink.conftest import point_config
-from server.uplink.hj212.codec import decode_frame, encode_packet
-from server.uplink.hj212.config import PointConfig
-from server.uplink.hj212.messages import (
+from greenmine.server.uplink.hj212.codec import decode_frame, encode_packet
+from greenmine.server.uplink.hj212.config import PointConfig
+from greenmine.server.uplink.hj212.messages import (
     DataFlag,
     PeriodKind,
     PeriodValue,
@@ -187,7 +187,7 @@ def test_server_example_point_loads_when_uncommented(tmp_path) -> None:
 
 def test_server_config_rejects_bad_points(tmp_path) -> None:
     from greenmine.configfile import ConfigError
-    from server.config import load_server_config
+    from greenmine.server.config import load_server_config
 
     point = dict(BASE, site="gs-demo")
     doc = {"kind": "server", "sites": [{"id": "gs-demo"}], "hj212": [point, dict(point, name="p2")]}

@@ -1,0 +1,1 @@
+"""Ingest: subscribe, validate, spool, acknowledge."""

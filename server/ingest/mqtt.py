@@ -1,0 +1,182 @@
+"""The server's MQTT subscriber: the only server module that imports paho (STYLE.md §4).
+
+- paho-mqtt 2.x, callback API version 2, MQTT 5 by default with
+  clean_start=false and a session expiry (or 3.1.1 with clean_session=false),
+  so the broker keeps our subscriptions and queues QoS 1 messages while we
+  are away.
+- `manual_ack=True`: paho does not acknowledge a message on its own; the
+  ingest thread calls `ack(delivery)` after the message is durably spooled or
+  dead-lettered.
+- Telemetry is subscribed as `$share/<group>/greenmine/v1/+/+/telemetry` when
+  a shared group is set, so N processes split the stream. Status is
+  subscribed without a group: retained messages are not delivered to shared
+  subscriptions, and every process keeps the full agent table.
+- A delivery remembers the connection it arrived on. Its packet id means
+  nothing on a later connection, so acks for an earlier connection are
+  dropped: the broker redelivers those messages and the idempotent store
+  absorbs the duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from greenmine.schemas import TopicKind, subscription
+from greenmine.server.config import ServerMqttConfig
+from greenmine.server.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+class Delivery(NamedTuple):
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int
+
+
+class MqttSubscriber:
+    def __init__(
+        self,
+        cfg: ServerMqttConfig,
+        on_delivery: Callable[[Delivery], None],
+        on_connection: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._on_delivery = on_delivery
+        self._on_connection = on_connection
+        self._generation = 0
+        self._connected = False
+        self._subscribed = False
+        self._consuming = True
+        self._ever_connected = False
+        self._last_error: str | None = None
+        self._lock = threading.Lock()
+        v5 = cfg.protocol == "5"
+        try:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=cfg.client_id,
+                clean_session=None if v5 else False,
+                protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+                manual_ack=True,
+            )
+            if cfg.username is not None:
+                self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+            if cfg.ca_file:
+                self._client.tls_set(ca_certs=cfg.ca_file)
+        except (ValueError, OSError) as exc:
+            raise BrokerError(f"mqtt: cannot set up the client: {exc}") from exc
+        self._client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max_s)))
+        self._client.on_connect = self._connected_cb
+        self._client.on_disconnect = self._disconnected_cb
+        self._client.on_message = self._message_cb
+        self._client.on_subscribe = self._subscribed_cb
+        self.subscriptions = [
+            subscription(TopicKind.TELEMETRY, shared_group=cfg.shared_group),
+            subscription(TopicKind.STATUS),
+        ]
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected and the broker has granted our subscriptions on this connection."""
+        return self._connected and self._subscribed
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects on its own with backoff."""
+        kwargs = {}
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = self.cfg.receive_maximum
+            kwargs = {"clean_start": False, "properties": props}
+        try:
+            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **kwargs)
+        except (ValueError, OSError) as exc:
+            raise BrokerError(f"mqtt {self.cfg.host}:{self.cfg.port}: {exc}") from exc
+        self._client.loop_start()
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Acknowledge a QoS 1 message. False if it arrived on an earlier connection (it will be redelivered)."""
+        if delivery.qos == 0:
+            return True
+        with self._lock:
+            if delivery.generation != self._generation or not self._connected:
+                return False
+        self._client.ack(delivery.mid, delivery.qos)
+        return True
+
+    def stop_consuming(self) -> None:
+        """Hand no further messages to ingest; they stay unacknowledged and the broker keeps them."""
+        self._consuming = False
+
+    def close(self) -> None:
+        self._consuming = False
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._set_connected(False)
+
+    # --- paho callbacks (paho's network thread) ----------------------------
+
+    def _set_connected(self, up: bool) -> None:
+        if not up:
+            self._subscribed = False
+        if up != self._connected:
+            self._connected = up
+            if self._on_connection:
+                self._on_connection(up)
+
+    def _connected_cb(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            msg = f"broker {self.cfg.host}:{self.cfg.port} refused the connection: {reason_code}"
+            if msg != self._last_error:
+                log.error("mqtt: %s", msg)
+                self._last_error = msg
+            return
+        with self._lock:
+            self._generation += 1
+            self._connected = True
+            self._subscribed = False
+        self._last_error = None
+        log.info(
+            "mqtt: connected to %s:%s as %s (session %s)",
+            self.cfg.host, self.cfg.port, self.cfg.client_id, "resumed" if flags.session_present else "new",
+        )
+        client.subscribe([(topic, 1) for topic in self.subscriptions])
+        if self._on_connection:
+            self._on_connection(True)
+
+    def _subscribed_cb(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("mqtt: broker refused subscriptions %s: %s", self.subscriptions, ", ".join(failed))
+            return
+        self._subscribed = True
+
+    def _disconnected_cb(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected
+        self._set_connected(False)
+        if was and self._consuming:
+            log.warning("mqtt: lost connection to %s:%s (%s); reconnecting", self.cfg.host, self.cfg.port, reason_code)
+
+    def _message_cb(self, client, userdata, msg) -> None:
+        if not self._consuming:
+            return
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = repr(msg._topic)  # the broker should never pass this on; keep it for the dead letter
+        self._on_delivery(Delivery(topic, msg.payload, msg.mid, msg.qos, self._generation))

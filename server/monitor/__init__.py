@@ -1,0 +1,1 @@
+"""Monitor: KPIs, alert rules and their lifecycle, fed from the stream."""

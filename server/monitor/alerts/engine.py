@@ -1,0 +1,431 @@
+"""The alert engine: rule evaluation and the alert lifecycle, persisted in SQLite.
+
+Lifecycle per key (rule, site, subject)::
+
+    (none) --breach--> pending --breach lasts for_s--> firing --clear (with hysteresis)--> resolved
+                          \\--no breach--> (dropped)        \\--ack--> firing, acknowledged (no reminders)
+
+Notifications are *events* written in the same SQLite transaction as the state
+change that causes them (`alert_events`), so a crash can neither lose one nor
+produce one twice; `server.notify` turns undispatched events into emails.
+
+Against email storms:
+- hysteresis: a firing alert clears only `clear_hysteresis` past the limit;
+- min re-notify: a key sends a *firing* email at most once per
+  `min_renotify_s`. A re-breach inside that window waits; if it resolves before
+  the window ends, nobody is told (the officer already knows this key flaps).
+  Resolution emails go out at once, for alerts whose firing email was sent;
+- reminders for unacknowledged firing alerts every `reminder_interval_s`.
+
+Time comes from an injectable clock (`clock()` → epoch seconds); nothing sleeps.
+KPI observations are judged at their period end, so replays are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, ThresholdRule
+from greenmine.server.config import SiteConfig
+from greenmine.server.monitor.kpi.model import KpiValue, info
+from greenmine.server.monitor.kpi.periods import fmt_local
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, site TEXT NOT NULL, subject TEXT NOT NULL,
+    state TEXT NOT NULL, severity TEXT NOT NULL, opened_ts REAL NOT NULL, fired_ts REAL, resolved_ts REAL,
+    facts TEXT NOT NULL, acked_ts REAL, acked_by TEXT, notified INTEGER NOT NULL DEFAULT 0,
+    notified_ts REAL, reminder_ts REAL);
+CREATE INDEX IF NOT EXISTS alerts_key ON alerts (rule, site, subject, state);
+CREATE TABLE IF NOT EXISTS alert_keys (
+    rule TEXT NOT NULL, site TEXT NOT NULL, subject TEXT NOT NULL, last_eval_ts REAL, last_fire_notice_ts REAL,
+    PRIMARY KEY (rule, site, subject));
+CREATE TABLE IF NOT EXISTS alert_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id INTEGER NOT NULL, kind TEXT NOT NULL, created_ts REAL NOT NULL,
+    site TEXT NOT NULL, severity TEXT NOT NULL, recipients TEXT NOT NULL, facts TEXT NOT NULL,
+    dispatched INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS seen (
+    site TEXT NOT NULL, target TEXT NOT NULL, name TEXT NOT NULL, last_ts REAL NOT NULL,
+    reported_offline INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, target, name));
+"""
+
+_CMP = {
+    "<": lambda v, lim: v < lim,
+    "<=": lambda v, lim: v <= lim,
+    ">": lambda v, lim: v > lim,
+    ">=": lambda v, lim: v >= lim,
+}
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    rule: str
+    site: str
+    subject: str
+    state: str  # pending | firing | resolved
+    severity: str
+    opened_ts: float
+    fired_ts: float | None
+    resolved_ts: float | None
+    facts: dict
+    acked_ts: float | None
+    acked_by: str | None
+    notified: int  # 0 not yet, 1 firing email queued, 2 resolution queued, 3 closed quietly
+    notified_ts: float | None = None
+    reminder_ts: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    id: int
+    alert_id: int
+    kind: str  # firing | resolved | reminder
+    created_ts: float
+    site: str
+    severity: str
+    recipients: list[str]
+    facts: dict
+
+
+def open_db(path: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+class AlertEngine:
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        sites: list[SiteConfig],
+        db: sqlite3.Connection,
+        *,
+        default_recipients: list[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.rules = cfg.effective_rules()
+        self._metric_rules: dict[str, list[ThresholdRule]] = {}
+        for r in self.rules:
+            if isinstance(r, ThresholdRule) and r.source == "metric":
+                self._metric_rules.setdefault(r.series, []).append(r)
+        #: metrics that some metric-threshold rule watches (readings of others need no look)
+        self.metric_rule_metrics = frozenset(self._metric_rules)
+        self.sites = {s.id: s for s in sites}
+        self.default_recipients = list(default_recipients or [])
+        self.db = db
+        self.clock = clock
+        self._lock = threading.RLock()
+        # Deadman silence is counted from the later of the last data and this moment, so a restart
+        # (or our own broker outage) does not declare every device offline before data can arrive.
+        self._grace_from = clock()
+        self._ingest_up = True
+        db.executescript(_SCHEMA)
+
+    # --- transactions -------------------------------------------------------
+
+    def _tx(self):
+        engine = self
+
+        class _Tx:
+            def __enter__(self):
+                engine._lock.acquire()
+                engine.db.execute("BEGIN IMMEDIATE")
+                return engine.db
+
+            def __exit__(self, et, ev, tb):
+                try:
+                    engine.db.execute("COMMIT" if et is None else "ROLLBACK")
+                finally:
+                    engine._lock.release()
+                return False
+
+        return _Tx()
+
+    # --- inputs -------------------------------------------------------------
+
+    def observe_kpis(self, values: list[KpiValue], now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for v in values:
+            for rule in self.rules:
+                if (isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi
+                        and self._applies(rule, v.site, v.subject)):
+                    self._judge(rule, v.site, v.subject, v.value, v.period_end, now, kpi=v)
+        self._notify(now)
+
+    def observe_metric(self, site: str, device: str, metric: str, ts: float, value: float, unit: str = "",
+                       now: float | None = None) -> None:
+        """A raw reading, for threshold rules with source = metric."""
+        rules = [r for r in self._metric_rules.get(metric, ()) if self._applies(r, site, device)]
+        if not rules:
+            return
+        now = self.clock() if now is None else now
+        for rule in rules:
+            self._judge(rule, site, device, value, ts, now, unit=unit)
+        self._notify(now)
+
+    def observe_seen(self, site: str, agent: str, devices: dict[str, float], now: float | None = None) -> None:
+        """A batch arrived from `agent` with good readings of `devices` (name -> latest reading ts)."""
+        now = self.clock() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
+                "reported_offline=0", (site, "agent", agent, now))
+            db.executemany(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
+                [(site, "device", d, min(ts, now)) for d, ts in devices.items()])
+
+    def observe_seen_many(self, groups: dict[tuple[str, str], dict[str, float]], now: float | None = None) -> None:
+        """observe_seen for several (site, agent) at once, in one transaction."""
+        if not groups:
+            return
+        now = self.clock() if now is None else now
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
+                "reported_offline=0", [(site, "agent", agent, now) for site, agent in groups])
+            db.executemany(
+                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
+                [(site, "device", d, min(ts, now)) for (site, _agent), devices in groups.items() for d, ts in devices.items()])
+
+    def observe_agent_status(self, site: str, agent: str, online: bool, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO seen VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET reported_offline=excluded.reported_offline, "
+                "last_ts=CASE WHEN excluded.reported_offline=0 THEN excluded.last_ts ELSE last_ts END",
+                (site, "agent", agent, now, 0 if online else 1))
+        self.tick(now)
+
+    def ingest_connected(self, up: bool, now: float | None = None) -> None:
+        """Our own link to the broker went down/up: deadman checks pause, and restart their grace on recovery."""
+        now = self.clock() if now is None else now
+        if up and not self._ingest_up:
+            self._grace_from = now
+        self._ingest_up = up
+
+    def tick(self, now: float | None = None) -> None:
+        """Deadman checks, delayed notifications and reminders. Call periodically."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            seen = self.db.execute("SELECT site, target, name, last_ts, reported_offline FROM seen").fetchall()
+        for site, target, name, last_ts, offline in seen if self._ingest_up else ():
+            for rule in self.rules:
+                if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site, name):
+                    silent = now - last_ts
+                    # grace delays new verdicts only; an alert already firing clears only on real data
+                    breached = (now - max(last_ts, self._grace_from) >= rule.silence_s) or bool(offline)
+                    cleared = silent < rule.silence_s and not offline
+                    self._judge_deadman(rule, site, name, breached, cleared, last_ts, silent, bool(offline), now)
+        self._notify(now)
+
+    # --- acknowledgement and queries ---------------------------------------
+
+    def ack(self, alert_id: int, by: str = "", now: float | None = None) -> bool:
+        """Acknowledge a pending or firing alert: no more reminders. False if no such open alert."""
+        now = self.clock() if now is None else now
+        with self._tx() as db:
+            cur = db.execute("UPDATE alerts SET acked_ts=?, acked_by=? WHERE id=? AND state!='resolved' AND acked_ts IS NULL",
+                             (now, by, alert_id))
+            ok = cur.rowcount == 1
+        if ok:
+            log.info("alert %d acknowledged by %s", alert_id, by or "?")
+        return ok
+
+    def alerts(self, states: tuple[str, ...] = ("pending", "firing", "resolved"), site: str | None = None) -> list[Alert]:
+        q = f"SELECT * FROM alerts WHERE state IN ({','.join('?' * len(states))})"
+        args: list = list(states)
+        if site:
+            q += " AND site=?"
+            args.append(site)
+        with self._lock:
+            rows = self.db.execute(q + " ORDER BY id", args).fetchall()
+        return [_alert(r) for r in rows]
+
+    def events(self, undispatched_only: bool = False) -> list[AlertEvent]:
+        q = "SELECT id, alert_id, kind, created_ts, site, severity, recipients, facts FROM alert_events"
+        with self._lock:
+            rows = self.db.execute(q + (" WHERE dispatched=0" if undispatched_only else "") + " ORDER BY id").fetchall()
+        return [AlertEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7])) for r in rows]
+
+    # --- the state machine --------------------------------------------------
+
+    def _applies(self, rule, site: str, subject: str) -> bool:
+        return (not rule.sites or site in rule.sites) and (not rule.devices or subject in rule.devices)
+
+    def _open(self, db, rule: str, site: str, subject: str):
+        return db.execute("SELECT * FROM alerts WHERE rule=? AND site=? AND subject=? AND state IN ('pending','firing') "
+                          "ORDER BY id DESC LIMIT 1", (rule, site, subject)).fetchone()
+
+    def _judge(self, rule: ThresholdRule, site: str, subject: str, value: float | None, obs_ts: float, now: float,
+               kpi: KpiValue | None = None, unit: str = "") -> None:
+        if value is None or (kpi is not None and rule.require_complete and not kpi.complete):
+            return
+        limit = rule.limit if rule.limit is not None else (kpi.limit if kpi else None)
+        cmp = rule.comparison or (kpi.comparison if kpi else None)
+        if limit is None or cmp is None:
+            return
+        breached = _CMP[cmp](value, limit)
+        h = rule.clear_hysteresis
+        cleared = value >= limit + h if cmp in ("<", "<=") else value <= limit - h
+        facts = self._facts(rule, site, subject, value, limit, cmp, obs_ts, kpi, unit)
+        with self._tx() as db:
+            key = db.execute("SELECT last_eval_ts FROM alert_keys WHERE rule=? AND site=? AND subject=?",
+                             (rule.name, site, subject)).fetchone()
+            if key and key[0] is not None and obs_ts < key[0]:
+                return  # an older period replayed after a newer one: it must not move the state back
+            db.execute("INSERT INTO alert_keys (rule, site, subject, last_eval_ts) VALUES (?,?,?,?) "
+                       "ON CONFLICT DO UPDATE SET last_eval_ts=excluded.last_eval_ts", (rule.name, site, subject, obs_ts))
+            self._transition(db, rule, site, subject, breached, cleared, obs_ts, rule.for_s, facts)
+
+    def _judge_deadman(self, rule: DeadmanRule, site, name, breached, cleared, last_ts, silent, offline, now) -> None:
+        s = self.sites.get(site)
+        tz = s.timezone if s else "Asia/Shanghai"
+        what = ("数据采集终端(agent)离线", "agent offline") if rule.target == "agent" else ("设备离线", "device offline")
+        facts = {
+            "kind": "deadman", "rule": rule.name, "site_id": site, "site_name": s.name if s and s.name else site,
+            "subject": name, "title_zh": f"{what[0]}: {name}", "title_en": f"{what[1]}: {name}",
+            "value": round(silent), "unit": "s", "limit": rule.silence_s, "comparison": ">=",
+            "standard": "", "period_label": "", "devices": [name], "completeness_pct": None,
+            "last_seen_local": fmt_local(last_ts, tz), "reported_offline": offline, "timezone": tz,
+            "resolves_zh": f"{name} 重新上报有效数据", "resolves_en": f"valid data from {name} again",
+        }
+        # judged by the clock: a silence breach starts when the silence reaches the limit
+        since = now if offline else last_ts + rule.silence_s
+        with self._tx() as db:
+            self._transition(db, rule, site, name, breached, cleared, min(since, now) if breached else now, 0.0, facts)
+
+    def _transition(self, db, rule, site, subject, breached, cleared, obs_ts, for_s, facts) -> None:
+        row = self._open(db, rule.name, site, subject)
+        sev = rule.severity.value
+        if row is None:
+            if not breached:
+                return
+            state = "firing" if for_s <= 0 else "pending"
+            facts = {**facts, "since_ts": obs_ts}
+            cur = db.execute(
+                "INSERT INTO alerts (rule, site, subject, state, severity, opened_ts, fired_ts, facts) VALUES (?,?,?,?,?,?,?,?)",
+                (rule.name, site, subject, state, sev, obs_ts, obs_ts if state == "firing" else None, json.dumps(facts, ensure_ascii=False)))
+            log.info("alert %d %s site %s %s: %s", cur.lastrowid, rule.name, site, subject, state)
+            return
+        a = _alert(row)
+        facts = {**facts, "since_ts": a.facts.get("since_ts", a.opened_ts),
+                 "worst": _worse(a.facts.get("worst", a.facts.get("value")), facts.get("value"), facts.get("comparison"))}
+        if a.state == "pending":
+            if not breached:
+                db.execute("DELETE FROM alerts WHERE id=?", (a.id,))
+                log.info("alert %d %s site %s %s: pending dropped", a.id, rule.name, site, subject)
+            elif obs_ts - a.opened_ts >= for_s:
+                db.execute("UPDATE alerts SET state='firing', fired_ts=?, facts=? WHERE id=?",
+                           (obs_ts, json.dumps(facts, ensure_ascii=False), a.id))
+                log.info("alert %d %s site %s %s: firing", a.id, rule.name, site, subject)
+            else:
+                db.execute("UPDATE alerts SET facts=? WHERE id=?", (json.dumps(facts, ensure_ascii=False), a.id))
+            return
+        # firing
+        if cleared:
+            facts["resolved_ts"] = obs_ts
+            db.execute("UPDATE alerts SET state='resolved', resolved_ts=?, facts=? WHERE id=?",
+                       (obs_ts, json.dumps(facts, ensure_ascii=False), a.id))
+            log.info("alert %d %s site %s %s: resolved", a.id, rule.name, site, subject)
+        else:
+            db.execute("UPDATE alerts SET facts=? WHERE id=?", (json.dumps(facts, ensure_ascii=False), a.id))
+
+    def _notify(self, now: float) -> None:
+        """Turn due state changes into events: firing (rate-limited per key), resolved, reminders."""
+        rules = {r.name: r for r in self.rules}
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT a.*, k.last_fire_notice_ts FROM alerts a LEFT JOIN alert_keys k "
+                "ON k.rule=a.rule AND k.site=a.site AND k.subject=a.subject "
+                "WHERE (a.state='firing') OR (a.state='resolved' AND a.notified=1)").fetchall()
+            for row in rows:
+                a = _alert(row[:-1])
+                last_fire = row[-1]
+                rule = rules.get(a.rule)
+                recipients = self._recipients(rule, a.site)
+                if a.state == "firing" and a.notified == 0:
+                    if last_fire is not None and now - last_fire < self.cfg.min_renotify_s:
+                        continue  # inside the re-notify window: wait
+                    self._event(db, a, "firing", now, recipients)
+                    db.execute("UPDATE alerts SET notified=1, notified_ts=? WHERE id=?", (now, a.id))
+                    db.execute("INSERT INTO alert_keys (rule, site, subject, last_fire_notice_ts) VALUES (?,?,?,?) "
+                               "ON CONFLICT DO UPDATE SET last_fire_notice_ts=excluded.last_fire_notice_ts",
+                               (a.rule, a.site, a.subject, now))
+                elif a.state == "resolved":
+                    self._event(db, a, "resolved", now, recipients)
+                    db.execute("UPDATE alerts SET notified=2 WHERE id=?", (a.id,))
+                elif a.state == "firing" and a.acked_ts is None and self.cfg.reminder_interval_s > 0:
+                    last = max(x for x in (a.notified_ts, a.reminder_ts, a.fired_ts) if x is not None)
+                    if now - last >= self.cfg.reminder_interval_s:
+                        self._event(db, a, "reminder", now, recipients)
+                        db.execute("UPDATE alerts SET reminder_ts=? WHERE id=?", (now, a.id))
+            # resolved before its firing email went out: closed quietly (flapping inside the window)
+            db.execute("UPDATE alerts SET notified=3 WHERE state='resolved' AND notified=0")
+
+    def _event(self, db, a: Alert, kind: str, now: float, recipients: list[str]) -> None:
+        facts = {**a.facts, "alert_id": a.id, "severity": a.severity, "state": a.state,
+                 "fired_ts": a.fired_ts, "resolved_ts": a.resolved_ts, "acked_by": a.acked_by}
+        db.execute("INSERT INTO alert_events (alert_id, kind, created_ts, site, severity, recipients, facts) VALUES (?,?,?,?,?,?,?)",
+                   (a.id, kind, now, a.site, a.severity, json.dumps(recipients), json.dumps(facts, ensure_ascii=False)))
+        log.info("alert %d %s site %s %s: %s notice queued for %d recipient(s)", a.id, a.rule, a.site, a.subject, kind, len(recipients))
+
+    def _recipients(self, rule, site_id: str) -> list[str]:
+        s = self.sites.get(site_id)
+        base = (s.recipients if s and s.recipients else self.default_recipients)
+        out: list[str] = []
+        for r in [*base, *(rule.recipients if rule else [])]:
+            if r not in out:
+                out.append(r)
+        return out
+
+    def _facts(self, rule, site, subject, value, limit, cmp, obs_ts, kpi: KpiValue | None, unit: str) -> dict:
+        s = self.sites.get(site)
+        tz = s.timezone if s else "Asia/Shanghai"
+        if kpi is not None:
+            i = info(kpi.kpi)
+            return {
+                "kind": "threshold", "rule": rule.name, "site_id": site, "site_name": s.name if s and s.name else site,
+                "subject": subject, "title_zh": i.title_zh, "title_en": i.title_en, "kpi": kpi.kpi,
+                "value": value, "unit": kpi.unit, "limit": limit, "comparison": cmp, "standard": kpi.standard,
+                "period_label": kpi.period_label, "period_start_local": fmt_local(kpi.period_start, tz),
+                "period_end_local": fmt_local(kpi.period_end, tz), "devices": list(kpi.devices),
+                "completeness_pct": round(kpi.completeness * 100, 1), "resolves_zh": i.resolves_zh,
+                "resolves_en": i.resolves_en, "extra": kpi.extra, "timezone": tz, "hysteresis": rule.clear_hysteresis,
+            }
+        return {
+            "kind": "threshold", "rule": rule.name, "site_id": site, "site_name": s.name if s and s.name else site,
+            "subject": subject, "title_zh": f"{rule.title_zh or rule.series}: {subject}",
+            "title_en": f"{rule.title_en or rule.series}: {subject}", "kpi": rule.series,
+            "value": value, "unit": unit, "limit": limit, "comparison": cmp, "standard": "",
+            "period_label": fmt_local(obs_ts, tz), "devices": [subject], "completeness_pct": None,
+            "resolves_zh": "数值回到限值以内", "resolves_en": "the value back within the limit", "timezone": tz,
+            "hysteresis": rule.clear_hysteresis,
+        }
+
+
+def _worse(a, b, cmp):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b) if cmp in ("<", "<=") else max(a, b)
+
+
+def _alert(r) -> Alert:
+    return Alert(
+        id=r[0], rule=r[1], site=r[2], subject=r[3], state=r[4], severity=r[5], opened_ts=r[6], fired_ts=r[7],
+        resolved_ts=r[8], facts=json.loads(r[9]), acked_ts=r[10], acked_by=r[11], notified=r[12],
+        notified_ts=r[13], reminder_ts=r[14],
+    )

@@ -1,0 +1,102 @@
+"""Config of the KPI engine: the `[kpi]` section of the server config.
+
+Per-site limits live in `server.config.Limits` (SiteConfig.limits); this
+section holds how KPIs are computed. Every default is DOMAIN.md's figure.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from greenmine.server.monitor.kpi.counters import CounterSpec
+
+#: DOMAIN.md: electricity and heat are [2nd]; the fuels are [open] defaults (GB/T 2589-2020 not seen).
+DEFAULT_KGCE_PER_UNIT = {
+    "electricity": 0.1229,  # kgce/kWh, equivalent value
+    "heat": 0.03412,  # kgce/MJ
+    "raw_coal": 0.7143,  # kgce/kg
+    "diesel": 1.4571,  # kgce/kg
+    "gasoline": 1.4714,  # kgce/kg
+    "natural_gas": 1.2143,  # kgce/m3
+}
+
+DEFAULT_ENERGY_METRICS = {"energy_kwh_total": "electricity"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeterConfig(_Model):
+    """How one totalizer behaves, for the counter rules."""
+
+    site: str | None = Field(default=None, description="site id; absent: this device name at any site")
+    device: str = Field(description="device name as the agent publishes it")
+    metric: str = Field(description="cumulative metric, e.g. energy_kwh_total")
+    width_bits: int | None = Field(default=None, description="register width for rollover: 16, 32 or 64; absent: no rollover (float totals)")
+    scale: float = Field(default=1.0, gt=0, description="the register's scale: the wrap in engineering units is 2^width_bits x scale (litres -> m3: 0.001)")
+    max_rate_per_h: float | None = Field(
+        default=None, gt=0, description="largest plausible consumption per hour (max kW, m3/h, t/h); faster increments are spikes"
+    )
+
+    @model_validator(mode="after")
+    def _bits(self) -> MeterConfig:
+        if self.width_bits is not None and self.width_bits not in (16, 32, 64):
+            raise ValueError(f"width_bits must be 16, 32 or 64, not {self.width_bits}")
+        return self
+
+
+class NoiseConfig(_Model):
+    day_start_h: int = Field(default=6, ge=0, le=23, description="local hour the day period starts (GB 12348: 06; local government may shift it)")
+    night_start_h: int = Field(default=22, ge=0, le=23, description="local hour the night period starts (22); night spans midnight")
+    lmax_frequent_over_db: float = Field(default=10.0, ge=0, description="night frequent-noise Lmax may exceed the night limit by this much")
+    lmax_sporadic_over_db: float = Field(default=15.0, ge=0, description="night sporadic-noise Lmax may exceed the night limit by this much")
+    lmax_metric: str = Field(default="noise_laeq_db", description="metric whose maximum is the night Lmax (e.g. a LAFmax register)")
+
+    @model_validator(mode="after")
+    def _hours(self) -> NoiseConfig:
+        if self.day_start_h == self.night_start_h:
+            raise ValueError("day_start_h and night_start_h must differ")
+        return self
+
+
+class KpiConfig(_Model):
+    counter_interval_s: float = Field(default=60.0, gt=0, description="expected interval between totalizer reads, for completeness")
+    sample_interval_s: float = Field(default=60.0, gt=0, description="expected interval between dust/noise samples, for completeness")
+    completeness_min_pct: float = Field(default=90.0, ge=0, le=100, description="below this share of expected intervals a period is incomplete and not judged")
+    reset_ratio: float = Field(default=0.9, gt=0, lt=1, description="a drop below this share of the previous total is a meter reset")
+    rolling_every_s: float = Field(default=900.0, gt=0, description="how often the rolling 24 h reuse rate is recomputed")
+    counter_lookback_s: float = Field(default=86400.0, ge=0, description="reads before a period that are replayed to find the counter baseline")
+    meters: list[MeterConfig] = Field(default_factory=list, description="per-meter width and max rate")
+    kgce_per_unit: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_KGCE_PER_UNIT), description="standard coal coefficient per energy type (kgce per the meter's unit)"
+    )
+    energy_metrics: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ENERGY_METRICS), description="cumulative metric -> energy type, e.g. diesel_kg_total = diesel"
+    )
+    ore_metric: str = Field(default="ore_t_total", description="belt-scale totalizer, tonnes of ore processed")
+    dust_pm10_limit_mgm3: float | None = Field(default=None, gt=0, description="optional PM10 1-hour limit; absent: PM10 is reported, not judged")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="day/night hours and Lmax margins for GB 12348 noise")
+
+    @model_validator(mode="after")
+    def _check(self) -> KpiConfig:
+        for metric, kind in self.energy_metrics.items():
+            if kind not in self.kgce_per_unit:
+                raise ValueError(f'energy_metrics "{metric}": energy type "{kind}" has no kgce_per_unit coefficient')
+        seen = set()
+        for i, m in enumerate(self.meters):
+            key = (m.site, m.device, m.metric)
+            if key in seen:
+                raise ValueError(f'meters[{i}] "{m.device}" {m.metric}: duplicate meter')
+            seen.add(key)
+        return self
+
+    def counter_spec(self, site: str, device: str, metric: str) -> CounterSpec:
+        best = None
+        for m in self.meters:
+            if m.device == device and m.metric == metric and m.site in (None, site):
+                if best is None or m.site is not None:
+                    best = m
+        width = float(2**best.width_bits) * best.scale if best and best.width_bits else None
+        rate = best.max_rate_per_h / 3600.0 if best and best.max_rate_per_h else None
+        return CounterSpec(width=width, reset_ratio=self.reset_ratio, max_rate_per_s=rate)

@@ -1,0 +1,79 @@
+"""Energy: kWh per day and month (per meter and per site), standard coal
+equivalent (kgce) with configurable coefficients, and intensity in kgce per
+tonne of ore from the belt-scale increments.
+"""
+
+from __future__ import annotations
+
+from greenmine.server.monitor.kpi.config import DEFAULT_ENERGY_METRICS, DEFAULT_KGCE_PER_UNIT
+from greenmine.server.monitor.kpi.model import KpiValue, MeterData
+from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
+
+_SUFFIX = {"day": "daily", "month": "monthly"}
+INTENSITY_STANDARD = "单位矿石综合能耗限值 {limit:g} kgce/t (站点配置)"
+
+
+def energy_kpis(
+    site: str,
+    period: Period,
+    by_metric: dict[str, list[MeterData]],
+    ore: list[MeterData],
+    *,
+    kgce_per_unit: dict[str, float] | None = None,
+    energy_metrics: dict[str, str] | None = None,
+    interval_s: float = 60.0,
+    completeness_min_pct: float = 90.0,
+    intensity_limit_kgce_t: float | None = None,
+) -> list[KpiValue]:
+    kgce_per_unit = DEFAULT_KGCE_PER_UNIT if kgce_per_unit is None else kgce_per_unit
+    energy_metrics = DEFAULT_ENERGY_METRICS if energy_metrics is None else energy_metrics
+    suffix = _SUFFIX.get(period.kind, period.kind)
+
+    def comp(meters: list[MeterData]) -> float:
+        vals = [completeness(m.read_ts, period.start, period.end, interval_s) for m in meters]
+        return min(vals) if vals else 0.0
+
+    def kv(kpi, subject, value, unit, c, devices, **kw) -> KpiValue:
+        return KpiValue(
+            site=site, kpi=kpi, subject=subject, period_kind=period.kind, period_start=period.start,
+            period_end=period.end, period_label=period.label, value=value, unit=unit, completeness=c,
+            complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=tuple(devices), **kw,
+        )
+
+    out: list[KpiValue] = []
+    kgce_total = 0.0
+    energy_meters: list[MeterData] = []
+    by_type: dict[str, float] = {}
+    for metric, meters in sorted(by_metric.items()):
+        kind = energy_metrics.get(metric)
+        if kind is None:
+            continue
+        energy_meters += meters
+        amount = 0.0
+        for m in meters:
+            v = allocate(m.incs, period.start, period.end)
+            amount += v
+            if kind == "electricity":
+                c = completeness(m.read_ts, period.start, period.end, interval_s)
+                out.append(kv(f"energy_kwh_{suffix}", m.device, v, "kWh", c, [m.device]))
+        if kind == "electricity":
+            out.append(kv(f"energy_kwh_{suffix}", "site", amount, "kWh", comp(meters), [m.device for m in meters]))
+        by_type[kind] = by_type.get(kind, 0.0) + amount
+        kgce_total += amount * kgce_per_unit[kind]
+    if not energy_meters:
+        return out
+    c_energy = comp(energy_meters)
+    devices = [m.device for m in energy_meters]
+    out.append(kv(f"energy_kgce_{suffix}", "site", kgce_total, "kgce", c_energy, devices,
+                  extra={"by_type": by_type, "kgce_per_unit": {k: kgce_per_unit[k] for k in by_type}}))
+    if ore:
+        tonnes = sum(allocate(m.incs, period.start, period.end) for m in ore)
+        c = min(c_energy, comp(ore))
+        out.append(kv(
+            f"energy_intensity_{suffix}", "site", kgce_total / tonnes if tonnes > 0 else None, "kgce/t", c,
+            devices + [m.device for m in ore],
+            limit=intensity_limit_kgce_t, comparison=">" if intensity_limit_kgce_t is not None else None,
+            standard=INTENSITY_STANDARD.format(limit=intensity_limit_kgce_t) if intensity_limit_kgce_t else "",
+            extra={"kgce": kgce_total, "ore_t": tonnes},
+        ))
+    return out

@@ -1,0 +1,211 @@
+"""The KPI engine: reads stored readings, computes every KPI of a site for a
+local calendar period, stores the results, and returns them for the alerts.
+
+    engine = KpiEngine(kpi_cfg, sites, source, store)
+    engine.note_data(site, metric, [ts, ...])      # after each committed batch
+    values = engine.run_due(now)                   # closed dirty periods + rolling 24 h
+    engine.compute(site, period)                   # recompute any past period
+
+The engine holds no state of its own besides the store, so several server
+processes may run it for different sites.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from greenmine.server.config import SiteConfig
+from greenmine.server.monitor.kpi import dust, noise, periods, water
+from greenmine.server.monitor.kpi.config import KpiConfig
+from greenmine.server.monitor.kpi.counters import CounterTracker
+from greenmine.server.monitor.kpi.energy import energy_kpis
+from greenmine.server.monitor.kpi.model import KpiValue, MeterData, Sample
+from greenmine.server.monitor.kpi.periods import SLOT_S, Period
+from greenmine.server.monitor.kpi.store import KpiStore, Point, ReadingSource
+
+log = logging.getLogger(__name__)
+
+
+class KpiEngine:
+    def __init__(self, cfg: KpiConfig, sites: list[SiteConfig], source: ReadingSource, store: KpiStore | None = None) -> None:
+        self.cfg = cfg
+        self.sites = {s.id: s for s in sites}
+        self.source = source
+        self.store = store
+        self._next_rolling = float("-inf")
+        self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
+        #: the metrics any KPI reads; readings of other metrics touch no period
+        self._counters = frozenset(self._counter_metrics())
+        self._noisy = frozenset({noise.LAEQ, cfg.noise.lmax_metric})
+        self._hourly = frozenset({dust.TSP, dust.PM10, *self._noisy})
+        self.metrics = frozenset({*self._counters, dust.TSP, dust.PM10, noise.LAEQ, cfg.noise.lmax_metric})
+
+    # --- which periods a reading touches ------------------------------------
+
+    def _counter_metrics(self) -> set[str]:
+        return {water.REUSED, water.FRESH, self.cfg.ore_metric, *self.cfg.energy_metrics}
+
+    def periods_for(self, site: SiteConfig, metric: str, ts: float) -> list[Period]:
+        tz = site.timezone
+        d = periods.local_date(ts, tz)
+        out: list[Period] = []
+        if metric in self._counters:
+            # a read just after midnight still closes the previous day's last interval
+            edge = periods.local_date(ts - self.cfg.counter_interval_s, tz)
+            for dd in {d, edge}:
+                out.append(periods.day(dd, tz))
+                out.append(periods.month(dd.year, dd.month, tz))
+        if metric in (dust.TSP, dust.PM10, noise.LAEQ, self.cfg.noise.lmax_metric):
+            out.append(periods.hour(ts, tz))
+        if metric in (noise.LAEQ, self.cfg.noise.lmax_metric):
+            out.append(self._noise_period(ts, tz))
+        return out
+
+    def _noise_period(self, ts: float, tz: str) -> Period:
+        n = self.cfg.noise
+        lt = datetime.fromtimestamp(ts, ZoneInfo(tz))
+        if not noise.is_night_hour(lt.hour, n.day_start_h, n.night_start_h):
+            return periods.noise_day(lt.date(), tz, n.day_start_h, n.night_start_h)
+        night_date = lt.date() if lt.hour >= n.night_start_h else date.fromordinal(lt.date().toordinal() - 1)
+        return periods.noise_night(night_date, tz, n.day_start_h, n.night_start_h)
+
+    def note_data(self, site_id: str, metric: str, timestamps: Iterable[float]) -> None:
+        """Mark the periods touched by newly stored readings as dirty (persisted)."""
+        self.note_batch(site_id, {metric: list(timestamps)})
+
+    def note_batch(self, site_id: str, by_metric: dict[str, list[float]]) -> None:
+        """Like note_data for several metrics at once: one write, none if all were marked already."""
+        site = self.sites.get(site_id)
+        if site is None or self.store is None:
+            return
+        ps: dict[tuple[str, str, float], Period] = {}
+        done: set[tuple] = set()
+        edge = self.cfg.counter_interval_s
+        for metric, timestamps in by_metric.items():
+            if metric not in self.metrics:
+                continue
+            # metrics of one kind (all totalizers; dust; noise) touch the same periods at a given time
+            kind = (metric in self._counters, metric in self._hourly, metric in self._noisy)
+            for ts in timestamps:
+                # timestamps in one SLOT_S slot whose counter edges `ts - counter_interval_s` share a slot
+                # too touch the same periods: one periods_for per slot, not per timestamp
+                slot = (kind, ts // SLOT_S, (ts - edge) // SLOT_S)
+                if slot in done:
+                    continue
+                done.add(slot)
+                for p in self.periods_for(site, metric, ts):
+                    key = (site_id, p.kind, p.start)
+                    if key not in self._marked:
+                        ps[key] = p
+        if ps:
+            self.store.mark_dirty(site_id, ps.values())
+            if len(self._marked) > 10_000:
+                self._marked.clear()
+            self._marked.update(ps)
+
+    def run_due(self, now: float) -> list[KpiValue]:
+        """Compute every dirty period that has closed, plus each site's rolling 24 h reuse (every rolling_every_s)."""
+        out: list[KpiValue] = []
+        if self.store is not None:
+            for site_id, p in self.store.dirty_closed(now):
+                if site_id in self.sites:
+                    out += self.compute(site_id, p, now=now)
+                self.store.clear_dirty(site_id, p)
+                self._marked.discard((site_id, p.kind, p.start))
+        if now >= self._next_rolling:
+            self._next_rolling = now + self.cfg.rolling_every_s
+            for site_id in self.sites:
+                out += self.compute(site_id, periods.rolling24h(now), now=now)
+        return out
+
+    # --- computing ----------------------------------------------------------
+
+    def compute(self, site_id: str, period: Period, now: float | None = None) -> list[KpiValue]:
+        site = self.sites[site_id]
+        cfg = self.cfg
+        common = dict(completeness_min_pct=cfg.completeness_min_pct)
+        out: list[KpiValue] = []
+        if period.kind in ("day", "rolling24h"):
+            reused = self._meters(site_id, water.REUSED, period)
+            fresh = self._meters(site_id, water.FRESH, period)
+            if reused or fresh:
+                out.append(water.reuse_rate(site_id, period, reused, fresh, interval_s=cfg.counter_interval_s,
+                                            limit_pct=site.limits.water_reuse_min_pct, **common))
+        if period.kind in ("day", "month"):
+            by_metric = {m: ms for m in cfg.energy_metrics if (ms := self._meters(site_id, m, period))}
+            ore = self._meters(site_id, cfg.ore_metric, period)
+            out += energy_kpis(site_id, period, by_metric, ore, kgce_per_unit=cfg.kgce_per_unit,
+                               energy_metrics=cfg.energy_metrics, interval_s=cfg.counter_interval_s,
+                               intensity_limit_kgce_t=site.limits.energy_intensity_max_kgce_t, **common)
+        if period.kind == "hour":
+            for metric, limit in ((dust.TSP, site.limits.dust_tsp_limit_mgm3), (dust.PM10, cfg.dust_pm10_limit_mgm3)):
+                out += dust.hourly_average(site_id, period, metric, self._samples(site_id, metric, period),
+                                           limit_mgm3=limit, interval_s=cfg.sample_interval_s, **common)
+            lt = datetime.fromtimestamp(period.start, ZoneInfo(site.timezone))
+            night = noise.is_night_hour(lt.hour, cfg.noise.day_start_h, cfg.noise.night_start_h)
+            out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
+                                  noise_class=site.limits.noise_class, night=night, interval_s=cfg.sample_interval_s, **common)
+        if period.kind in ("noise_day", "noise_night"):
+            night = period.kind == "noise_night"
+            out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
+                                  noise_class=site.limits.noise_class, night=night, interval_s=cfg.sample_interval_s, **common)
+            if night:
+                out += noise.lmax_night(site_id, period, self._samples(site_id, cfg.noise.lmax_metric, period),
+                                        noise_class=site.limits.noise_class,
+                                        frequent_over_db=cfg.noise.lmax_frequent_over_db,
+                                        sporadic_over_db=cfg.noise.lmax_sporadic_over_db,
+                                        interval_s=cfg.sample_interval_s, **common)
+        if self.store is not None and out:
+            self.store.put_values(out, now if now is not None else period.end)
+        return out
+
+    def compute_day(self, site_id: str, d: date) -> list[KpiValue]:
+        """Recompute every KPI of one local date (day, its noise day and night, its hours)."""
+        tz = self.sites[site_id].timezone
+        n = self.cfg.noise
+        out = self.compute(site_id, periods.day(d, tz))
+        out += self.compute(site_id, periods.noise_day(d, tz, n.day_start_h, n.night_start_h))
+        out += self.compute(site_id, periods.noise_night(d, tz, n.day_start_h, n.night_start_h))
+        p = periods.day(d, tz)
+        t = p.start
+        while t < p.end:
+            h = periods.hour(t, tz)
+            out += self.compute(site_id, h)
+            t = h.end
+        return out
+
+    def _good(self, site_id: str, metric: str, start: float, end: float) -> list[Point]:
+        return [p for p in self.source.points(site_id, metric, start, end) if p.quality == "good"]
+
+    def _samples(self, site_id: str, metric: str, period: Period) -> list[Sample]:
+        return [Sample(p.device, p.ts, p.value) for p in self._good(site_id, metric, period.start, period.end)]
+
+    def _meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
+        """Increments per device, replaying reads from before the period to find the counter baseline."""
+        start = period.start - self.cfg.counter_lookback_s
+        end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval
+        by_dev: dict[str, list[Point]] = {}
+        for p in self._good(site_id, metric, start, end):
+            by_dev.setdefault(p.device, []).append(p)
+        out = []
+        for dev, pts in sorted(by_dev.items()):
+            pts.sort(key=lambda p: p.ts)
+            tr = CounterTracker(self.cfg.counter_spec(site_id, dev, metric))
+            incs, events = [], []
+            for p in pts:
+                i, e = tr.feed(p.ts, p.value)
+                incs += i
+                events += e
+            if self.store is not None and period.kind == "day":
+                # the increments series is kept per closed day; rolling and monthly runs only read
+                self.store.put_increments(site_id, dev, metric,
+                                          [i for i in incs if period.start < i.end_ts <= period.end],
+                                          [e for e in events if period.start <= e.ts < period.end])
+            for e in events:
+                if period.start <= e.ts < period.end:
+                    log.debug("site %s meter %s %s: %s %g -> %g (%s)", site_id, dev, metric, e.kind.value, e.prev, e.new, e.detail)
+            out.append(MeterData(dev, incs, [p.ts for p in pts if period.start <= p.ts < period.end]))
+        return out

@@ -1,0 +1,164 @@
+"""Where KPIs read from and write to.
+
+- `ReadingSource` is the one thing the KPI engine needs from the time-series
+  store: the readings of one metric at one site over a time window. The ingest
+  store is adapted to it (`server.monitor`); `MemorySource` is a plain
+  in-memory implementation for tests and the demo.
+- `KpiStore` (SQLite) keeps the KPI values and counter increments as their own
+  series, upserted on (site, kpi, subject, period kind, period start), so a
+  past period can be recomputed and simply overwrites its old value. It also
+  keeps the set of periods that new data has made dirty, so a restart between
+  a write and the next computation loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from greenmine.server.monitor.kpi.counters import CounterEvent, Increment
+from greenmine.server.monitor.kpi.model import KpiValue
+from greenmine.server.monitor.kpi.periods import Period
+
+
+@dataclass(frozen=True)
+class Point:
+    device: str
+    ts: float  # epoch seconds
+    value: float
+    quality: str = "good"
+
+
+class ReadingSource(Protocol):
+    def points(self, site: str, metric: str, start: float, end: float) -> list[Point]:
+        """Readings of `metric` at `site` with start <= ts < end, any device, any order."""
+        ...
+
+
+class MemorySource:
+    """An in-memory ReadingSource: a list per (site, metric)."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], list[Point]] = {}
+
+    def add(self, site: str, metric: str, device: str, ts: float, value: float, quality: str = "good") -> None:
+        self._data.setdefault((site, metric), []).append(Point(device, ts, value, quality))
+
+    def points(self, site: str, metric: str, start: float, end: float) -> list[Point]:
+        return [p for p in self._data.get((site, metric), []) if start <= p.ts < end]
+
+
+class StoreSource:
+    """A ReadingSource over the server's SQLite store reader (`server.store.sqlite.SqliteReader`).
+
+    Uses its query API: `series(site)` for the (site, device, metric) triples and
+    `query_series(site, device, metric, start_ms, end_ms)` for one series' rows
+    (`ts_ms`, `value`, `quality`).
+    """
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def points(self, site: str, metric: str, start: float, end: float) -> list[Point]:
+        out: list[Point] = []
+        for _site, device, m in self.reader.series(site):
+            if m != metric:
+                continue
+            for r in self.reader.query_series(site, device, metric, int(start * 1000), int(end * 1000)):
+                out.append(Point(device, r.ts_ms / 1000.0, r.value, r.quality))
+        return out
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kpi_values (
+    site TEXT NOT NULL, kpi TEXT NOT NULL, subject TEXT NOT NULL, period_kind TEXT NOT NULL,
+    period_start REAL NOT NULL, period_end REAL NOT NULL, value REAL, unit TEXT NOT NULL,
+    completeness REAL NOT NULL, complete INTEGER NOT NULL, body TEXT NOT NULL, computed_at REAL NOT NULL,
+    PRIMARY KEY (site, kpi, subject, period_kind, period_start));
+CREATE TABLE IF NOT EXISTS increments (
+    site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, start_ts REAL NOT NULL, end_ts REAL NOT NULL,
+    value REAL NOT NULL, flag TEXT NOT NULL, PRIMARY KEY (site, device, metric, end_ts));
+CREATE TABLE IF NOT EXISTS counter_events (
+    site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+    prev REAL NOT NULL, new REAL NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, device, metric, ts, kind));
+CREATE TABLE IF NOT EXISTS kpi_dirty (
+    site TEXT NOT NULL, period_kind TEXT NOT NULL, period_start REAL NOT NULL, period_end REAL NOT NULL,
+    label TEXT NOT NULL, PRIMARY KEY (site, period_kind, period_start));
+"""
+
+
+class KpiStore:
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self, sql: str, rows: Iterable[tuple]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def put_values(self, values: list[KpiValue], now: float) -> None:
+        self._tx(
+            "INSERT OR REPLACE INTO kpi_values VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(v.site, v.kpi, v.subject, v.period_kind, v.period_start, v.period_end, v.value, v.unit,
+              v.completeness, int(v.complete), json.dumps(v.to_dict(), ensure_ascii=False), now) for v in values],
+        )
+
+    def values(self, site: str, kpi: str, start: float = float("-inf"), end: float = float("inf"),
+               subject: str | None = None) -> list[KpiValue]:
+        """KPI values whose period starts in [start, end), oldest first."""
+        sql = "SELECT body FROM kpi_values WHERE site=? AND kpi=? AND period_start>=? AND period_start<?"
+        args: list = [site, kpi, start, end]
+        if subject is not None:
+            sql += " AND subject=?"
+            args.append(subject)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY period_start, subject", args).fetchall()
+        return [KpiValue.from_dict(json.loads(r[0])) for r in rows]
+
+    def put_increments(self, site: str, device: str, metric: str, incs: list[Increment], events: list[CounterEvent]) -> None:
+        self._tx("INSERT OR REPLACE INTO increments VALUES (?,?,?,?,?,?,?)",
+                 [(site, device, metric, i.start_ts, i.end_ts, i.value, i.flag.value) for i in incs])
+        self._tx("INSERT OR REPLACE INTO counter_events VALUES (?,?,?,?,?,?,?,?)",
+                 [(site, device, metric, e.ts, e.kind.value, e.prev, e.new, e.detail) for e in events])
+
+    def increments(self, site: str, device: str, metric: str, start: float, end: float) -> list[tuple[float, float, float, str]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT start_ts, end_ts, value, flag FROM increments WHERE site=? AND device=? AND metric=? "
+                "AND end_ts>? AND start_ts<? ORDER BY end_ts", (site, device, metric, start, end)).fetchall()
+
+    def counter_events(self, site: str) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT device, metric, ts, kind, prev, new, detail FROM counter_events WHERE site=? ORDER BY ts",
+                (site,)).fetchall()
+
+    def mark_dirty(self, site: str, ps: Iterable[Period]) -> None:
+        self._tx("INSERT OR IGNORE INTO kpi_dirty VALUES (?,?,?,?,?)",
+                 [(site, p.kind, p.start, p.end, p.label) for p in ps])
+
+    def dirty_closed(self, now: float) -> list[tuple[str, Period]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT site, period_kind, period_start, period_end, label FROM kpi_dirty WHERE period_end<=? "
+                "ORDER BY period_end, site", (now,)).fetchall()
+        return [(r[0], Period(r[1], r[2], r[3], r[4])) for r in rows]
+
+    def clear_dirty(self, site: str, p: Period) -> None:
+        self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=?", [(site, p.kind, p.start)])

@@ -1,0 +1,1 @@
+"""Spool: the durable queue between ingest and the store, dead letters, and agent state."""
