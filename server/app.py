@@ -1,9 +1,22 @@
-"""The server process: wires subscriber → ingest → spool → writer → sink, plus metrics.
+"""The server process: the roles it runs, wired. `App` is the only wiring.
 
-    App(cfg).start() ... App.stop()
+    App(cfg, roles={"ingest", "monitor", "uplink"}).start() ... App.stop()
+
+A role is a process (`greenmine server run --role ingest|monitor|uplink|all`,
+default all: every role in one process, for a small site). Roles talk through
+the broker and their own files, never through in-process callbacks:
+
+- **ingest** (`server.ingest`, `server.spool`, `server.store`): subscribe on the
+  shared group, validate, spool, acknowledge, write to the store. Several
+  ingest processes share one subscription, each with its own `client_id` and
+  spool (`--instance`).
+- **monitor** (`server.monitor.role`): its own session, for the sites it judges
+  (`--sites` / `--partition`): KPIs, alert rules, email.
+- **uplink** (`server.uplink.role`): its own session, for the sites its HJ 212
+  points report.
 
 `run(cfg)` is `greenmine server run`: it starts the app and, on SIGTERM or
-SIGINT, shuts down gracefully:
+SIGINT, shuts down gracefully. For ingest:
 
 1. stop consuming (new deliveries are left unacknowledged in the broker),
 2. spool and acknowledge what was already received,
@@ -13,16 +26,13 @@ SIGINT, shuts down gracefully:
    and is written on the next start,
 5. exit 0.
 
+The monitor and uplink stop consuming and leave what they had not committed
+unacknowledged in their sessions.
+
 Time: `App(cfg, clock=...)` takes "now" (epoch seconds) from `clock` for
 ingest's future-timestamp check, the writer's dead letters, KPI periods, alert
-timing (for-durations, deadman silence, re-notify, reminders) and emails;
-`run` builds it from the config's `[clock]` (`greenmine.clock`: the system
-clock unless a demo or test asks for accelerated simulated time). The HJ 212
+timing and emails; `run` builds it from the config's `[clock]`. The HJ 212
 uplink keeps the system clock.
-
-Extension points for the KPI, alert and uplink engines:
-`app.writer.add_listener(fn(readings))` after each stored batch (`rows=True`: plain row tuples), and
-`app.agents.add_listener(fn(info, previous))` for agent status changes.
 """
 
 from __future__ import annotations
@@ -31,10 +41,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from greenmine.server.spool.agents import AgentRegistry
-from greenmine.server.monitor.alerts.wiring import attach as attach_monitor
 from greenmine.server.config import ServerConfig
 from greenmine.server.errors import ServerError
 from greenmine.server.ingest.ingestor import Ingestor
@@ -48,9 +57,49 @@ from greenmine.server.store.writer import Writer
 log = logging.getLogger(__name__)
 
 
+ROLES = ("ingest", "monitor", "uplink")
+
+
 class App:
-    def __init__(self, cfg: ServerConfig, *, sink: Sink | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        *,
+        roles: Iterable[str] = ROLES,
+        sink: Sink | None = None,
+        clock: Callable[[], float] = time.time,
+        sites: list[str] | None = None,
+        partition: str | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.roles = frozenset(roles)
+        if not self.roles or not self.roles <= set(ROLES):
+            raise ServerError(f"roles must be some of {', '.join(ROLES)}, not {sorted(self.roles)}")
+        self.spool = self.sink = self.ingestor = self.writer = self.mqtt = None
+        self.monitor = self.uplink = None
+        self.agents = AgentRegistry()
+        try:
+            if "ingest" in self.roles:
+                self._build_ingest(cfg, sink, clock)
+            else:
+                self.metrics = Metrics("none")
+            if "monitor" in self.roles:
+                from greenmine.server.monitor.role import MonitorRole
+
+                self.monitor = MonitorRole(cfg, clock=clock, sites=sites, partition=partition)
+            if "uplink" in self.roles and cfg.hj212:
+                from greenmine.server.uplink.role import UplinkRole
+
+                self.uplink = UplinkRole(cfg, clock=clock)
+                self.metrics.bind_hj212(self.uplink.hj212.snapshot)
+            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
+                                     api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
+        except BaseException:
+            self._close_files()
+            raise
+        self._started = False
+
+    def _build_ingest(self, cfg: ServerConfig, sink: Sink | None, clock: Callable[[], float]) -> None:
         ing = cfg.ingest
         self.spool = Spool(
             cfg.resolve(ing.spool_path),
@@ -58,70 +107,64 @@ class App:
             synchronous=ing.spool_synchronous,
             dead_letter_max_rows=ing.dead_letter_max_rows,
         )
-        try:
-            self.sink = sink if sink is not None else open_sink(cfg)
-            self.metrics = Metrics(self.sink.name)
-            self.metrics.bind_spool(self.spool.depth, self.spool.full)
-            self.agents = AgentRegistry(self.spool.load_agents(), on_change=self._agent_gauge)
-            self.mqtt = MqttSubscriber(cfg.mqtt, self._deliver, self._connection)
-            self.ingestor = Ingestor(cfg, self.spool, self.agents, self.metrics, self.mqtt.ack, clock)
-            self.writer = Writer(
-                self.spool,
-                self.sink,
-                self.metrics,
-                batch_readings=ing.writer_batch_readings,
-                retry_min_s=ing.writer_retry_min_s,
-                retry_max_s=ing.writer_retry_max_s,
-                maintenance_interval_s=getattr(cfg.store, "maintenance_interval_s", None),
-                keep_bytes=ing.dead_letter_payload_bytes,
-                clock=clock,
-            )
-            self.hj212 = None
-            if cfg.hj212:
-                from greenmine.server.uplink.hj212.service import Hj212Service
+        self.sink = sink if sink is not None else open_sink(cfg)
+        self.metrics = Metrics(self.sink.name)
+        self.metrics.bind_spool(self.spool.depth, self.spool.full)
+        self.agents = AgentRegistry(self.spool.load_agents(), on_change=self._agent_gauge)
+        self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection)
+        self.ingestor = Ingestor(cfg, self.spool, self.agents, self.metrics, self.mqtt.ack, clock)
+        self.writer = Writer(
+            self.spool,
+            self.sink,
+            self.metrics,
+            batch_readings=ing.writer_batch_readings,
+            retry_min_s=ing.writer_retry_min_s,
+            retry_max_s=ing.writer_retry_max_s,
+            maintenance_interval_s=getattr(cfg.store, "maintenance_interval_s", None),
+            keep_bytes=ing.dead_letter_payload_bytes,
+            clock=clock,
+        )
 
-                self.hj212 = Hj212Service(cfg, self.agents)
-                self.writer.add_listener(self.hj212.on_stored, rows=True)
-                self.metrics.bind_hj212(self.hj212.snapshot)
-            self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
-                                     api=self.monitor.api) if cfg.http_port is not None else None
-        except BaseException:
-            if getattr(self, "sink", None) is not None:
-                self.sink.close()
-            self.spool.close()
-            raise
-        self._started = False
-
-    def _deliver(self, delivery) -> None:
+    def ingestor_submit(self, delivery) -> None:
         self.ingestor.submit(delivery)
 
     def _connection(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
-        self.monitor.on_connection(up)
 
     def _agent_gauge(self, info) -> None:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
 
     def health(self) -> dict:
-        batches, readings, nbytes = self.spool.depth()
-        full = self.spool.full()
-        mqtt_ok = self.mqtt.connected
-        return {
-            "status": "ok" if mqtt_ok and not full else "degraded",
-            "mqtt_connected": mqtt_ok,
-            "mqtt_subscribed": self.mqtt.subscribed,
-            "store_ok": self.writer.store_ok,
-            "spool_batches": batches,
-            "spool_readings": readings,
-            "spool_bytes": nbytes,
-            "spool_full": full,
-        }
+        doc: dict = {"roles": sorted(self.roles)}
+        ok = True
+        if self.spool is not None:
+            batches, readings, nbytes = self.spool.depth()
+            full = self.spool.full()
+            mqtt_ok = self.mqtt.connected
+            ok = ok and mqtt_ok and not full
+            doc.update({
+                "mqtt_connected": mqtt_ok,
+                "mqtt_subscribed": self.mqtt.subscribed,
+                "store_ok": self.writer.store_ok,
+                "spool_batches": batches,
+                "spool_readings": readings,
+                "spool_bytes": nbytes,
+                "spool_full": full,
+            })
+        if self.monitor is not None:
+            doc["monitor_connected"] = self.monitor.connected
+            ok = ok and self.monitor.connected
+        if self.uplink is not None:
+            doc["uplink_connected"] = self.uplink.connected
+            ok = ok and self.uplink.connected
+        return {"status": "ok" if ok else "degraded", **doc}
 
     def warm_up(self) -> None:
         """Start the child processes (telemetry validator, SQLite writer) now rather than with the first
-        message, so the first seconds of a stream do not wait for them. `start` calls it; a failure here is
-        logged and retried when the child is next needed."""
+        message, so the first seconds of a stream do not wait for them. A failure here is logged and retried
+        when the child is next needed."""
+        if self.ingestor is None:
+            return
         self.ingestor.validator.start()
         start = getattr(self.sink, "start", None)
         if start is not None:
@@ -132,43 +175,60 @@ class App:
 
     def start(self) -> None:
         self.warm_up()
-        self.monitor.start()
-        self.writer.start()
-        if self.hj212 is not None:
-            self.hj212.start()
-        self.ingestor.start()
+        if self.writer is not None:
+            self.writer.start()
+            self.ingestor.start()
+        if self.monitor is not None:
+            self.monitor.start()
+        if self.uplink is not None:
+            self.uplink.start()
         if self.http is not None:
             self.http.start()
             log.info("server: /metrics and /health on http://%s:%d", self.cfg.http_host, self.http.port)
-        self.mqtt.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
+            log.info(
+                "server: ingesting %s into %s (spool %s)",
+                ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
+            )
         self._started = True
-        log.info(
-            "server: ingesting %s into %s (spool %s)",
-            ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
-        )
+        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles))
 
     def stop(self, flush_timeout_s: float | None = None) -> None:
         """Graceful stop (see the module docstring). Safe to call once after start."""
         if flush_timeout_s is None:
             flush_timeout_s = self.cfg.ingest.shutdown_flush_timeout_s
         if self._started:
-            self.mqtt.stop_consuming()
-            self.ingestor.stop()
-            self.mqtt.close()
-            self.writer.stop(flush_timeout_s)
-            if self.hj212 is not None:
-                self.hj212.stop()
+            if self.mqtt is not None:
+                self.mqtt.stop_consuming()
+                self.ingestor.stop()
+                self.mqtt.close()
+                self.writer.stop(flush_timeout_s)
+            if self.uplink is not None:
+                self.uplink.stop()
+            if self.monitor is not None:
+                self.monitor.stop()
             if self.http is not None:
                 self.http.stop()
-        self.monitor.stop()
-        self.sink.close()
-        self.spool.close()
+        else:
+            if self.monitor is not None:
+                self.monitor.monitor.close()
+            if self.uplink is not None:
+                self.uplink.replica.close()
+        self._close_files()
         self._started = False
         log.info("server: stopped")
 
+    def _close_files(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        if self.spool is not None:
+            self.spool.close()
 
-def run(cfg: ServerConfig) -> int:
-    """`greenmine server run`: serve until SIGTERM/SIGINT, then stop gracefully."""
+
+def run(cfg: ServerConfig, *, roles: Iterable[str] = ROLES, sites: list[str] | None = None,
+        partition: str | None = None) -> int:
+    """`greenmine server run`: serve `roles` until SIGTERM/SIGINT, then stop gracefully."""
     stop = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -182,7 +242,7 @@ def run(cfg: ServerConfig) -> int:
     clock = Clock(cfg.clock)
     if clock.accelerated:
         log.warning("server: %s (for demos and tests only; now %s)", clock.describe(), clock.now_datetime().isoformat())
-    app = App(cfg, clock=clock.now)
+    app = App(cfg, roles=roles, clock=clock.now, sites=sites, partition=partition)
     app.start()
     try:
         while not stop.wait(1.0):

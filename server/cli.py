@@ -1,6 +1,7 @@
 """`greenmine server ...` subcommands.
 
-    server run --config FILE            ingest and store until SIGTERM
+    server run --config FILE [--role R] [--instance NAME] [--sites A,B | --partition I/N] [--http-port N]
+                                        run roles (ingest, monitor, uplink; default all) until SIGTERM
     server status --config FILE         spool depth, dead letters by reason, agents (from the spool file)
     server dead-letters --config FILE   the newest rejected messages, with reason and payload
 """
@@ -21,14 +22,34 @@ def _load(args):
 
 def _run(args) -> int:
     cfg = _load(args)
-    from greenmine.server.app import run
+    from greenmine.server.app import ROLES, run
     from greenmine.server.errors import ServerError
 
+    args.role = args.role or ["all"]
+    roles = ROLES if "all" in args.role else tuple(dict.fromkeys(args.role))
+    cfg = cfg.for_instance(args.instance)
+    if args.http_port is not None:
+        cfg = _with(cfg, http_port=args.http_port)
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
+    if args.partition is not None:
+        from greenmine.server.monitor.config import parse_partition
+
+        try:
+            parse_partition(args.partition)
+        except ValueError as exc:
+            print(f"greenmine server: --partition: {exc}", file=sys.stderr)
+            return 2
     try:
-        return run(cfg)
+        return run(cfg, roles=roles, sites=sites, partition=args.partition)
     except ServerError as exc:
         print(f"greenmine server: {exc}", file=sys.stderr)
         return 1
+
+
+def _with(cfg, **update):
+    out = cfg.model_copy(update=update)
+    object.__setattr__(out, "_path", cfg._path)
+    return out
 
 
 def _open_spool(cfg):
@@ -102,12 +123,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = p.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
 
     run = ssub.add_parser(
-        "run", help="subscribe, validate, spool and store until SIGTERM",
-        description="Run the server: MQTT ingest into the durable spool, the writer into the configured store, "
-        "and /metrics + /health if http_port is set. SIGTERM stops consuming, flushes the spool and exits.",
+        "run", help="run the server's roles (ingest, monitor, uplink) until SIGTERM",
+        description="Run server roles, each a consumer of the broker: ingest (subscribe on the shared group, "
+        "validate, spool, acknowledge, write to the store), monitor (KPIs, alerts, email for the sites it judges) "
+        "and uplink (HJ 212). /metrics and /health are served if http_port is set. SIGTERM stops consuming, "
+        "flushes the spool and exits. One config can serve every process: give each its own --instance.",
+        epilog="examples:\n"
+        "  greenmine server run --config server.toml                    # every role, one process\n"
+        "  greenmine server run --config server.toml --role ingest --instance 2 --http-port 9102\n"
+        "  greenmine server run --config server.toml --role monitor --partition 0/2 --instance m0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
-    run.set_defaults(func=_run)
+    run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "all"), default=None,
+                     help="role to run; repeat for several (default: all)")
+    run.add_argument("--instance", metavar="NAME",
+                     help="one of several processes sharing this config: suffixes the MQTT client ids and the state "
+                     "files (spool, alert and KPI state, replica) with -NAME")
+    run.add_argument("--sites", metavar="A,B", help="monitor: judge only these sites (overrides monitor.sites)")
+    run.add_argument("--partition", metavar="I/N", help="monitor: judge the sites whose hash modulo N is I")
+    run.add_argument("--http-port", type=int, metavar="N", help="serve /metrics and /health on this port (0: any free)")
+    run.set_defaults(func=_run, role=None)
 
     st = ssub.add_parser("status", help="spool depth, dead letters by reason and agent states, from the spool file")
     st.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")

@@ -17,7 +17,9 @@ from greenmine.clock import ClockConfig
 from greenmine.configfile import load_model, resolve_path
 from greenmine.server.uplink.hj212.config import PointConfig, check_points
 from greenmine.server.monitor.alerts.config import AlertsConfig
+from greenmine.server.monitor.config import MonitorConfig
 from greenmine.server.monitor.kpi.config import KpiConfig
+from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.notify.config import NotifyConfig
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
@@ -150,6 +152,10 @@ class ServerConfig(_Model):
     hj212: list[PointConfig] = Field(
         default_factory=list, description="HJ 212-2017 monitoring points reported to environmental platforms (docs/hj212.md)"
     )
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig, description="the monitor role: which sites it judges, its replica (docs/server.md)"
+    )
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="the uplink role: its session and replica")
     kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
@@ -175,6 +181,9 @@ class ServerConfig(_Model):
             except Exception:
                 raise ValueError(f'sites[{i}] "{site.id}": unknown timezone "{site.timezone}"') from None
         check_points(self.hj212, None if self.ingest.unknown_site is UnknownSitePolicy.ACCEPT else seen)
+        for i, site in enumerate(self.monitor.sites or []):
+            if site not in seen:
+                raise ValueError(f'monitor.sites[{i}] "{site}": not a configured site')
         return self
 
     def site(self, site_id: str) -> SiteConfig | None:
@@ -182,6 +191,38 @@ class ServerConfig(_Model):
 
     def resolve(self, value: str) -> Path:
         return resolve_path(value, self._path.parent if self._path else Path.cwd())
+
+    def for_instance(self, instance: str | None) -> ServerConfig:
+        """This config for one of several processes of a role sharing it (`server run --instance NAME`): the MQTT
+        client ids and every state file get a `-NAME` suffix, so each process has its own session, spool and
+        monitor state. None: unchanged."""
+        if not instance:
+            return self
+
+        def suffixed(path: str) -> str:
+            p = Path(path)
+            return str(p.with_name(f"{p.stem}-{instance}{p.suffix}"))
+
+        base = self.mqtt.client_id
+        cfg = self.model_copy(update={
+            "mqtt": self.mqtt.model_copy(update={"client_id": f"{base}-{instance}"}),
+            "ingest": self.ingest.model_copy(update={"spool_path": suffixed(self.ingest.spool_path)}),
+            "alerts": self.alerts.model_copy(update={"db_path": suffixed(self.alerts.db_path)}),
+            "monitor": self.monitor.model_copy(update={
+                "replica_path": suffixed(self.monitor.replica_path),
+                "client_id": f"{self.monitor.client_id or base + '-monitor'}-{instance}",
+            }),
+        })
+        object.__setattr__(cfg, "_path", self._path)
+        return cfg
+
+    @property
+    def monitor_client_id(self) -> str:
+        return self.monitor.client_id or f"{self.mqtt.client_id}-monitor"
+
+    @property
+    def uplink_client_id(self) -> str:
+        return self.uplink.client_id or f"{self.mqtt.client_id}-uplink"
 
 
 def load_server_config(path: str | Path, doc: dict | None = None) -> ServerConfig:

@@ -50,8 +50,15 @@ class MqttSubscriber:
         cfg: ServerMqttConfig,
         on_delivery: Callable[[Delivery], None],
         on_connection: Callable[[bool], None] | None = None,
+        *,
+        client_id: str | None = None,
+        subscriptions: list[str] | None = None,
     ) -> None:
+        """`client_id` and `subscriptions` default to the ingest role's (cfg.client_id; telemetry, shared if
+        cfg.shared_group is set, and status); the monitor and uplink roles pass their own
+        (`server.ingest.consumer`)."""
         self.cfg = cfg
+        self.client_id = client_id or cfg.client_id
         self._on_delivery = on_delivery
         self._on_connection = on_connection
         self._generation = 0
@@ -65,7 +72,7 @@ class MqttSubscriber:
         try:
             self._client = paho.Client(
                 CallbackAPIVersion.VERSION2,
-                client_id=cfg.client_id,
+                client_id=self.client_id,
                 clean_session=None if v5 else False,
                 protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
                 manual_ack=True,
@@ -81,7 +88,7 @@ class MqttSubscriber:
         self._client.on_disconnect = self._disconnected_cb
         self._client.on_message = self._message_cb
         self._client.on_subscribe = self._subscribed_cb
-        self.subscriptions = [
+        self.subscriptions = subscriptions or [
             subscription(TopicKind.TELEMETRY, shared_group=cfg.shared_group),
             subscription(TopicKind.STATUS),
         ]
@@ -153,7 +160,7 @@ class MqttSubscriber:
         self._last_error = None
         log.info(
             "mqtt: connected to %s:%s as %s (session %s)",
-            self.cfg.host, self.cfg.port, self.cfg.client_id, "resumed" if flags.session_present else "new",
+            self.cfg.host, self.cfg.port, self.client_id, "resumed" if flags.session_present else "new",
         )
         client.subscribe([(topic, 1) for topic in self.subscriptions])
         if self._on_connection:

@@ -366,7 +366,7 @@ def test_a_store_written_by_the_previous_layout_is_migrated_once_on_open(tmp_pat
     con.commit()
     con.close()
 
-    with caplog.at_level(logging.INFO, logger="server.store.sqlite"):
+    with caplog.at_level(logging.INFO, logger="greenmine.server.store.sqlite"):
         store = SqliteStore(path, site_timezones={"gs-demo": "Asia/Shanghai"})
     try:
         migrated = [rec for rec in caplog.records if "migrated" in rec.getMessage()]
@@ -394,7 +394,7 @@ def test_a_store_written_by_the_previous_layout_is_migrated_once_on_open(tmp_pat
     finally:
         store.close()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="server.store.sqlite"):
+    with caplog.at_level(logging.INFO, logger="greenmine.server.store.sqlite"):
         SqliteStore(path).close()
     assert not [rec for rec in caplog.records if "migrated" in rec.getMessage()], "only once"
 

@@ -1,14 +1,14 @@
 """The monitor: KPI engine → alert engine → email outbox, as one unit the server runs.
 
-    mon = Monitor.from_config(server_cfg, source)   # source: a kpi.store.ReadingSource over the store
-    mon.on_digest(d)           # post-write hook: a server.digest.Digest of each write the store took
-    mon.on_batch(batch)        # the same for one TelemetryBatch (tools, tests)
-    mon.on_status(status)      # agent birth / will messages
+    mon = Monitor.from_config(server_cfg)
+    mon.on_messages(batches, statuses)   # a group from the monitor's consumer of the stream (server.monitor.role)
     mon.tick()                 # periodically (cheap; does work every alerts.tick_interval_s of the clock)
     mon.close()
 
-State lives in two SQLite files (KPI store; alert state + outbox), so a
-restart continues where it stopped. Time comes from the injected clock.
+State lives in three SQLite files: the replica of the series the monitor
+reads (`server.store.replica`), the KPI store, and the alert state + email
+outbox. So a restart continues where it stopped, and nothing depends on which
+time-series store ingest writes to. Time comes from the injected clock.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pathlib import Path
 
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.config import SiteConfig, SmtpConfig
-from greenmine.server.digest import Digest, DigestSpec, digest
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.replica import SeriesReplica
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.monitor.kpi.engine import KpiEngine
-from greenmine.server.monitor.kpi.store import KpiStore, ReadingSource
+from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
 from greenmine.server.notify.config import NotifyConfig
 from greenmine.server.notify.eml import EmlDirTransport
 from greenmine.server.notify.outbox import Notifier
@@ -38,7 +40,7 @@ class Monitor:
         self,
         *,
         sites: list[SiteConfig],
-        source: ReadingSource,
+        replica: SeriesReplica,
         kpi_db: str | Path,
         alerts_db: str | Path,
         kpi: KpiConfig | None = None,
@@ -57,7 +59,8 @@ class Monitor:
         for p in (Path(kpi_db), Path(alerts_db)):
             p.parent.mkdir(parents=True, exist_ok=True)
         self.kpi_store = KpiStore(kpi_db)
-        self.kpis = KpiEngine(kpi or KpiConfig(), sites, source, self.kpi_store)
+        self.replica = replica
+        self.kpis = KpiEngine(kpi or KpiConfig(), sites, StoreSource(replica), self.kpi_store)
         self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db), default_recipients=default_recipients, clock=clock)
         if smtp is not None:
             from greenmine.server.notify.smtp import SmtpTransport
@@ -65,55 +68,69 @@ class Monitor:
             transport = SmtpTransport(smtp, ssl_context=ssl_context)
         else:
             transport = EmlDirTransport(eml_dir or Path(alerts_db).parent / notify.eml_dir)
+        if replica.metrics is None:  # keep only what the KPIs and the metric rules read back
+            replica.metrics = self.replica_metrics
         self.notifier = Notifier(notify, open_db(alerts_db), transport, templates=Templates(templates_dir), clock=clock)
         self._next_run = float("-inf")
 
     @classmethod
-    def from_config(cls, cfg, source: ReadingSource, *, clock: Callable[[], float] = time.time, **kw) -> Monitor:
-        """Build from a `server.config.ServerConfig` (its kpi, alerts, notify and smtp sections)."""
-        kpi_db = cfg.resolve(cfg.alerts.db_path).with_name("kpi.sqlite")
+    def from_config(cls, cfg, *, sites: list[SiteConfig] | None = None, clock: Callable[[], float] = time.time,
+                    **kw) -> Monitor:
+        """Build from a `server.config.ServerConfig` (its monitor, kpi, alerts, notify and smtp sections), for
+        `sites` (default: every configured site). The KPI store sits beside the alert state: alerts.sqlite ->
+        kpi.sqlite, alerts-2.sqlite (`server run --instance 2`) -> kpi-2.sqlite."""
+        alerts_db = cfg.resolve(cfg.alerts.db_path)
+        stem = alerts_db.stem
+        kpi_db = alerts_db.with_name(f"kpi{stem[6:] if stem.startswith('alerts') else '-' + stem}.sqlite")
+        replica = kw.pop("replica", None) or SeriesReplica(cfg.resolve(cfg.monitor.replica_path),
+                                                           retention_days=cfg.monitor.replica_retention_days)
         return cls(
-            sites=cfg.sites, source=source, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=cfg.resolve(cfg.alerts.db_path),
+            sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=cfg.resolve(cfg.alerts.db_path),
             kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),
             templates_dir=cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None,
             default_recipients=cfg.default_recipients, clock=clock, **kw,
         )
 
-    def on_batch(self, batch) -> None:
-        """A schemas.telemetry.TelemetryBatch already committed to the store (tools and tests): its rows go the
-        writer's way, through `on_readings`."""
-        self.on_readings([
-            (batch.site, batch.agent, r.device, r.metric, round(r.ts.timestamp() * 1000), r.value, r.unit,
-             getattr(r.quality, "value", r.quality))
-            for r in batch.readings
-        ])
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
+        """One group of messages from the monitor's own consumer of the stream (`server.ingest.consumer`),
+        committed durably before it returns (the consumer acknowledges them then).
 
-    @property
-    def digest_spec(self) -> DigestSpec:
-        """What `on_digest` needs from the writer's rows (`server.digest`)."""
-        return DigestSpec(self.kpis.metrics, self.alerts.metric_rule_metrics)
-
-    def on_readings(self, readings) -> None:
-        """Post-write hook for the store writer: a sequence of stored readings, any sites and agents, as
-        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
-        self.on_digest(digest(readings, self.digest_spec))
-
-    def on_digest(self, d: Digest) -> None:
-        """Post-write hook: the digest of a write (`server.digest`), computed by the writer or the store's child.
-        The work here is per distinct (site, metric, ts), (site, agent, device) or reading with a metric rule."""
+        Redelivered and late readings count once: the replica keeps each reading's identity, KPIs read it,
+        and only readings new to it reach the metric rules. The KPI periods of every reading, new or not, are
+        marked dirty first (idempotent), so a crash between the two commits cannot leave a reading in the
+        replica whose periods were never recomputed."""
         now = self.clock()
-        alerts = self.alerts
-        for r in d.rule_rows:
-            alerts.observe_metric(r[0], r[2], r[3], r[4] / 1000.0, r[5], r[6], now=now)
+        rows = [
+            StoredReading(b.site, b.agent, r.device, r.metric, round(r.ts.timestamp() * 1000), r.value, r.unit,
+                          r.quality.value)
+            for b in batches for r in b.readings
+        ]
+        kpi_metrics = self.kpis.metrics
         by_site: dict[str, dict[str, list[float]]] = {}
-        for site, metric, ts_ms in d.kpi_ts:
-            by_site.setdefault(site, {}).setdefault(metric, []).append(ts_ms / 1000.0)
+        seen: dict[tuple[str, str], dict[str, float]] = {}
+        for r in rows:
+            if r.metric in kpi_metrics:
+                by_site.setdefault(r.site, {}).setdefault(r.metric, []).append(r.ts_ms / 1000.0)
+            devices = seen.setdefault((r.site, r.agent), {})
+            if r.ts_ms / 1000.0 > devices.get(r.device, float("-inf")):
+                devices[r.device] = r.ts_ms / 1000.0
         for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
-        seen: dict[tuple[str, str], dict[str, float]] = {a: {} for a in d.agents}  # heard from, even with no good reading
-        for (site, agent, device), ts_ms in d.latest.items():
-            seen[(site, agent)][device] = ts_ms / 1000.0
-        alerts.observe_seen_many(seen, now=now)
+        with self.replica.transaction() as con:
+            new = self.replica.add(rows, con)
+        rule_metrics = self.alerts.metric_rule_metrics
+        for r in new:
+            if r.metric in rule_metrics:
+                self.alerts.observe_metric(r.site, r.device, r.metric, r.ts_ms / 1000.0, r.value, r.unit, now=now)
+        if seen:
+            self.alerts.observe_seen_many(seen, now=now)
+        for st in statuses:
+            self.alerts.observe_agent_status(st.site, st.agent, st.state.value == "online", now=now)
+
+    @property
+    def replica_metrics(self) -> frozenset[str]:
+        """The metrics the monitor reads back: what the KPIs and the metric rules need."""
+        return frozenset(self.kpis.metrics | self.alerts.metric_rule_metrics)
 
     def on_agent(self, info, previous=None) -> None:
         """Agent registry listener: `info` has site, agent and state ("online" | "offline")."""
@@ -122,11 +139,6 @@ class Monitor:
     def on_connection(self, up: bool) -> None:
         """The server's own MQTT link: while it is down, silence is ours, not the devices'."""
         self.alerts.ingest_connected(up, now=self.clock())
-
-    def on_status(self, status) -> None:
-        """An agent's retained status: `online` birth or `offline` will (schemas.status.AgentStatus)."""
-        self.alerts.observe_agent_status(status.site, status.agent, getattr(status.state, "value", status.state) == "online",
-                                         now=self.clock())
 
     def tick(self, force: bool = False) -> int:
         """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent."""
@@ -140,6 +152,7 @@ class Monitor:
         return self.notifier.run_once(now)
 
     def close(self) -> None:
+        self.replica.close()
         self.kpi_store.close()
         self.alerts.db.close()
         self.notifier.db.close()

@@ -1,19 +1,19 @@
 """The HJ 212 uplink inside the server: one `Hj212Client` per configured `[[hj212]]` point.
 
 Owns, for the server app:
-- `LatestCache`: the newest stored reading of every series the points report,
-  fed by the writer's listener (so it works with any store) and seeded from
-  the SQLite store at start;
+- `LatestCache`: the newest reading of every series the points report, fed by
+  the uplink role's consumer of the stream and seeded from its replica at
+  start;
 - `PointRealtime`: a point's `RealtimeSource`, which flags a device B when its
   agent reports it (or the agent) offline;
-- `StoreHistory`: a point's `HistoryProvider` over the SQLite store: minute,
-  hourly and daily records computed from the raw rows (falling back to the
-  hourly/daily rollups where raw rows have expired);
+- `StoreHistory`: a point's `HistoryProvider` over a reader with the SQLite
+  store's read API (the uplink's replica, `server.store.replica`): minute,
+  hourly and daily records computed from the raw rows (falling back to
+  rollups where the reader has them and raw rows have expired);
 - `Hj212Service`: the asyncio loop (one thread) running every client, its
   graceful stop, and the counters the server exports on /metrics.
 
-With the InfluxDB store there is no history: points send real-time data only
-(docs/hj212.md says why).
+It runs the same whichever store ingest writes to (`server.uplink.role`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from greenmine.server.uplink.hj212.client import Hj212Client
 from greenmine.server.uplink.hj212.config import PointConfig
@@ -251,28 +250,24 @@ class _ExecutorHistory:
 class Hj212Service:
     """Every configured point's client on one asyncio loop in one thread.
 
-        svc = Hj212Service(cfg, agents)      # pure: opens nothing
-        writer.add_listener(svc.on_stored, rows=True)
+        svc = Hj212Service(cfg, agents, replica)   # pure: opens nothing
+        svc.on_stored(readings)                    # what the uplink role's consumer committed
         svc.start() ... svc.stop()
 
     `client_options` are passed to every `Hj212Client` (tests inject a clock).
     """
 
-    def __init__(self, cfg, agents, *, period_delay_s: float = 60.0, client_options: Mapping | None = None) -> None:
-        from greenmine.server.config import SqliteStoreConfig
-
+    def __init__(self, cfg, agents, reader, *, period_delay_s: float = 60.0, client_options: Mapping | None = None) -> None:
         self.cfg = cfg
         self.agents = agents
         self.points: list[PointConfig] = list(cfg.hj212)
         self.cache = LatestCache(
             (p.site, d, m.metric) for p in self.points for d in p.devices for m in p.metrics
         )
-        self._store_path: Path | None = cfg.resolve(cfg.store.path) if isinstance(cfg.store, SqliteStoreConfig) else None
-        self._busy_timeout_ms = getattr(cfg.store, "busy_timeout_ms", 10_000)
         self._period_delay_s = period_delay_s
         self._client_options = dict(client_options or {})
         self.clients: dict[str, Hj212Client] = {}
-        self._reader = None
+        self._reader = reader
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -281,7 +276,7 @@ class Hj212Service:
     # -- feeds -----------------------------------------------------------------------------------
 
     def on_stored(self, readings: Sequence) -> None:
-        """Writer listener (writer thread)."""
+        """Readings the uplink role just committed to its replica (its consumer's thread)."""
         self.cache.on_stored(readings)
 
     def device_online(self, site: str, agent: str, device: str) -> bool:
@@ -303,26 +298,16 @@ class Hj212Service:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._store_path is not None:
-            from greenmine.server.store.sqlite import SqliteReader
-
-            self._reader = SqliteReader(self._store_path, self._busy_timeout_ms)
-            self._seed()
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greenmine-hj212-history")
-        else:
-            log.warning(
-                "hj212: store %s keeps no rollups greenmine can read back; points send real-time data only "
-                "(minute/hourly/daily data and history requests need the sqlite store)", self.cfg.store.kind,
-            )
+        self._seed()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greenmine-hj212-history")
         for p in self.points:
             # The client opens (and closes) its queue itself, on the loop thread: sqlite3
             # connections belong to the thread that made them. Relative to the config file.
             p = p.model_copy(update={"queue_path": self.cfg.resolve(str(p.queue_file))})
-            history = StoreHistory(p, self._reader) if self._reader is not None else None
             self.clients[p.name] = Hj212Client(
                 p,
                 realtime=PointRealtime(p, self.cache, self.device_online),
-                history=_ExecutorHistory(history, self._executor) if history is not None else None,
+                history=_ExecutorHistory(StoreHistory(p, self._reader), self._executor),
                 period_delay_s=self._period_delay_s,
                 **self._client_options,
             )
@@ -335,7 +320,7 @@ class Hj212Service:
                      p.name, p.mn, p.site, ",".join(p.devices), p.host, p.port, p.rtd_interval_s)
 
     def _seed(self) -> None:
-        """Latest readings from the store, so the first frame after a restart has values."""
+        """Latest readings from the replica, so the first frame after a restart has values."""
         for site, device, metric in self.cache.watched:
             try:
                 pt = self._reader.latest(site, device, metric)
@@ -390,6 +375,4 @@ class Hj212Service:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+

@@ -79,7 +79,7 @@ def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
                                      cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         reader = SqliteReader(tmp_path / "store.sqlite")
         try:
-            svc = app.hj212
+            svc = app.uplink.hj212
             metrics = ["dust_tsp_mgm3", "dust_pm10_mgm3", "dust_pm25_mgm3"]
             wait_for(lambda: all(svc.cache.get(SITE, "dust", m) for m in metrics) and svc.cache.get(SITE, "noise", "noise_laeq_db"),
                      timeout_s=10, what="dust and noise readings stored by the server")
@@ -100,7 +100,8 @@ def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
             for code, (value, decimals, device, metric) in expected.items():
                 assert cp[f"{code}-Rtd"] == format_number(value, decimals), code
                 assert cp[f"{code}-Flag"] == "N", code
-                stored = reader.latest(SITE, device, metric)
+                # ingest and the uplink consume the stream independently: the store may be a moment behind
+                stored = wait_for(lambda: reader.latest(SITE, device, metric), timeout_s=10, what=f"{metric} stored")
                 assert format_number(stored.value, decimals) == cp[f"{code}-Rtd"], code
             assert not any(k.startswith("a01") for k in cp), "no weather device on this point"
             assert len(cp["DataTime"]) == 14
@@ -108,7 +109,7 @@ def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
 
             # -- the dust monitor stops answering: the agent reports it offline, dust goes B
             sim.inject("dust", "device_offline")
-            wait_for(lambda: app.agents.device_state(SITE, "gw1", "dust") == "offline", timeout_s=10,
+            wait_for(lambda: app.uplink.agents.device_state(SITE, "gw1", "dust") == "offline", timeout_s=10,
                      what="agent status: dust offline")
             qn = svc.send_realtime("boundary")
             frame = wait_for(lambda: next((p for p in platform.of_cn("2011") if p.qn == qn), None),
@@ -130,12 +131,14 @@ def test_monitors_to_platform_values_codes_and_flags(tmp_path, mosquitto):
 
 def test_server_run_sends_realtime_to_configured_platform(tmp_path, mosquitto):
     """`greenmine server run` with a point configured: a 2011 frame reaches the platform (the first
-    real-time frame goes out at start, then every RtdInterval), and /metrics counts it."""
-    from greenmine.server.store.sqlite import SqliteStore
+    real-time frame goes out at start, then every RtdInterval), and /metrics counts it. The reading is in the
+    uplink's replica from an earlier run: a restarted uplink reports it at once."""
+    from greenmine.server.store.replica import SeriesReplica
 
-    store = SqliteStore(tmp_path / "store.sqlite")
-    store.write([StoredReading(SITE, "gw1", "dust", "dust_tsp_mgm3", int(time.time() * 1000), 0.1234, "mg/m3", "good")])
-    store.close()
+    replica = SeriesReplica(tmp_path / "uplink-replica.sqlite")
+    with replica.transaction() as con:
+        replica.add([StoredReading(SITE, "gw1", "dust", "dust_tsp_mgm3", int(time.time() * 1000), 0.1234, "mg/m3", "good")], con)
+    replica.close()
     http_port = free_port()
     with ThreadedPlatform() as platform:
         doc = server_doc(tmp_path, mosquitto.port)

@@ -1,4 +1,4 @@
-"""KPIs + alerts + outbox as the server runs them, over an in-memory reading source, with driven time."""
+"""KPIs + alerts + outbox as the monitor role runs them, fed groups of wire messages, with driven time."""
 
 import email
 import email.policy
@@ -10,7 +10,7 @@ from greenmine.schemas.telemetry import Reading, TelemetryBatch
 from greenmine.server.monitor.alerts.service import Monitor
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi.config import KpiConfig
-from greenmine.server.monitor.kpi.store import MemorySource
+from greenmine.server.store.replica import SeriesReplica
 
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 11, 27, tzinfo=TZ)
@@ -25,9 +25,9 @@ class Clock:
 
 
 def test_reuse_drop_day_ends_in_one_email_per_officer(tmp_path):
-    src = MemorySource()
     clock = Clock()
-    mon = Monitor(sites=[SiteConfig(id="s1", name="金昌某铜矿", recipients=["officer@example.test"])], source=src,
+    mon = Monitor(sites=[SiteConfig(id="s1", name="金昌某铜矿", recipients=["officer@example.test"])],
+                  replica=SeriesReplica(tmp_path / "replica.sqlite"),
                   kpi_db=tmp_path / "kpi.sqlite", alerts_db=tmp_path / "alerts.sqlite", eml_dir=tmp_path / "mail",
                   kpi=KpiConfig(counter_interval_s=300), clock=clock)
     reused, fresh, seq = 1000.0, 100.0, 0
@@ -38,10 +38,11 @@ def test_reuse_drop_day_ends_in_one_email_per_officer(tmp_path):
         r, f = (4.5, 0.5) if minute < 720 else (2.5, 2.5)
         readings = [Reading(device="reuse1", metric="water_reused_m3_total", ts=ts, value=reused, unit="m3"),
                     Reading(device="fresh1", metric="water_fresh_m3_total", ts=ts, value=fresh, unit="m3")]
-        for rd in readings:
-            src.add("s1", rd.metric, rd.device, rd.ts.timestamp(), rd.value)
         seq += 1
-        mon.on_batch(TelemetryBatch(site="s1", agent="gw1", seq=seq, sent_at=ts, readings=readings))
+        batch = TelemetryBatch(site="s1", agent="gw1", seq=seq, sent_at=ts, readings=readings)
+        mon.on_messages([batch], [])
+        if minute % 60 == 0:
+            mon.on_messages([batch], [])  # redelivered: counts once
         mon.tick()
         reused += r
         fresh += f
@@ -56,11 +57,12 @@ def test_reuse_drop_day_ends_in_one_email_per_officer(tmp_path):
     assert "70 %" in reuse_mails[0].get_content() and "≥ 85 %" in reuse_mails[0].get_content()
 
     # the agent's will: agent offline alert; a restart of the monitor sends nothing twice
-    mon.on_status(AgentStatus(site="s1", agent="gw1", state=AgentState.OFFLINE, ts=datetime.now(timezone.utc)))
+    mon.on_messages([], [AgentStatus(site="s1", agent="gw1", state=AgentState.OFFLINE, ts=datetime.now(timezone.utc))])
     mon.tick(force=True)
     n = len(list((tmp_path / "mail").glob("*.eml")))
     mon.close()
-    mon2 = Monitor(sites=[SiteConfig(id="s1", recipients=["officer@example.test"])], source=src,
+    mon2 = Monitor(sites=[SiteConfig(id="s1", recipients=["officer@example.test"])],
+                   replica=SeriesReplica(tmp_path / "replica.sqlite"),
                    kpi_db=tmp_path / "kpi.sqlite", alerts_db=tmp_path / "alerts.sqlite", eml_dir=tmp_path / "mail", clock=clock)
     mon2.tick(force=True)
     assert len(list((tmp_path / "mail").glob("*.eml"))) == n

@@ -1,0 +1,117 @@
+"""The monitor role: its own consumer of the stream → KPIs → alerts → email.
+
+    role = MonitorRole(cfg, clock=clock, sites=None, partition=None)
+    role.start() ... role.stop()
+
+How it learns of new data: from the broker, like ingest, on its own
+persistent session (`cfg.monitor_client_id`), subscribed to the telemetry and
+status of the sites it judges (`server.ingest.consumer`). It keeps the series
+it reads in its own replica (`server.store.replica`), so KPIs, KPI alert rules
+and their emails are the same whichever store ingest writes to, and a monitor
+can run on another host than ingest.
+
+Two threads: the consumer's, which commits each group (replica, dirty KPI
+periods, metric rules, agent states) before it is acknowledged; and the tick
+thread, which closes KPI periods, runs the deadman and lifecycle checks and
+delivers email. A lock keeps them from touching the monitor's state at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from greenmine.schemas import AgentStatus, TelemetryBatch, WireLimits
+from greenmine.server.ingest.consumer import StreamConsumer
+from greenmine.server.monitor.alerts.api import AlertsApi
+from greenmine.server.monitor.alerts.service import Monitor
+
+log = logging.getLogger(__name__)
+
+#: more sites than this: one wildcard subscription filtered here, instead of two filters per site
+_MAX_SITE_FILTERS = 200
+_PRUNE_EVERY_S = 3600.0
+
+
+class MonitorRole:
+    def __init__(self, cfg, *, clock: Callable[[], float] = time.time, sites: list[str] | None = None,
+                 partition: str | None = None, tick_s: float = 1.0) -> None:
+        unknown = sorted(set(sites or ()) - {s.id for s in cfg.sites})
+        if unknown:
+            from greenmine.server.errors import ServerError
+
+            raise ServerError(f"monitor: --sites names sites that are not configured: {', '.join(unknown)}")
+        judged = [s for s in cfg.sites if (sites is None or s.id in sites) and cfg.monitor.judges(s.id, partition)]
+        self.site_ids = frozenset(s.id for s in judged)
+        self.clock = clock
+        self.tick_s = tick_s
+        self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock)
+        self.api = AlertsApi(self.monitor.alerts)
+        ing = cfg.ingest
+        limits = WireLimits(max_payload_bytes=ing.max_payload_bytes, max_readings=ing.max_readings_per_batch,
+                            max_future_skew_s=ing.max_future_skew_s)
+        few = len(self.site_ids) <= _MAX_SITE_FILTERS
+        self.consumer = StreamConsumer(
+            cfg.mqtt, limits, self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
+            accept=self.site_ids.__contains__, clock=clock, name="monitor",
+        )
+        self._lock = threading.Lock()
+        self._link: bool | None = None  # the broker link's last change, applied on the tick thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_prune = 0.0
+        self.ticks = 0
+
+    # --- StreamHandler (the consumer's thread; paho's for on_connection) ----
+
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
+        with self._lock:
+            self.monitor.on_messages(batches, statuses)
+
+    def on_connection(self, up: bool) -> None:
+        self._link = up  # paho's thread must not wait for the lock (an SMTP delivery may hold it)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer.connected
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="greenmine-monitor-tick", daemon=True)
+        self._thread.start()
+        self.consumer.start()
+        log.info("monitor: judging %d site(s) as %s", len(self.site_ids), self.consumer.mqtt.client_id)
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        self.monitor.close()
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(self.tick_s):
+            try:
+                with self._lock:
+                    link, self._link = self._link, None
+                    if link is not None:
+                        self.monitor.on_connection(link)
+                    self.monitor.tick()
+                    now = self.clock()
+                    if now >= self._next_prune:
+                        self._next_prune = now + _PRUNE_EVERY_S
+                        self.monitor.replica.prune(int(now * 1000))
+                self.ticks += 1
+                if failing:
+                    log.info("monitor: working again")
+                    failing = False
+            except Exception:
+                # keep the role running; the failed step is retried by the next tick (dirty marks persist)
+                if not failing:
+                    log.exception("monitor: tick failed")
+                    failing = True

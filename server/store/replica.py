@@ -1,0 +1,153 @@
+"""A role's own durable copy of the series it reads, built from the stream.
+
+The monitor (KPIs, alert rules) and the HJ 212 uplink read history: a day of
+counter reads for the reuse rate, an hour of dust samples, a night of noise.
+The time-series store cannot always be read back (InfluxDB 2/3 has no server
+here to test a reader against, and a province's store is a cluster another
+team runs), so each of these roles keeps the few series it needs in its own
+SQLite file, fed by its own consumer of the broker (`server.ingest.consumer`):
+
+- `series_replica(site, device, metric, ts_ms, value, quality, agent)`,
+  primary key (site, device, metric, ts_ms), WITHOUT ROWID: a redelivered or
+  re-sent reading is ignored (`INSERT ... ON CONFLICT DO NOTHING RETURNING`
+  tells which rows were new), so nothing counts twice; a late reading is just
+  a row in its place, and the periods it touches are recomputed;
+- only the metrics the role reads are kept (`metrics`), and only for
+  `retention_days` (`prune`);
+- the read API is the SQLite store's (`query_series`, `latest`, `series`,
+  `rollups`), so the KPI engine and the HJ 212 history run unchanged on
+  whichever store ingest writes to.
+
+The file is the role's: one writer (the consumer's thread), readers on any
+thread (one connection each, WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+from greenmine.server.errors import StoreUnavailable
+from greenmine.server.store.base import StoredReading
+from greenmine.server.store.sqlite import Point, Rollup, to_ms
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series_replica (
+    site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL, unit TEXT NOT NULL, quality TEXT NOT NULL, agent TEXT NOT NULL,
+    PRIMARY KEY (site, device, metric, ts_ms)
+) WITHOUT ROWID;
+"""
+
+
+class SeriesReplica:
+    def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0) -> None:
+        self.path = Path(path)
+        self.metrics = frozenset(metrics) if metrics is not None else None
+        self.retention_ms = int(retention_days * 86_400_000)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con().executescript(_SCHEMA)
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            try:
+                con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def wants(self, metric: str) -> bool:
+        return self.metrics is None or metric in self.metrics
+
+    # --- write side (one thread) -------------------------------------------
+
+    def add(self, readings: Iterable[StoredReading], con: sqlite3.Connection | None = None) -> list[StoredReading]:
+        """Insert the readings of kept metrics; return the ones that were new. Runs in the caller's
+        transaction if `con` is this thread's connection inside one (see `transaction`)."""
+        rows = [r for r in readings if self.wants(r.metric)]
+        if not rows:
+            return []
+        c = con or self._con()
+        new: list[StoredReading] = []
+        sql = ("INSERT INTO series_replica VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+               "ON CONFLICT DO NOTHING RETURNING 1")
+        for r in rows:
+            if c.execute(sql, (r.site, r.device, r.metric, r.ts_ms, r.value, r.unit, r.quality, r.agent)).fetchone():
+                new.append(r)
+        return new
+
+    def transaction(self):
+        """`with replica.transaction() as con:` one durable transaction on this thread's connection."""
+        return _Tx(self._con())
+
+    def prune(self, now_ms: int) -> int:
+        """Forget readings older than the retention. Returns how many."""
+        cur = self._con().execute("DELETE FROM series_replica WHERE ts_ms < ?", (now_ms - self.retention_ms,))
+        return cur.rowcount
+
+    # --- read side: the SQLite store's API (server.store.sqlite.SqliteReader) --
+
+    def query_series(self, site: str, device: str, metric: str, start: datetime | int, end: datetime | int) -> list[Point]:
+        rows = self._con().execute(
+            "SELECT ts_ms, value, unit, quality, agent FROM series_replica "
+            "WHERE site = ? AND device = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
+            (site, device, metric, to_ms(start), to_ms(end)),
+        ).fetchall()
+        return [Point(*r) for r in rows]
+
+    def latest(self, site: str, device: str, metric: str) -> Point | None:
+        row = self._con().execute(
+            "SELECT ts_ms, value, unit, quality, agent FROM series_replica "
+            "WHERE site = ? AND device = ? AND metric = ? ORDER BY ts_ms DESC LIMIT 1",
+            (site, device, metric),
+        ).fetchone()
+        return Point(*row) if row else None
+
+    def series(self, site: str | None = None) -> list[tuple[str, str, str]]:
+        sql = "SELECT DISTINCT site, device, metric FROM series_replica"
+        args: tuple = ()
+        if site is not None:
+            sql += " WHERE site = ?"
+            args = (site,)
+        return [tuple(r) for r in self._con().execute(sql + " ORDER BY 1, 2, 3", args)]
+
+    def rollups(self, site: str, device: str, metric: str, period: str, start, end) -> list[Rollup]:
+        """The replica keeps raw readings for its whole retention, so it never needs rollups."""
+        return []
+
+    def count(self) -> int:
+        return self._con().execute("SELECT count(*) FROM series_replica").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            cons, self._all = self._all, []
+        for con in cons:
+            con.close()
+        self._local = threading.local()
+
+
+class _Tx:
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.con.execute("COMMIT")
+        else:
+            self.con.execute("ROLLBACK")

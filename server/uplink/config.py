@@ -1,0 +1,21 @@
+"""The `[uplink]` section: the uplink role's own session and its replica of the series it reports."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class UplinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: str | None = Field(
+        default=None, description='MQTT client id of the uplink\'s own session; absent: "<mqtt.client_id>-uplink"'
+    )
+    replica_path: str = Field(
+        default="uplink-replica.sqlite",
+        description="the uplink's own copy of the series its HJ 212 points report (minute, hour and day data, "
+        "history requests), fed from the stream; relative to the config file",
+    )
+    replica_retention_days: float = Field(
+        default=35, ge=2, description="how far back a platform's history request can be answered"
+    )
