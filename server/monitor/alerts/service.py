@@ -35,6 +35,14 @@ from greenmine.server.notify.templates import Templates
 log = logging.getLogger(__name__)
 
 
+def kpi_db_path(cfg) -> Path:
+    """The KPI store beside the alert state: alerts.sqlite -> kpi.sqlite, alerts-2.sqlite (an `--instance 2`
+    monitor) -> kpi-2.sqlite."""
+    alerts_db = cfg.resolve(cfg.alerts.db_path)
+    stem = alerts_db.stem
+    return alerts_db.with_name(f"kpi{stem[6:] if stem.startswith('alerts') else '-' + stem}.sqlite")
+
+
 class Monitor:
     def __init__(
         self,
@@ -80,12 +88,11 @@ class Monitor:
         `sites` (default: every configured site). The KPI store sits beside the alert state: alerts.sqlite ->
         kpi.sqlite, alerts-2.sqlite (`server run --instance 2`) -> kpi-2.sqlite."""
         alerts_db = cfg.resolve(cfg.alerts.db_path)
-        stem = alerts_db.stem
-        kpi_db = alerts_db.with_name(f"kpi{stem[6:] if stem.startswith('alerts') else '-' + stem}.sqlite")
+        kpi_db = kpi_db_path(cfg)
         replica = kw.pop("replica", None) or SeriesReplica(cfg.resolve(cfg.monitor.replica_path),
                                                            retention_days=cfg.monitor.replica_retention_days)
         return cls(
-            sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=cfg.resolve(cfg.alerts.db_path),
+            sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=alerts_db,
             kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),
             templates_dir=cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None,
             default_recipients=cfg.default_recipients, clock=clock, **kw,

@@ -1,4 +1,9 @@
-"""`greenmine kpi ...`: recompute KPIs for past days from the stored readings, and show stored KPIs.
+"""`greenmine kpi ...`: recompute KPIs for past days from the readings, and show stored KPIs.
+
+KPIs read the monitor's replica of the series they need (`server.store.replica`), whichever store ingest
+writes to. `recompute` first refills the replica from the SQLite store where the store is SQLite (it can
+be read back, also past the replica's retention); with InfluxDB/VictoriaMetrics it uses what the replica
+holds (`monitor.replica_retention_days`).
 
 Recomputing overwrites the stored values of those periods (e.g. after late
 data or a corrected meter config); it does not raise alerts.
@@ -14,11 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: p.print_help())
     ksub = p.add_subparsers(dest="kpi_command", metavar="ACTION")
 
-    rc = ksub.add_parser("recompute", help="recompute every KPI of local days FROM..TO from the SQLite store")
+    rc = ksub.add_parser("recompute", help="recompute every KPI of local days FROM..TO from the readings")
     rc.add_argument("--config", required=True, help="server config file")
     rc.add_argument("--site", required=True, help="site id")
     rc.add_argument("--from", dest="start", required=True, help="first local date, YYYY-MM-DD")
     rc.add_argument("--to", dest="end", help="last local date, YYYY-MM-DD (default: --from)")
+    rc.add_argument("--instance", help="the monitor's --instance, if it runs with one")
     rc.set_defaults(func=_recompute)
 
     sh = ksub.add_parser("show", help="print stored KPI values")
@@ -27,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--kpi", default="water_reuse_daily", help="KPI name (default: water_reuse_daily)")
     sh.add_argument("--from", dest="start", help="first local date, YYYY-MM-DD")
     sh.add_argument("--to", dest="end", help="last local date, YYYY-MM-DD")
+    sh.add_argument("--instance", help="the monitor's --instance, if it runs with one")
     sh.set_defaults(func=_show)
 
 
@@ -45,6 +52,7 @@ def _load(args):
         cfg = load_server_config(args.config)
     except ConfigError as exc:
         return None, None, str(exc)
+    cfg = cfg.for_instance(getattr(args, "instance", None))
     site = cfg.site(args.site)
     if site is None:
         return None, None, f'site "{args.site}" is not in {args.config}'
@@ -69,7 +77,9 @@ def _dates(args):
 
 
 def _kpi_db(cfg):
-    return cfg.resolve(cfg.alerts.db_path).with_name("kpi.sqlite")
+    from greenmine.server.monitor.alerts.service import kpi_db_path
+
+    return kpi_db_path(cfg)
 
 
 def _fmt(v) -> str:
@@ -81,20 +91,32 @@ def _recompute(args) -> int:
     from greenmine.server.monitor.kpi import periods
     from greenmine.server.monitor.kpi.engine import KpiEngine
     from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
-    from greenmine.server.store.sqlite import SqliteReader
+    from greenmine.server.store.replica import SeriesReplica
 
     cfg, site, err = _load(args)
     if err:
         return _err(err)
-    if not isinstance(cfg.store, SqliteStoreConfig):
-        return _err("kpi recompute reads the SQLite store; this config uses " + cfg.store.kind)
     days = _dates(args)
-    reader = SqliteReader(cfg.resolve(cfg.store.path))
     path = _kpi_db(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     store = KpiStore(path)
+    replica = SeriesReplica(cfg.resolve(cfg.monitor.replica_path), retention_days=cfg.monitor.replica_retention_days)
     try:
-        engine = KpiEngine(cfg.kpi, cfg.sites, StoreSource(reader), store)
+        engine = KpiEngine(cfg.kpi, cfg.sites, StoreSource(replica), store)
+        replica.metrics = engine.metrics
+        start = periods.day(days[0], site.timezone).start - cfg.kpi.counter_lookback_s
+        end = periods.day(days[-1], site.timezone).end + 2 * cfg.kpi.counter_interval_s
+        if isinstance(cfg.store, SqliteStoreConfig):
+            n = _refill(replica, cfg, site.id, engine.metrics, start, end)
+            print(f"replica refilled from the SQLite store: {n} readings new to it")
+        if not any(replica.query_series(site.id, d, m, int(start * 1000), int(end * 1000))
+                   for _s, d, m in replica.series(site.id) if m in engine.metrics):
+            where = ("the monitor's replica" if not isinstance(cfg.store, SqliteStoreConfig)
+                     else "the SQLite store or the monitor's replica")
+            return _err(f"no readings of site {site.id} for {days[0]}..{days[-1]} in {where}"
+                        + ("" if isinstance(cfg.store, SqliteStoreConfig) else
+                           f" (store kind {cfg.store.kind} is not read back; the replica keeps "
+                           f"{cfg.monitor.replica_retention_days:g} days)"))
         months = set()
         for d in days:
             values = engine.compute_day(site.id, d)
@@ -110,12 +132,37 @@ def _recompute(args) -> int:
             engine.compute(site.id, periods.month(y, m, site.timezone))
     finally:
         store.close()
-        reader.close()
+        replica.close()
     print(f"stored in {path}")
     return 0
 
 
+def _refill(replica, cfg, site_id: str, metrics, start: float, end: float) -> int:
+    """Copy the SQLite store's readings of `metrics` in [start, end) into the replica (idempotent)."""
+    from greenmine.server.store.base import StoredReading
+    from greenmine.server.store.sqlite import SqliteReader
+
+    path = cfg.resolve(cfg.store.path)
+    if not path.exists():
+        return 0
+    reader = SqliteReader(path)
+    n = 0
+    try:
+        for _s, device, metric in reader.series(site_id):
+            if metric not in metrics:
+                continue
+            rows = [StoredReading(site_id, p.agent, device, metric, p.ts_ms, p.value, p.unit, p.quality)
+                    for p in reader.query_series(site_id, device, metric, int(start * 1000), int(end * 1000))]
+            with replica.transaction() as con:
+                n += len(replica.add(rows, con))
+    finally:
+        reader.close()
+    return n
+
+
 def _show(args) -> int:
+    import sys
+
     from greenmine.server.monitor.kpi import periods
     from greenmine.server.monitor.kpi.store import KpiStore
 
@@ -125,8 +172,8 @@ def _show(args) -> int:
     days = _dates(args)
     path = _kpi_db(cfg)
     if not path.exists():
-        print("no KPIs stored yet")
-        return 0
+        print(f"no KPIs stored yet in {path} (is a monitor running for this site?)", file=sys.stderr)
+        return 1
     store = KpiStore(path)
     try:
         start = periods.day(days[0], site.timezone).start if days else float("-inf")
@@ -135,8 +182,8 @@ def _show(args) -> int:
     finally:
         store.close()
     if not rows:
-        print("no values")
-        return 0
+        print(f"no values of {args.kpi} for site {site.id} in {path}", file=sys.stderr)
+        return 1
     for v in rows:
         judged = {True: "BREACH", False: "ok", None: "not judged"}[v.breached]
         print(f"{v.period_label:24} {v.subject:14} {_fmt(v):>16}  completeness {v.completeness * 100:5.1f} %  {judged}")
