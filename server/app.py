@@ -21,7 +21,7 @@ clock unless a demo or test asks for accelerated simulated time). The HJ 212
 uplink keeps the system clock.
 
 Extension points for the KPI, alert and uplink engines:
-`app.writer.add_listener(fn(readings))` after each stored batch (`rows=True`: plain row tuples), and
+`app.writer.add_listener(fn(readings))` after each stored batch (a `Sequence[StoredReading]`), and
 `app.agents.add_listener(fn(info, previous))` for agent status changes.
 """
 
@@ -36,7 +36,6 @@ from collections.abc import Callable
 from greenmine.server.spool.agents import AgentRegistry
 from greenmine.server.monitor.alerts.wiring import attach as attach_monitor
 from greenmine.server.config import ServerConfig
-from greenmine.server.errors import ServerError
 from greenmine.server.ingest.ingestor import Ingestor
 from greenmine.server.metrics import HttpEndpoint, Metrics
 from greenmine.server.ingest.mqtt import MqttSubscriber
@@ -57,31 +56,24 @@ class App:
             max_bytes=ing.spool_max_bytes,
             synchronous=ing.spool_synchronous,
             dead_letter_max_rows=ing.dead_letter_max_rows,
+            keep_bytes=ing.dead_letter_payload_bytes,
         )
         try:
-            self.sink = sink if sink is not None else open_sink(cfg)
+            self.sink = sink if sink is not None else open_sink(
+                cfg.store, resolve=cfg.resolve, site_timezones={s.id: s.timezone for s in cfg.sites})
             self.metrics = Metrics(self.sink.name)
-            self.metrics.bind_spool(self.spool.depth, self.spool.full)
-            self.agents = AgentRegistry(self.spool.load_agents(), on_change=self._agent_gauge)
+            self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full)
+            self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
             self.mqtt = MqttSubscriber(cfg.mqtt, self._deliver, self._connection)
-            self.ingestor = Ingestor(cfg, self.spool, self.agents, self.metrics, self.mqtt.ack, clock)
-            self.writer = Writer(
-                self.spool,
-                self.sink,
-                self.metrics,
-                batch_readings=ing.writer_batch_readings,
-                retry_min_s=ing.writer_retry_min_s,
-                retry_max_s=ing.writer_retry_max_s,
-                maintenance_interval_s=getattr(cfg.store, "maintenance_interval_s", None),
-                keep_bytes=ing.dead_letter_payload_bytes,
-                clock=clock,
-            )
+            self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
+                                     queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock)
+            self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock)
             self.hj212 = None
             if cfg.hj212:
                 from greenmine.server.uplink.hj212.service import Hj212Service
 
                 self.hj212 = Hj212Service(cfg, self.agents)
-                self.writer.add_listener(self.hj212.on_stored, rows=True)
+                self.writer.add_listener(self.hj212.on_stored)
                 self.metrics.bind_hj212(self.hj212.snapshot)
             self.monitor = attach_monitor(self, clock)  # KPIs -> alerts -> email, fed by the writer's listener
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
@@ -104,8 +96,8 @@ class App:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
 
     def health(self) -> dict:
-        batches, readings, nbytes = self.spool.depth()
-        full = self.spool.full()
+        batches, readings, nbytes = self.spool.queue.depth()
+        full = self.spool.queue.full()
         mqtt_ok = self.mqtt.connected
         return {
             "status": "ok" if mqtt_ok and not full else "degraded",
@@ -118,20 +110,7 @@ class App:
             "spool_full": full,
         }
 
-    def warm_up(self) -> None:
-        """Start the child processes (telemetry validator, SQLite writer) now rather than with the first
-        message, so the first seconds of a stream do not wait for them. `start` calls it; a failure here is
-        logged and retried when the child is next needed."""
-        self.ingestor.validator.start()
-        start = getattr(self.sink, "start", None)
-        if start is not None:
-            try:
-                start()
-            except ServerError as exc:
-                log.warning("server: %s; the writer retries", exc)
-
     def start(self) -> None:
-        self.warm_up()
         self.monitor.start()
         self.writer.start()
         if self.hj212 is not None:

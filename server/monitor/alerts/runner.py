@@ -1,7 +1,7 @@
 """Running the Monitor inside the server process.
 
     runner = MonitorRunner(monitor)
-    app.writer.add_listener(runner.on_digest, digest=monitor.digest_spec)   # writer thread: only enqueues
+    app.writer.add_listener(runner.on_readings)   # writer thread: only enqueues
     app.agents.add_listener(runner.on_agent)      # ingest thread: only enqueues
     runner.start() ... runner.stop()
 
@@ -33,8 +33,8 @@ class MonitorRunner:
         self._thread: threading.Thread | None = None
         self.api = AlertsApi(monitor.alerts)
 
-    def on_digest(self, d) -> None:
-        self._q.put(("digest", d))
+    def on_readings(self, readings) -> None:
+        self._q.put(("readings", readings))
 
     def on_agent(self, info, previous=None) -> None:
         self._q.put(("agent", info))
@@ -64,8 +64,8 @@ class MonitorRunner:
             except queue.Empty:
                 kind, item = "tick", None
             try:
-                if kind == "digest":
-                    self.monitor.on_digest(item)
+                if kind == "readings":
+                    self.monitor.on_readings(item)
                 elif kind == "agent":
                     self.monitor.on_agent(item)
                 elif kind == "connection":

@@ -1,7 +1,7 @@
 """The monitor: KPI engine → alert engine → email outbox, as one unit the server runs.
 
     mon = Monitor.from_config(server_cfg, source)   # source: a kpi.store.ReadingSource over the store
-    mon.on_digest(d)           # post-write hook: a server.digest.Digest of each write the store took
+    mon.on_readings(readings)  # post-write hook: the StoredReadings of each write the store took
     mon.on_batch(batch)        # the same for one TelemetryBatch (tools, tests)
     mon.on_status(status)      # agent birth / will messages
     mon.tick()                 # periodically (cheap; does work every alerts.tick_interval_s of the clock)
@@ -21,7 +21,6 @@ from pathlib import Path
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
 from greenmine.server.config import SiteConfig, SmtpConfig
-from greenmine.server.digest import Digest, DigestSpec, digest
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.monitor.kpi.engine import KpiEngine
 from greenmine.server.monitor.kpi.store import KpiStore, ReadingSource
@@ -88,31 +87,29 @@ class Monitor:
             for r in batch.readings
         ])
 
-    @property
-    def digest_spec(self) -> DigestSpec:
-        """What `on_digest` needs from the writer's rows (`server.digest`)."""
-        return DigestSpec(self.kpis.metrics, self.alerts.metric_rule_metrics)
-
     def on_readings(self, readings) -> None:
         """Post-write hook for the store writer: a sequence of stored readings, any sites and agents, as
-        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
-        self.on_digest(digest(readings, self.digest_spec))
-
-    def on_digest(self, d: Digest) -> None:
-        """Post-write hook: the digest of a write (`server.digest`), computed by the writer or the store's child.
-        The work here is per distinct (site, metric, ts), (site, agent, device) or reading with a metric rule."""
+        StoredReadings or plain tuples in their field order (site, agent, device, metric, ts_ms, value, unit, quality).
+        The KPI engine and the alerts get a few entries per device: agents heard from, each device's latest good
+        timestamp, the (site, metric, ts) of KPI inputs, and the readings of metrics with a threshold rule."""
         now = self.clock()
         alerts = self.alerts
-        for r in d.rule_rows:
-            alerts.observe_metric(r[0], r[2], r[3], r[4] / 1000.0, r[5], r[6], now=now)
-        by_site: dict[str, dict[str, list[float]]] = {}
-        for site, metric, ts_ms in d.kpi_ts:
-            by_site.setdefault(site, {}).setdefault(metric, []).append(ts_ms / 1000.0)
-        for site, by_metric in by_site.items():
-            self.kpis.note_batch(site, by_metric)
-        seen: dict[tuple[str, str], dict[str, float]] = {a: {} for a in d.agents}  # heard from, even with no good reading
-        for (site, agent, device), ts_ms in d.latest.items():
-            seen[(site, agent)][device] = ts_ms / 1000.0
+        kpi_metrics, rule_metrics = self.kpis.metrics, alerts.metric_rule_metrics
+        seen: dict[tuple[str, str], dict[str, float]] = {}  # heard from, even with no good reading
+        kpi_ts: dict[str, dict[str, set[int]]] = {}
+        for site, agent, device, metric, ts_ms, value, unit, quality in readings:
+            devices = seen.setdefault((site, agent), {})
+            if quality != "good":
+                continue
+            ts = ts_ms / 1000.0
+            if ts > devices.get(device, float("-inf")):
+                devices[device] = ts
+            if metric in rule_metrics:
+                alerts.observe_metric(site, device, metric, ts, value, unit, now=now)
+            if metric in kpi_metrics:
+                kpi_ts.setdefault(site, {}).setdefault(metric, set()).add(ts_ms)
+        for site, by_metric in kpi_ts.items():
+            self.kpis.note_batch(site, {metric: [ms / 1000.0 for ms in sorted(t)] for metric, t in by_metric.items()})
         alerts.observe_seen_many(seen, now=now)
 
     def on_agent(self, info, previous=None) -> None:

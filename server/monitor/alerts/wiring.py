@@ -44,7 +44,6 @@ def attach(app, clock: Callable[[], float] = time.time) -> MonitorRunner:
         source = _NoSource()
     monitor = Monitor.from_config(cfg, source, clock=clock)
     runner = MonitorRunner(monitor, closers=closers)
-    # a digest of each write, not its rows: with the SQLite store the store's child computes it (server.digest)
-    app.writer.add_listener(runner.on_digest, digest=monitor.digest_spec)
+    app.writer.add_listener(runner.on_readings)
     app.agents.add_listener(runner.on_agent)
     return runner

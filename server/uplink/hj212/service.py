@@ -43,6 +43,7 @@ from greenmine.server.uplink.hj212.messages import (
     period_length,
     period_start,
 )
+from greenmine.server.store.base import StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,8 @@ class LatestCache:
             if old is None or ts_ms > old[0]:
                 self._latest[key] = (ts_ms, value, quality, agent)
 
-    def on_stored(self, readings: Sequence) -> None:
-        """The writer listener: readings just written to the store, as `StoredReading`s or plain tuples in
-        their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
+    def on_stored(self, readings: Sequence[StoredReading]) -> None:
+        """The writer listener: readings just written to the store (indexed: StoredReading is a NamedTuple)."""
         metrics, watched = self._metrics, self._watched
         for r in readings:  # most readings are of no watched metric: one set lookup each
             if r[3] in metrics and (r[0], r[2], r[3]) in watched:
@@ -252,7 +252,7 @@ class Hj212Service:
     """Every configured point's client on one asyncio loop in one thread.
 
         svc = Hj212Service(cfg, agents)      # pure: opens nothing
-        writer.add_listener(svc.on_stored, rows=True)
+        writer.add_listener(svc.on_stored)
         svc.start() ... svc.stop()
 
     `client_options` are passed to every `Hj212Client` (tests inject a clock).
@@ -280,7 +280,7 @@ class Hj212Service:
 
     # -- feeds -----------------------------------------------------------------------------------
 
-    def on_stored(self, readings: Sequence) -> None:
+    def on_stored(self, readings: Sequence[StoredReading]) -> None:
         """Writer listener (writer thread)."""
         self.cache.on_stored(readings)
 
