@@ -16,11 +16,9 @@ from greenmine.schemas.telemetry import (
     Quality,
     Reading,
     TelemetryBatch,
-    TelemetryRows,
     WireLimits,
     parse_status,
     parse_telemetry,
-    parse_telemetry_rows,
 )
 from greenmine.schemas.topics import Topic, TopicKind, parse_topic, status_topic, subscription, telemetry_topic
 
@@ -36,7 +34,6 @@ __all__ = [
     "Quality",
     "Reading",
     "TelemetryBatch",
-    "TelemetryRows",
     "Topic",
     "TopicKind",
     "WireError",
@@ -44,7 +41,6 @@ __all__ = [
     "WireRejectReason",
     "parse_status",
     "parse_telemetry",
-    "parse_telemetry_rows",
     "parse_topic",
     "status_topic",
     "subscription",

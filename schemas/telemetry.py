@@ -2,11 +2,8 @@
 
 `parse_telemetry` is the one way in from the wire: it turns raw bytes into a
 `TelemetryBatch` or raises `WireError` with a reason from a closed set.
-`parse_telemetry_rows` is the same contract for a consumer that wants flat
-rows rather than model objects (the server's ingest): it accepts exactly what
-`parse_telemetry` accepts, with the same reasons, at a fraction of the cost.
 
-Both try a fast path first and use the slow, reason-classifying path only for
+It tries a fast path first and uses the slow, reason-classifying path only for
 a payload the fast path did not accept, so a valid batch is paid for once in
 pydantic-core and a rejected one still gets its exact reason.
 """
@@ -18,11 +15,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
-from typing_extensions import TypedDict
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from greenmine.schemas.errors import WireError, WireRejectReason
 
@@ -197,114 +192,6 @@ def _parse_slow(payload: bytes | str, limits: WireLimits, now: datetime | None) 
                 f"readings.{i}.ts {reading.ts.isoformat()} is more than {limits.max_future_skew_s:g} s in the future",
             )
     return batch
-
-
-# --- flat rows -------------------------------------------------------------
-
-
-class TelemetryRows(NamedTuple):
-    """A valid batch as flat rows: `rows` are (site, agent, device, metric, ts_ms, value, unit, quality)."""
-
-    site: str
-    agent: str
-    seq: int
-    rows: list[tuple[str, str, str, str, int, float, str, str]]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class _LeanReading(TypedDict):
-    # Reading with every field required and `ts` kept as the JSON string (each
-    # distinct string is validated as AwareDatetime once, see _ts_us). Plain
-    # dicts are cheaper to build than models or even slotted dataclasses (~20 %).
-    device: Identifier
-    metric: Identifier
-    ts: Annotated[str, Field(strict=True)]
-    value: Annotated[float, Field(allow_inf_nan=False)]
-    unit: Annotated[str, Field(max_length=16)]
-    quality: Literal["good", "bad", "stale", "out_of_range"]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class _LeanBatch(TypedDict):
-    schema: Literal["greenmine.telemetry.v1"]
-    site: Identifier
-    agent: Identifier
-    seq: Annotated[int, Field(ge=0)]
-    sent_at: AwareDatetime
-    readings: Annotated[list[_LeanReading], Field(min_length=1)]
-
-
-_LEAN = TypeAdapter(_LeanBatch)
-_AWARE = TypeAdapter(AwareDatetime)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
-_MS = timedelta(milliseconds=1)
-_ts_cache: dict[str, int] = {}
-
-
-def _ts_us(ts: str) -> int | None:
-    """Microseconds since the epoch of a JSON timestamp string, validated exactly as Reading.ts is; None if invalid."""
-    us = _ts_cache.get(ts)
-    if us is None:
-        try:
-            dt = _AWARE.validate_json(json.dumps(ts))
-        except ValidationError:
-            return None
-        if len(_ts_cache) >= 4096:
-            _ts_cache.clear()
-        us = _ts_cache[ts] = (dt - _EPOCH) // _US
-    return us
-
-
-def parse_telemetry_rows(
-    payload: bytes | str,
-    *,
-    limits: WireLimits = WireLimits(),
-    now: datetime | None = None,
-) -> TelemetryRows:
-    """`parse_telemetry`, returning flat rows instead of a model. Raises WireError; never anything else.
-
-    It accepts exactly what parse_telemetry accepts, with the same values and the
-    same rejection reasons: the lean path below only accepts a subset of valid
-    payloads (every reading field present, timestamps as strings) and anything
-    else goes through parse_telemetry.
-    """
-    if len(payload) <= limits.max_payload_bytes:
-        try:
-            doc = _LEAN.validate_json(payload)
-        except ValidationError:
-            pass
-        else:
-            readings = doc["readings"]
-            if len(readings) <= limits.max_readings:
-                site, agent = doc["site"], doc["agent"]
-                horizon_us = ((now or datetime.now(timezone.utc)) + timedelta(seconds=limits.max_future_skew_s) - _EPOCH) // _US
-                rows = []
-                append = rows.append
-                latest = -(2**63)
-                for r in readings:
-                    us = _ts_us(r["ts"])
-                    if us is None:
-                        break
-                    if us > latest:
-                        latest = us
-                    append((site, agent, r["device"], r["metric"], us // 1000, r["value"], r["unit"], r["quality"]))
-                else:
-                    if latest <= horizon_us:
-                        return TelemetryRows(site, agent, doc["seq"], rows)
-    batch = parse_telemetry(payload, limits=limits, now=now)
-    site, agent = batch.site, batch.agent
-    ms: dict[datetime, int] = {}  # the readings of one poll share a timestamp: convert it once
-    return TelemetryRows(
-        site,
-        agent,
-        batch.seq,
-        [
-            (site, agent, r.device, r.metric, ms.get(r.ts) or ms.setdefault(r.ts, (r.ts - _EPOCH) // _MS),
-             r.value, r.unit, r.quality.value)
-            for r in batch.readings
-        ],
-    )
 
 
 def parse_status(payload: bytes | str, *, limits: WireLimits = WireLimits()):

@@ -106,24 +106,17 @@ class App:
             max_bytes=ing.spool_max_bytes,
             synchronous=ing.spool_synchronous,
             dead_letter_max_rows=ing.dead_letter_max_rows,
-        )
-        self.sink = sink if sink is not None else open_sink(cfg)
-        self.metrics = Metrics(self.sink.name)
-        self.metrics.bind_spool(self.spool.depth, self.spool.full)
-        self.agents = AgentRegistry(self.spool.load_agents(), on_change=self._agent_gauge)
-        self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection)
-        self.ingestor = Ingestor(cfg, self.spool, self.agents, self.metrics, self.mqtt.ack, clock)
-        self.writer = Writer(
-            self.spool,
-            self.sink,
-            self.metrics,
-            batch_readings=ing.writer_batch_readings,
-            retry_min_s=ing.writer_retry_min_s,
-            retry_max_s=ing.writer_retry_max_s,
-            maintenance_interval_s=getattr(cfg.store, "maintenance_interval_s", None),
             keep_bytes=ing.dead_letter_payload_bytes,
-            clock=clock,
         )
+        self.sink = sink if sink is not None else open_sink(
+            cfg.store, resolve=cfg.resolve, site_timezones={s.id: s.timezone for s in cfg.sites})
+        self.metrics = Metrics(self.sink.name)
+        self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full)
+        self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
+        self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection)
+        self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
+                                 queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock)
+        self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock)
 
     def ingestor_submit(self, delivery) -> None:
         self.ingestor.submit(delivery)
@@ -138,8 +131,8 @@ class App:
         doc: dict = {"roles": sorted(self.roles)}
         ok = True
         if self.spool is not None:
-            batches, readings, nbytes = self.spool.depth()
-            full = self.spool.full()
+            batches, readings, nbytes = self.spool.queue.depth()
+            full = self.spool.queue.full()
             mqtt_ok = self.mqtt.connected
             ok = ok and mqtt_ok and not full
             doc.update({
@@ -159,22 +152,7 @@ class App:
             ok = ok and self.uplink.connected
         return {"status": "ok" if ok else "degraded", **doc}
 
-    def warm_up(self) -> None:
-        """Start the child processes (telemetry validator, SQLite writer) now rather than with the first
-        message, so the first seconds of a stream do not wait for them. A failure here is logged and retried
-        when the child is next needed."""
-        if self.ingestor is None:
-            return
-        self.ingestor.validator.start()
-        start = getattr(self.sink, "start", None)
-        if start is not None:
-            try:
-                start()
-            except ServerError as exc:
-                log.warning("server: %s; the writer retries", exc)
-
     def start(self) -> None:
-        self.warm_up()
         if self.writer is not None:
             self.writer.start()
             self.ingestor.start()

@@ -74,15 +74,15 @@ def _status(args) -> int:
     cfg = _load(args)
     spool = _open_spool(cfg)
     try:
-        batches, readings, nbytes = spool.depth()
+        batches, readings, nbytes = spool.queue.depth()
         doc = {
             "spool": {"path": str(spool.path), "batches": batches, "readings": readings, "bytes": nbytes,
                       "max_bytes": cfg.ingest.spool_max_bytes},
-            "dead_letters": spool.dead_letter_counts(),
+            "dead_letters": spool.dead_letters.counts(),
             "agents": [
                 {"site": a[0], "agent": a[1], "state": a[2], "since": _ms(a[3]), "seen": _ms(a[4]),
                  "outbox_depth": a[8], "dropped_batches": a[9], "dropped_readings": a[10]}
-                for a in spool.load_agents()
+                for a in spool.agents.load()
             ],
         }
     finally:
@@ -105,7 +105,7 @@ def _dead_letters(args) -> int:
     cfg = _load(args)
     spool = _open_spool(cfg)
     try:
-        rows = spool.dead_letters(args.limit, args.reason)
+        rows = spool.dead_letters.newest(args.limit, args.reason)
     finally:
         spool.close()
     for _id, ms, topic, reason, detail, payload, size in rows:

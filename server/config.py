@@ -72,11 +72,6 @@ class IngestConfig(_Model):
     spool_commit_max_messages: int = Field(
         default=500, ge=1, description="most MQTT messages spooled in one transaction (group commit) before they are acknowledged"
     )
-    validator_process: bool = Field(
-        default=True,
-        description="validate telemetry in a child process, so that validation does not share the GIL with the MQTT thread; "
-        "false: in the ingest thread (one process fewer, for small sites)",
-    )
     writer_batch_readings: int = Field(default=20_000, ge=1, description="most readings the writer hands the store per write (fewer when the spool holds fewer)")
     writer_retry_min_s: float = Field(default=0.5, gt=0, description="first wait after a failed store write; doubles per failure")
     writer_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between store write retries")
@@ -91,10 +86,6 @@ class SqliteStoreConfig(_Model):
     raw_retention_days: float = Field(default=400, gt=0, description="raw rows older than this are deleted; rollups stay")
     busy_timeout_ms: int = Field(default=10_000, ge=0, description="how long a write waits for another process's lock on the file")
     maintenance_interval_s: float = Field(default=3600, gt=0, description="how often raw retention is applied")
-    writer_process: bool = Field(
-        default=True,
-        description="insert from a child process, so that inserts do not share the ingest's GIL (about twice the throughput on 2+ cores)",
-    )
 
 
 class InfluxStoreConfig(_Model):

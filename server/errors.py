@@ -26,7 +26,14 @@ class StoreUnavailable(StoreError):
 
 
 class StoreRejected(StoreError):
-    """The store refused this data; retrying it unchanged will not help."""
+    """The store refused this data; retrying it unchanged will not help.
+
+    `rejected`: when the sink wrote the rest of the write, the readings it refused with the reason for each;
+    None: the whole write was refused."""
+
+    def __init__(self, message: str, rejected: list | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class SpoolError(ServerError):

@@ -2,11 +2,11 @@
 
 paho's network thread only queues deliveries (`submit`); one ingest thread
 takes up to `spool_commit_max_messages` at a time, validates each with the v1
-schemas (telemetry payloads in a child process by default, see
-`server.validation`), commits the accepted batches, the dead letters and the
-agent states in one spool transaction (group commit: one fsync for many
-messages), and only then acknowledges every message of the group. A crash before the commit
-leaves the messages unacknowledged in the broker's session, to be redelivered.
+schemas (`server.ingest.validation`), commits the accepted batches, the dead
+letters and the agent states in one spool transaction (group commit: one
+fsync for many messages), and only then acknowledges every message of the
+group. A crash before the commit leaves the messages unacknowledged in the
+broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
 becomes a dead letter with a reason, and an unexpected exception in
@@ -16,16 +16,19 @@ The queue is bounded (receive maximum + slack). The broker never has more
 than `receive_maximum` unacknowledged messages out to us, so it does not
 fill; if it does (a broker ignoring the limit), paho's thread waits, which
 pushes back on the TCP connection.
+
+One thread per process: more throughput comes from more processes on a shared
+subscription (docs/server.md), not from more threads or child processes here.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 
 from greenmine.schemas import (
     TopicKind,
@@ -36,50 +39,53 @@ from greenmine.schemas import (
     parse_topic,
 )
 from greenmine.schemas.status import AgentStatus
-from greenmine.server.spool.agents import AgentInfo, AgentRegistry
-from greenmine.server.config import ServerConfig, UnknownSitePolicy
-from greenmine.server.spool.deadletter import dead_letter
+from greenmine.server.config import IngestConfig, UnknownSitePolicy
 from greenmine.server.errors import SpoolError
-from greenmine.server.metrics import Metrics
 from greenmine.server.ingest.mqtt import Delivery
-from greenmine.server.spool.spool import DeadLetter, Spool, SpoolEntry
-from greenmine.server.ingest.validation import Validator
+from greenmine.server.ingest.validation import check_topic, validate_telemetry
+from greenmine.server.metrics import Metrics
+from greenmine.server.spool.agents import AgentInfo, AgentRegistry
+from greenmine.server.spool.batches import SpoolEntry, pack_readings
+from greenmine.server.spool.deadletter import DeadLetter
+from greenmine.server.spool.spool import SpoolStage
 
 log = logging.getLogger(__name__)
 
 
 class Ingestor:
+    """The ingest stage (`server.ingest.base.Ingest`)."""
+
     def __init__(
         self,
-        cfg: ServerConfig,
-        spool: Spool,
+        cfg: IngestConfig,
+        sites: Iterable[str],
+        spool: SpoolStage,
         agents: AgentRegistry,
         metrics: Metrics,
         ack: Callable[[Delivery], bool],
+        *,
+        queue_size: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        ing = cfg.ingest
+        """`sites`: the configured site ids; `queue_size`: the most deliveries held before paho's thread waits."""
         self.limits = WireLimits(
-            max_payload_bytes=ing.max_payload_bytes,
-            max_readings=ing.max_readings_per_batch,
-            max_future_skew_s=ing.max_future_skew_s,
+            max_payload_bytes=cfg.max_payload_bytes,
+            max_readings=cfg.max_readings_per_batch,
+            max_future_skew_s=cfg.max_future_skew_s,
         )
-        self.sites = frozenset(s.id for s in cfg.sites)
-        self.accept_unknown = ing.unknown_site is UnknownSitePolicy.ACCEPT
-        self.keep_bytes = ing.dead_letter_payload_bytes
-        self.max_group = ing.spool_commit_max_messages
+        self.sites = frozenset(sites)
+        self.accept_unknown = cfg.unknown_site is UnknownSitePolicy.ACCEPT
+        self.max_group = cfg.spool_commit_max_messages
         self.spool = spool
         self.agents = agents
         self.metrics = metrics
         self._ack = ack
         self._clock = clock
-        self._q: queue.Queue[Delivery] = queue.Queue(maxsize=cfg.mqtt.receive_maximum + 1000)
+        self._q: queue.Queue[Delivery] = queue.Queue(maxsize=queue_size)
         self._stopping = False
         self._abort = False
         self._warned: set[str] = set()
-        self._pending: dict = {}  # agent states prepared in groups not yet committed
         self._topics: dict = {}  # topic string -> parsed Topic (valid ones only)
-        self.validator = Validator(self.limits, in_child=ing.validator_process)
         self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
 
     # --- paho thread -------------------------------------------------------
@@ -102,21 +108,19 @@ class Ingestor:
         self._stopping = True
         if self._thread.is_alive():
             self._thread.join()
-        self.validator.close()
 
     def abort(self) -> None:
         """Stop now; queued messages stay unacknowledged (the broker redelivers them)."""
         self._abort = self._stopping = True
-        self.spool.wake()
+        self.spool.queue.wake()
         if self._thread.is_alive():
             self._thread.join()
-        self.validator.close()
 
     # --- validation --------------------------------------------------------
 
-    def classify(self, d: Delivery, now_ms: int, pending: dict) -> tuple | AgentInfo | DeadLetter:
-        """The topic (site, agent) of a telemetry message, to be validated with its group; an agent state for a
-        status message; or a dead letter. Never raises."""
+    def classify(self, d: Delivery, now_ms: int, pending: dict) -> SpoolEntry | AgentInfo | DeadLetter:
+        """A batch to spool for a telemetry message; an agent state for a status message; or a dead letter.
+        Never raises."""
         try:
             topic = self._topics.get(d.topic)
             if topic is None:  # each agent publishes on two topics: parse each once
@@ -127,9 +131,11 @@ class Ingestor:
             if topic.site not in self.sites and not self.accept_unknown:
                 raise WireError(WireRejectReason.UNKNOWN_SITE, f"site {topic.site!r} is not configured (ingest.unknown_site = reject)")
             if topic.kind is TopicKind.TELEMETRY:
-                return (topic.site, topic.agent, d.payload)
+                now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
+                seq, rows = validate_telemetry(topic.site, topic.agent, d.payload, self.limits, now)
+                return SpoolEntry(now_ms, topic.site, topic.agent, seq, len(rows), pack_readings(rows))
             status: AgentStatus = parse_status(d.payload, limits=self.limits)
-            self._match(topic, status.site, status.agent)
+            check_topic(topic.site, topic.agent, status.site, status.agent)
             info = self.agents.prepare(status, now_ms, pending)
             pending[(info.site, info.agent)] = info
             return info
@@ -139,42 +145,27 @@ class Ingestor:
             log.exception("ingest: unexpected error validating a message on %s", d.topic)
             return self._reject(d, WireRejectReason.INVALID.value, f"internal error: {exc!r}", now_ms)
 
-    @staticmethod
-    def _match(topic, site: str, agent: str) -> None:
-        if (site, agent) != (topic.site, topic.agent):
-            raise WireError(
-                WireRejectReason.TOPIC_MISMATCH,
-                f"topic is for {topic.site}/{topic.agent}, payload says {site}/{agent}",
-            )
-
     def _reject(self, d: Delivery, reason: str, detail: str, now_ms: int) -> DeadLetter:
         if reason not in self._warned:
             self._warned.add(reason)
             log.warning("ingest: rejected a message on %s: %s: %s (further %s rejections are logged at debug)", d.topic, reason, detail, reason)
         else:
             log.debug("ingest: rejected %s: %s: %s", d.topic, reason, detail)
-        return dead_letter(d.topic, d.payload, reason, detail, now_ms, self.keep_bytes)
+        return self.spool.dead_letters.letter(d.topic, d.payload, reason, detail, now_ms)
 
     # --- the ingest thread -------------------------------------------------
 
     def _run(self) -> None:
-        # Two groups in flight: while the validator judges one group, the previous one is
-        # committed and acknowledged here, so neither this thread nor the validator waits for the other.
-        inflight: collections.deque = collections.deque()
         while not self._abort:
-            group = self._take(block=not inflight)
+            group = self._take()
             if group:
-                inflight.append(self._start(group))
-            elif not inflight:
-                if self._stopping:
-                    return
-                continue
-            if inflight and (not group or len(inflight) >= 2):
-                self._finish(*inflight.popleft())
+                self._handle(group)
+            elif self._stopping:
+                return
 
-    def _take(self, block: bool) -> list[Delivery]:
+    def _take(self) -> list[Delivery]:
         try:
-            group = [self._q.get(timeout=0.1) if block else self._q.get_nowait()]
+            group = [self._q.get(timeout=0.1)]
         except queue.Empty:
             return []
         while len(group) < self.max_group:
@@ -184,24 +175,10 @@ class Ingestor:
                 break
         return group
 
-    def _start(self, group: list[Delivery]) -> tuple:
-        """Classify a group and send its telemetry to the validator; `_finish` takes the result."""
+    def _handle(self, group: list[Delivery]) -> None:
         now_ms = int(self._clock() * 1000)
-        outs = [self.classify(d, now_ms, self._pending) for d in group]
-        telemetry = [i for i, out in enumerate(outs) if type(out) is tuple]
-        wait = self.validator.validate_async(now_ms, [outs[i] for i in telemetry])
-        return group, now_ms, outs, telemetry, wait
-
-    def _finish(self, group: list[Delivery], now_ms: int, outs: list, telemetry: list[int], wait) -> None:
-        for i, res in zip(telemetry, wait()):
-            site, agent, _ = outs[i]
-            if res[0] == "ok":
-                _, seq, n, body, rows = res
-                if rows is not None:
-                    self.spool.remember_rows(body, rows)  # spares the writer's listeners unpickling it again
-                outs[i] = SpoolEntry(now_ms, site, agent, seq, n, body)
-            else:
-                outs[i] = self._reject(group[i], res[1], res[2], now_ms)
+        pending: dict = {}  # agent states prepared earlier in this group
+        outs = [self.classify(d, now_ms, pending) for d in group]
         entries: list[SpoolEntry] = []
         dead: list[DeadLetter] = []
         infos: list[AgentInfo] = []
@@ -217,10 +194,6 @@ class Ingestor:
         if not self._commit(entries, dead, infos):
             return
         self.agents.applied(infos)
-        for info in infos:  # applied: later groups read it from the registry
-            key = (info.site, info.agent)
-            if self._pending.get(key) is info:
-                del self._pending[key]
         m = self.metrics
         if entries or infos:
             m.messages.labels("accepted").inc(len(entries) + len(infos))
@@ -236,10 +209,11 @@ class Ingestor:
             self._ack(d)
 
     def _wait_for_room(self) -> bool:
-        if not self.spool.full():
+        q = self.spool.queue
+        if not q.full():
             return True
-        log.warning("ingest: spool full (%d bytes); not acknowledging until the store catches up", self.spool.max_bytes)
-        while not self.spool.wait_for_room(0.5):
+        log.warning("ingest: spool full (%d bytes); not acknowledging until the store catches up", q.max_bytes)
+        while not q.wait_for_room(0.5):
             if self._abort or self._stopping:
                 return False  # shutting down while full: leave these unacknowledged, the broker redelivers them
         log.info("ingest: spool has room again; acknowledging")

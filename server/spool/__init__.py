@@ -1,1 +1,2 @@
-"""Spool: the durable queue between ingest and the store, dead letters, and agent state."""
+"""Spool: the durable queue between ingest and the store (`batches`), the dead letters (`deadletter`) and the
+agent states (`agents`), kept apart, in one SQLite file (`spool`)."""

@@ -1,9 +1,10 @@
-"""Per-agent status from the retained birth messages and the MQTT wills.
+"""Per-agent status from the retained birth messages and the MQTT wills, and the table that keeps it.
 
 Every server process subscribes to `greenmine/v1/+/+/status` without a shared
 group (retained messages are not delivered to shared subscriptions, and every
 process should know every agent), so each holds the full table, persisted in
-its spool file and reloaded on start.
+the `agents` table of its spool file (`AgentTable`, written in the same
+transaction as the group of messages it came with) and reloaded on start.
 
 Statuses are applied in arrival order, not by their `ts`: the will is composed
 when the agent connects, so its `ts` is older than the birth it follows.
@@ -16,10 +17,11 @@ every status applied; `previous` is None for an agent seen for the first time.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from greenmine.schemas import AgentStatus
 
@@ -54,11 +56,49 @@ class AgentInfo(NamedTuple):
 
 Listener = Callable[[AgentInfo, "AgentInfo | None"], None]
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    site             TEXT    NOT NULL,
+    agent            TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    since_ms         INTEGER NOT NULL,
+    seen_ms          INTEGER NOT NULL,
+    status_ts_ms     INTEGER NOT NULL,
+    version          TEXT,
+    config_hash      TEXT,
+    outbox_depth     INTEGER,
+    dropped_batches  INTEGER,
+    dropped_readings INTEGER,
+    PRIMARY KEY (site, agent)
+);
+"""
+
+
+class AgentStates(Protocol):
+    """The durable agent states. `save` runs inside a spool file transaction."""
+
+    def save(self, con: sqlite3.Connection, infos: Sequence[AgentInfo]) -> None: ...
+    def load(self) -> list[AgentInfo]: ...
+
+
+class AgentTable:
+    """The `agents` table of the spool file: one row per agent, its last known status."""
+
+    def __init__(self, reader: sqlite3.Connection) -> None:
+        self._reader = reader
+
+    def save(self, con: sqlite3.Connection, infos: Sequence[AgentInfo]) -> None:
+        if infos:
+            con.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", infos)
+
+    def load(self) -> list[AgentInfo]:
+        return [AgentInfo(*row) for row in self._reader.execute("SELECT * FROM agents ORDER BY site, agent")]
+
 
 class AgentRegistry:
     """Thread-safe table of agent states. `prepare` and `applied` are the ingest thread's; reads are anyone's."""
 
-    def __init__(self, rows: list[tuple] = (), on_change: Callable[[AgentInfo], None] | None = None) -> None:
+    def __init__(self, rows: Sequence[tuple] = (), on_change: Callable[[AgentInfo], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._agents: dict[tuple[str, str], AgentInfo] = {}
         self._listeners: list[Listener] = []

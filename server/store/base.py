@@ -1,9 +1,10 @@
 """The sink interface every store implements, and the reading row it takes.
 
-A sink is the last stage of the pipeline (STYLE.md §3): `write`, `ping`,
-`close`. It is driven by one writer thread; writes must be idempotent on a
-reading's identity (site, device, metric, ts), because the spool delivers at
-least once.
+A sink is the last stage of the pipeline (STYLE.md §3). `Sink` declares
+everything the writer (`server.store.writer`) calls: `write`, `ping`,
+`maintain` every `maintenance_interval_s`, `close`. It is driven by one writer
+thread; writes must be idempotent on a reading's identity (site, device,
+metric, ts), because the spool delivers at least once.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ class StoredReading(NamedTuple):
 class Sink(Protocol):
     #: the `sink` label of greenmine_readings_written_total
     name: str
+    #: how often the writer calls `maintain`; None: never
+    maintenance_interval_s: float | None
 
     def write(self, readings: Sequence[StoredReading]) -> None:
         """Store every reading, or raise StoreUnavailable / StoreRejected. Idempotent."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot take writes now."""
+
+    def maintain(self) -> int:
+        """Housekeeping that must not run per write (SQLite: raw retention); returns rows removed. Raises
+        StoreUnavailable."""
 
     def close(self) -> None:
         """Release connections. Idempotent."""

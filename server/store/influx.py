@@ -74,6 +74,7 @@ class InfluxSink:
     """Writes readings in batches of `batch_size` lines, gzip-compressed, synchronously."""
 
     name = "influxdb"
+    maintenance_interval_s = None  # retention is the database's own
 
     def __init__(
         self,
@@ -103,9 +104,7 @@ class InfluxSink:
         for i in range(0, len(lines), self.batch_size):
             self._post("\n".join(lines[i : i + self.batch_size]))
         if bad:
-            exc = StoreRejected(f"influxdb: {len(bad)} readings cannot be written as line protocol: {bad[0][1]}")
-            exc.rejected = bad  # type: ignore[attr-defined]  # the rest were written
-            raise exc
+            raise StoreRejected(f"influxdb: {len(bad)} readings cannot be written as line protocol: {bad[0][1]}", rejected=bad)
 
     def _post(self, body: str) -> None:
         try:
@@ -126,6 +125,9 @@ class InfluxSink:
             raise StoreUnavailable(f"influxdb {self.url}: ping: {exc}") from exc
         if not ok:
             raise StoreUnavailable(f"influxdb {self.url}: ping failed")
+
+    def maintain(self) -> int:
+        return 0
 
     def close(self) -> None:
         self._client.close()

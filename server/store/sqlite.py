@@ -408,10 +408,12 @@ class SqliteStore(SqliteReader):
         default_timezone: str = "UTC",
         raw_retention_days: float = 400,
         busy_timeout_ms: int = 10_000,
+        maintenance_interval_s: float | None = 3600,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(path, busy_timeout_ms)
         self.raw_retention_days = raw_retention_days
+        self.maintenance_interval_s = maintenance_interval_s
         self._buckets = _Buckets(site_timezones or {}, default_timezone)
         self._clock = clock
         self._wlock = threading.Lock()

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from greenmine.server.store.sqlite import SqliteReader
 from tests.server.conftest import ROOT, SITE, T0, Publisher, batch, dumps, make_config, running, server_doc, topic, write_toml
@@ -145,10 +145,10 @@ def test_store_outage_holds_data_in_the_spool_not_the_broker(tmp_path, mosquitto
             time.sleep(0.5)  # pacing the publisher: a stream, not a burst (not waiting for a state)
         assert m.value("greenmine_store_write_errors_total", sink="influxdb", kind="unavailable") >= 6
         assert m.value("greenmine_store_up", sink="influxdb") == 0
-        assert app.spool.depth()[1] >= 1, "data waits in the spool"
+        assert app.spool.queue.depth()[1] >= 1, "data waits in the spool"
         assert app.health()["status"] == "ok" and not app.health()["store_ok"]
         victoria_dedup.start()
-        wait_for(lambda: app.spool.depth()[0] == 0, 90, what="spool drained")
+        wait_for(lambda: app.spool.queue.depth()[0] == 0, 90, what="spool drained")
         assert m.value("greenmine_store_up", sink="influxdb") == 1
         assert m.value("greenmine_ingest_messages_total", result="accepted") == sent, "nothing was redelivered by the broker"
     assert vm_samples(victoria_dedup) == sent * n
@@ -176,10 +176,13 @@ def test_full_spool_stops_acknowledging_and_loses_nothing(tmp_path, mosquitto, p
     cfg = make_config(tmp_path, mosquitto.port, store=dead_store, spool_max_bytes=1024**2, shutdown_flush_timeout_s=0.2)
     n = 20
     # enough batches to overfill the 1 MiB bound, whatever the spool's encoding of a batch
-    from greenmine.schemas import parse_telemetry_rows
-    from greenmine.server.spool.spool import pack_readings
+    from greenmine.schemas import WireLimits
+    from greenmine.server.ingest.validation import validate_telemetry
+    from greenmine.server.spool.batches import pack_readings
 
-    body_bytes = len(pack_readings(parse_telemetry_rows(dumps(batch(0, n=n))).rows))
+    doc = batch(0, n=n)
+    _, rows = validate_telemetry(doc["site"], doc["agent"], dumps(doc), WireLimits(), datetime.now(timezone.utc))
+    body_bytes = len(pack_readings(rows))
     n_msgs = 1024**2 // body_bytes + 300
     with running(cfg) as app:
         m = app.metrics

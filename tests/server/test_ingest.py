@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
@@ -43,10 +41,8 @@ def _bad_messages():
     ]
 
 
-@pytest.mark.parametrize("validator_process", [True, False], ids=["validator-child", "in-thread"])
-def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(tmp_path, mosquitto, publisher, validator_process):
-    cfg = make_config(tmp_path, mosquitto.port, max_payload_bytes=16 * 1024, dead_letter_payload_bytes=64,
-                      validator_process=validator_process)
+def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(tmp_path, mosquitto, publisher):
+    cfg = make_config(tmp_path, mosquitto.port, max_payload_bytes=16 * 1024, dead_letter_payload_bytes=64)
     bad = _bad_messages()
     reader = stored(cfg)
     try:
@@ -63,7 +59,7 @@ def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(t
             m = app.metrics
             wait_for(lambda: m.value("greenmine_ingest_messages_total", result="accepted") == len(bad), 5, what="accepted")
             assert m.value("greenmine_ingest_messages_total", result="rejected") == len(bad)
-            counts = app.spool.dead_letter_counts()
+            counts = app.spool.dead_letters.counts()
         expected: dict[str, int] = {}
         for reason, _, _ in bad:
             expected[reason] = expected.get(reason, 0) + 1
@@ -74,36 +70,10 @@ def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(t
             ts = T0 + timedelta(seconds=500)
             wait_for(lambda: reader.query_series(SITE, "m00", "power_kw", ts, ts + timedelta(seconds=1)), 5, what="stored")
             assert app.metrics.value("greenmine_ingest_messages_total", result="rejected") == 0
-            assert app.spool.dead_letter_counts() == expected
-            rows = app.spool.dead_letters(limit=100, reason="oversize")
+            assert app.spool.dead_letters.counts() == expected
+            rows = app.spool.dead_letters.newest(limit=100, reason="oversize")
         _, _, t, reason, detail, payload, size = rows[0]
         assert len(payload) == 64 and size > 16 * 1024 and "limit" in detail
-    finally:
-        reader.close()
-
-
-def test_a_dead_validator_process_costs_no_message(tmp_path, mosquitto, publisher):
-    """SIGKILL the validator child between messages: the next group is validated in the ingest thread (or by a
-    new child); every message is stored once, bad ones are still dead-lettered, and stop() leaves no process."""
-    cfg = make_config(tmp_path, mosquitto.port)
-    reader = stored(cfg)
-    try:
-        kills = 0
-        with running(cfg) as app:
-            validator = app.ingestor.validator
-            for seq in range(1, 7):
-                pid = validator.pid  # None right after a failure: the next group starts a new child
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
-                    kills += 1
-                publisher.publish(topic(), dumps(batch(seq, n=3)))
-                publisher.publish(topic(), b"{not json")
-                ts = T0 + timedelta(seconds=seq)
-                wait_for(lambda: reader.query_series(SITE, "m02", "power_kw", ts, ts + timedelta(seconds=1)), 10, what=f"batch {seq}")
-            wait_for(lambda: app.metrics.value("greenmine_ingest_rejected_total", reason="not_json") == 6, 5, what="6 rejections")
-            assert app.metrics.value("greenmine_ingest_messages_total", result="accepted") == 6
-        assert kills >= 2
-        assert reader.count() == 18
     finally:
         reader.close()
 
@@ -183,16 +153,19 @@ def test_health_is_503_when_the_broker_is_gone(tmp_path, mosquitto):
         wait_for(lambda: app.mqtt.subscribed, 10, what="reconnected")
 
 
-def test_fast_validation_agrees_with_parse_telemetry():
-    """The fast paths ingest uses (parse_telemetry_rows, and parse_telemetry's) accept exactly what the
-    classifying slow path accepts, with the same values and the same reasons."""
-    from greenmine.schemas import WireError, WireLimits, WireRejectReason, parse_telemetry, parse_telemetry_rows
-    from greenmine.schemas.telemetry import _EPOCH, _MS, _parse_slow
+def test_ingest_validation_agrees_with_the_classifying_path():
+    """What ingest validates with (parse_telemetry's fast path, then its rows) accepts exactly what the
+    classifying slow path accepts, with the same values and the same reasons; a payload naming another agent
+    than its topic is a topic_mismatch."""
+    from greenmine.schemas import WireError, WireLimits, WireRejectReason
+    from greenmine.schemas.telemetry import _parse_slow
+    from greenmine.server.ingest.validation import validate_telemetry
 
     limits = WireLimits(max_payload_bytes=16 * 1024, max_readings=100, max_future_skew_s=300)
     now = datetime.now(timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     no_schema = {k: v for k, v in batch(1).items() if k != "schema"}
-    cases = [p for _, t, p in _bad_messages() if t.endswith("telemetry")] + [
+    cases = [p for _, t, p in _bad_messages() if t == topic()] + [
         dumps(batch(1)), dumps(batch(2, n=100)), dumps(batch(3, n=101)), b"[]", b"null", b'"x"', b"\xff\xfe",
         dumps(batch(1, readings=[dict(batch(1)["readings"][0], value=1e308 * 10)])),
         dumps(batch(1, readings=[dict(batch(1)["readings"][0], extra=1)])),
@@ -202,8 +175,8 @@ def test_fast_validation_agrees_with_parse_telemetry():
     ]
 
     def rows_of(b):
-        return (b.site, b.agent, b.seq, [(b.site, b.agent, r.device, r.metric, (r.ts - _EPOCH) // _MS, r.value, r.unit,
-                                          r.quality.value) for r in b.readings])
+        return (b.seq, [(b.site, b.agent, r.device, r.metric, (r.ts - epoch) // timedelta(milliseconds=1), r.value,
+                         r.unit, r.quality.value) for r in b.readings])
 
     def outcome(fn, payload):
         try:
@@ -211,8 +184,9 @@ def test_fast_validation_agrees_with_parse_telemetry():
         except WireError as exc:
             return exc.reason
 
+    site, agent = topic().split("/")[2:4]
     for payload in cases:
         ref = outcome(lambda p: _parse_slow(p, limits, now), payload)
-        assert outcome(lambda p: parse_telemetry(p, limits=limits, now=now), payload) == ref, payload[:200]
-        got = outcome(lambda p: tuple(parse_telemetry_rows(p, limits=limits, now=now)), payload)
+        got = outcome(lambda p: validate_telemetry(site, agent, p, limits, now), payload)
         assert got == (ref if isinstance(ref, WireRejectReason) else rows_of(ref)), payload[:200]
+    assert outcome(lambda p: validate_telemetry(site, "gw2", p, limits, now), dumps(batch(1))) is WireRejectReason.TOPIC_MISMATCH

@@ -109,3 +109,18 @@ def test_unreachable_store_is_unavailable():
             sink.ping()
     finally:
         sink.close()
+
+
+def test_every_sink_declares_what_the_writer_calls(tmp_path):
+    """The writer calls the sink only through `Sink`: both stores implement all of it."""
+    from greenmine.server.store.base import Sink
+    from greenmine.server.store.sqlite import SqliteStore
+
+    sinks = [SqliteStore(tmp_path / "s.sqlite"), InfluxSink(url=f"http://127.0.0.1:{free_port()}")]
+    try:
+        for sink in sinks:
+            assert isinstance(sink, Sink), type(sink).__name__
+            assert sink.maintain() == 0
+    finally:
+        for sink in sinks:
+            sink.close()

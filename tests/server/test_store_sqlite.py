@@ -122,57 +122,6 @@ def test_a_reader_in_another_connection_sees_committed_rows(store, tmp_path):
         reader.close()
 
 
-def test_process_store_writes_in_a_child_and_survives_its_death(tmp_path):
-    """SqliteProcessStore: same results as SqliteStore; readable before the first write; if the child dies, a
-    write in flight raises StoreUnavailable (unless it was committed), the next write starts a new child, and
-    close() leaves no process."""
-    import os
-    import signal
-
-    from greenmine.server.errors import StoreUnavailable
-    from greenmine.server.store.process import SqliteProcessStore
-
-    t = datetime(2026, 1, 5, 10, 0, tzinfo=SH)
-    batch = [r(t + timedelta(seconds=i), float(i)) for i in range(10)]
-    s = SqliteProcessStore(tmp_path / "p.sqlite", site_timezones={"gs-demo": "Asia/Shanghai"})
-    try:
-        assert s.count() == 0
-        from greenmine.server.spool.spool import pack_readings
-
-        s.write(batch[:3])
-        s.write_spooled_async([pack_readings([tuple(x) for x in batch[3:5]])])()  # the spool holds plain tuples
-        # the digest the child computes is the one this process would compute from the same rows
-        from greenmine.server.digest import DigestSpec, digest
-
-        spec = DigestSpec(frozenset({"power_kw"}), frozenset({"power_kw"}))
-        rows = [tuple(x) for x in batch[5:7]]
-        assert s.write_spooled_async([pack_readings(rows)], digests=[spec])() == [digest(rows, spec)]
-        s.write_async(batch)()
-        assert s.count() == 10
-        assert s.rollups("gs-demo", "m1", "power_kw", "hour", t, t + timedelta(hours=1))[0].count == 10
-        child = s._child._run.proc
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        s.write(batch)  # a new child
-        wait = s.write_async([r(t + timedelta(seconds=20 + i), 1.0) for i in range(5)])
-        os.kill(s._child.pid, signal.SIGKILL)
-        try:
-            wait()
-        except StoreUnavailable:
-            pass  # killed before its commit: the writer would retry, as here
-        rest = batch + [r(t + timedelta(seconds=20 + i), 1.0) for i in range(5)] + [r(t + timedelta(seconds=30), 30.0)]
-        try:
-            s.write(rest)
-        except StoreUnavailable:  # the killed child was not reaped yet when this write was sent: retry, as the writer does
-            s.write(rest)
-        assert s.count() == 16
-        assert s.maintain(now_s=t.timestamp()) == 0
-        proc = s._child._run.proc
-    finally:
-        s.close()
-    assert proc.poll() is not None
-
-
 def _reference_rollups(readings: list[StoredReading], tz_name: str) -> dict[tuple, tuple]:
     """Rollups the obvious way, one reading at a time, from each reading's local hour and day."""
     from zoneinfo import ZoneInfo

@@ -42,6 +42,7 @@ from greenmine.server.uplink.hj212.messages import (
     period_length,
     period_start,
 )
+from greenmine.server.store.base import StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,8 @@ class LatestCache:
             if old is None or ts_ms > old[0]:
                 self._latest[key] = (ts_ms, value, quality, agent)
 
-    def on_stored(self, readings: Sequence) -> None:
-        """The writer listener: readings just written to the store, as `StoredReading`s or plain tuples in
-        their field order (site, agent, device, metric, ts_ms, value, unit, quality)."""
+    def on_stored(self, readings: Sequence[StoredReading]) -> None:
+        """The writer listener: readings just written to the store (indexed: StoredReading is a NamedTuple)."""
         metrics, watched = self._metrics, self._watched
         for r in readings:  # most readings are of no watched metric: one set lookup each
             if r[3] in metrics and (r[0], r[2], r[3]) in watched:
@@ -275,7 +275,7 @@ class Hj212Service:
 
     # -- feeds -----------------------------------------------------------------------------------
 
-    def on_stored(self, readings: Sequence) -> None:
+    def on_stored(self, readings: Sequence[StoredReading]) -> None:
         """Readings the uplink role just committed to its replica (its consumer's thread)."""
         self.cache.on_stored(readings)
 

@@ -75,7 +75,7 @@ def run_day(tmp_path, port: int, store: dict) -> tuple[dict, set]:
         # the dust alert fires for 10:00-11:00 and resolves with the next hour; the reuse alert stays firing
         wait_for(lambda: {("water_reuse_daily", "firing"), ("dust_tsp_hourly", "resolved")}
                  <= {(a.rule, a.state) for a in alerts.alerts(("firing", "resolved"))}, 15, what="alerts raised")
-        wait_for(lambda: app.spool.depth()[0] == 0, 15, what="spool drained into the store")
+        wait_for(lambda: app.spool.queue.depth()[0] == 0, 15, what="spool drained into the store")
         kpis = {}
         for name in ("water_reuse_daily", "dust_tsp_hourly", "noise_leq_day", "noise_leq_night", "noise_leq_hourly"):
             for v in store_kpis.values(SITE, name):
