@@ -18,6 +18,7 @@ from greenmine.schemas import (
     WireRejectReason as R,
     parse_status,
     parse_telemetry,
+    parse_telemetry_rows,
 )
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
@@ -95,6 +96,28 @@ def test_rejections(payload, reason, detail):
     err = reject(payload)
     assert err.reason is reason, err
     assert detail in err.detail
+
+
+HOSTILE_UNITS = ["kW\r", "kW\nBcc: x@e.t", "k\u2028W", "k\u2029W", "k\x85W", "k\x0bW", "k\x0cW", "k\x00W",
+                 "k\tW", "k\x1cW", "k\u202eW", "k\u200bW", "k\ufeffW", "k\xa0W", "kW;x=1", "<b>kW</b>", "${unit}"]
+
+
+@pytest.mark.parametrize("unit", HOSTILE_UNITS)
+def test_a_unit_outside_the_character_class_is_rejected_naming_the_field(unit):
+    for parse in (parse_telemetry, parse_telemetry_rows):
+        with pytest.raises(WireError) as info:
+            parse(json.dumps(good_doc(readings=[reading(), reading(device="d2", unit=unit)])), now=NOW)
+        assert info.value.reason is R.INVALID
+        assert "readings.1.unit" in info.value.detail and repr(unit) in info.value.detail
+        assert info.value.detail.isprintable()  # safe to log and to store with the dead letter
+
+
+@pytest.mark.parametrize("unit", ["", "kWh", "m3/h", "m³/h", "mg/m³", "μg/m³", "dB(A)", "%", "‰", "℃", "°C", "吨", "kgce/t",
+                                  "m^3", "W/m²", "A·h", "Ω·m", "r/min", "pH", "%RH", "dB[A]", "1e-3 m3"])
+def test_units_as_they_are_written_are_accepted(unit):
+    doc = json.dumps(good_doc(readings=[reading(unit=unit)]))
+    assert parse_telemetry(doc, now=NOW).readings[0].unit == unit
+    assert parse_telemetry_rows(doc, now=NOW).rows[0][6] == unit
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
@@ -180,6 +203,7 @@ def _variants() -> list:
         good_doc(readings=[reading(ts="2026-11-27T08:00:00")]),  # naive
         good_doc(readings=[reading(ts="not a time")]),
         good_doc(readings=[reading(unit="x" * 17)]),
+        good_doc(readings=[reading(unit="m³/h"), reading(device="d2", unit="k\u2028W")]),
         good_doc(readings=[reading(quality="great")]),
         good_doc(readings=[reading(extra=1)]),
         good_doc(readings=[]),
@@ -204,7 +228,6 @@ def _variants() -> list:
 @pytest.mark.parametrize("i", range(len(_variants())))
 def test_parse_telemetry_rows_agrees_with_the_reference_path(i):
     """parse_telemetry (fast path) and parse_telemetry_rows accept exactly what the slow path accepts, same reasons."""
-    from greenmine.schemas import parse_telemetry_rows
     from greenmine.schemas.telemetry import _EPOCH, _MS, _parse_slow
 
     payload = _variants()[i]
