@@ -323,3 +323,33 @@ def test_a_notice_that_cannot_be_rendered_is_dead_lettered_at_dispatch(tmp_path,
     dead = notifier.rows("dead")
     assert len(dead) == 2 and all("cannot render: template" in r.last_error and "'max'" in r.last_error for r in dead)
     close(eng, notifier)
+
+
+def test_the_email_cites_the_sites_own_rule(tmp_path, smtp_sink):
+    from datetime import date
+
+    from greenmine.server.config import Limits
+    from greenmine.server.monitor.kpi import periods
+    from greenmine.server.monitor.kpi.config import KpiConfig
+    from greenmine.server.monitor.kpi.engine import KpiEngine
+    from greenmine.server.monitor.kpi.store import MemorySource
+
+    nm = SiteConfig(id="nm-fe", name="包头某铁矿", recipients=["officer@example.test"],
+                    limits=Limits(water_reuse_standard="内蒙古自治区绿色矿山建设方案 选矿废水循环利用率 ≥ {limit:g}%"))
+    src = MemorySource()
+    for i in range(24 * 60 + 1):
+        src.add("nm-fe", "water_reused_m3_total", "reuse1", T0 + 60 * i, 5000 + 0.7 * i)
+        src.add("nm-fe", "water_fresh_m3_total", "fresh1", T0 + 60 * i, 300 + 0.3 * i)
+    (kpi,) = [v for v in KpiEngine(KpiConfig(), [nm], src).compute("nm-fe", periods.day(date(2026, 11, 27), "Asia/Shanghai"))
+              if v.kpi == "water_reuse_daily"]
+    clock = Clock(T0 + DAY + 60)
+    path = tmp_path / "alerts.sqlite"
+    eng = AlertEngine(AlertsConfig(reminder_interval_s=0), [nm], open_db(path), clock=clock)
+    notifier = Notifier(NotifyConfig(), open_db(path), smtp(smtp_sink), clock=clock)
+    eng.observe_kpis([kpi])
+    assert notifier.run_once() == 1
+    (m,) = wait_for(lambda: smtp_sink.received(), 5, what="1 email")
+    body = m.get_content()
+    assert "依据:        内蒙古自治区绿色矿山建设方案 选矿废水循环利用率 ≥ 85%" in body and "甘肃" not in body
+    assert "Standard:           内蒙古自治区绿色矿山建设方案" in body
+    close(eng, notifier)
