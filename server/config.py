@@ -108,10 +108,10 @@ class InfluxStoreConfig(_Model):
     timeout_ms: int = Field(default=10_000, ge=100, description="write request timeout")
 
 
-def _citation(default: str, allowed: tuple[str, ...], what: str):
+def _citation(default: str, allowed: tuple[str, ...], what: str, note: str = ""):
     return Field(default=default, min_length=1, max_length=200, description=(
         f"the rule cited beside the {what} in emails and reports; placeholders "
-        + ", ".join("{" + a + "}" for a in allowed) + " (format specs allowed, e.g. {limit:g})"))
+        + ", ".join("{" + a + "}" for a in allowed) + note + " (format specs allowed, e.g. {limit:g})"))
 
 
 _CITATION_FIELDS = {
@@ -130,7 +130,8 @@ class Limits(_Model):
     dust_tsp_limit_mgm3: float = Field(default=1.0, gt=0, description="boundary TSP, any 1-hour average (GB 16297-1996 Table 2)")
     dust_standard: str = _citation(dust.STANDARD, _CITATION_FIELDS["dust_standard"], "dust limits (TSP and PM10)")
     noise_class: int = Field(default=2, ge=0, le=4, description="GB 12348-2008 functional-area class 0..4")
-    noise_standard: str = _citation(noise.STANDARD, _CITATION_FIELDS["noise_standard"], "noise limits; {period} is 昼间 or 夜间")
+    noise_standard: str = _citation(noise.STANDARD, _CITATION_FIELDS["noise_standard"], "noise limits",
+                                    " ({period} is 昼间 or 夜间)")
     energy_intensity_max_kgce_t: float | None = Field(default=None, gt=0, description="kgce per tonne of ore; per-mineral value is [open]")
     energy_intensity_standard: str = _citation(energy.INTENSITY_STANDARD, _CITATION_FIELDS["energy_intensity_standard"],
                                                "energy intensity limit")
