@@ -123,7 +123,7 @@ def _test_email(args) -> int:
     import time
 
     from greenmine.configfile import ConfigError
-    from greenmine.server.config import load_server_config
+    from greenmine.server.config import Limits, load_server_config
     from greenmine.server.notify.eml import EmlDirTransport
     from greenmine.server.notify.errors import NotifyError
     from greenmine.server.notify.outbox import build_message
@@ -141,11 +141,13 @@ def _test_email(args) -> int:
         transport = EmlDirTransport(cfg.resolve(cfg.notify.eml_dir))
     tpl = Templates(cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None)
     site = cfg.sites[0] if cfg.sites else None
+    limits = site.limits if site else Limits()
     now = time.time()
     facts = {
         "kind": "threshold", "alert_id": 0, "severity": "info", "site_id": site.id if site else "test",
         "site_name": (site.name or site.id) if site else "test", "title_zh": "测试邮件", "title_en": "test email",
-        "value": 80.0, "unit": "%", "limit": 85.0, "comparison": "<", "standard": "甘肃省绿色矿山建设实施方案 选矿废水循环利用率 ≥ 85%",
+        "value": 80.0, "unit": "%", "limit": limits.water_reuse_min_pct, "comparison": "<",
+        "standard": limits.water_reuse_standard.format(limit=limits.water_reuse_min_pct),
         "period_label": "test", "devices": ["test"], "completeness_pct": 100.0, "since_ts": now,
         "resolves_zh": "无需处理(测试)", "resolves_en": "nothing to do (test)", "timezone": site.timezone if site else "Asia/Shanghai",
     }
