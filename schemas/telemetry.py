@@ -27,6 +27,14 @@ TELEMETRY_SCHEMA_V1 = "greenmine.telemetry.v1"
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 
+#: A unit reaches emails, reports and the console, so it is a strict character
+#: class: letters and digits of any script, space, and the symbols units are
+#: written with (kWh, m³/h, mg/m³, dB(A), %, ℃, μg/m³, 吨). No control, format or
+#: line/paragraph-separator character (\r \n \x0b \x85 U+2028 U+2029 ...) can pass.
+UNIT_PATTERN = r"^[\p{L}\p{N} %‰/().,·°℃*^+_'\[\]-]*$"
+Unit = Annotated[str, Field(max_length=16, pattern=UNIT_PATTERN)]
+_UNIT_SYMBOLS = "%‰/().,·°℃*^+_'[]-"
+
 #: The metric vocabulary the KPIs read (DESIGN.md). Other names are stored but not used by KPIs.
 METRICS = frozenset(
     {
@@ -62,7 +70,7 @@ class Reading(_Wire):
     metric: Identifier = Field(description="metric name, e.g. energy_kwh_total")
     ts: AwareDatetime = Field(description="time of the poll (not of sending), timezone-aware")
     value: float = Field(allow_inf_nan=False, description="engineering value after scale and offset")
-    unit: str = Field(default="", max_length=16, description="unit, e.g. kWh, m3, mg/m3, dB(A)")
+    unit: Unit = Field(default="", description="unit, e.g. kWh, m3, mg/m3, dB(A): letters, digits, space and " + _UNIT_SYMBOLS)
     quality: Quality = Field(default=Quality.GOOD, description="good | bad | stale | out_of_range")
 
 
@@ -111,6 +119,9 @@ def _classify(exc: ValidationError) -> WireError:
             reason = WireRejectReason.NAN_OR_INF
         elif kind == "string_pattern_mismatch" and loc and loc[-1] in _ID_FIELDS:
             reason = WireRejectReason.BAD_IDENTIFIER
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "unit":
+            reason = WireRejectReason.INVALID
+            found.setdefault(reason, f"{where}: {err['input']!r} has a character other than letters, digits, space and {_UNIT_SYMBOLS}")
         elif loc == ("readings",) and kind == "too_short":
             reason = WireRejectReason.EMPTY_BATCH
         else:

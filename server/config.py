@@ -7,6 +7,7 @@ added here as their models land, each in its own module.
 
 from __future__ import annotations
 
+import string
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from greenmine.configfile import load_model, resolve_path
 from greenmine.server.uplink.hj212.config import PointConfig, check_points
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.config import MonitorConfig
+from greenmine.server.monitor.kpi import dust, energy, noise, water
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.notify.config import NotifyConfig
@@ -99,13 +101,51 @@ class InfluxStoreConfig(_Model):
     timeout_ms: int = Field(default=10_000, ge=100, description="write request timeout")
 
 
+def _citation(default: str, allowed: tuple[str, ...], what: str, note: str = ""):
+    return Field(default=default, min_length=1, max_length=200, description=(
+        f"the rule cited beside the {what} in emails and reports; placeholders "
+        + ", ".join("{" + a + "}" for a in allowed) + note + " (format specs allowed, e.g. {limit:g})"))
+
+
+_CITATION_FIELDS = {
+    "water_reuse_standard": ("limit",),
+    "dust_standard": ("limit",),
+    "noise_standard": ("noise_class", "period", "limit"),
+    "energy_intensity_standard": ("limit",),
+}
+
+
 class Limits(_Model):
-    """Per-site limits. Defaults are DOMAIN.md's figures; every one is configurable."""
+    """Per-site limits and the rules they come from. Defaults are DOMAIN.md's figures; every one is configurable."""
 
     water_reuse_min_pct: float = Field(default=85.0, ge=0, le=100, description="daily beneficiation water reuse rate floor (Gansu plan)")
+    water_reuse_standard: str = _citation(water.STANDARD, _CITATION_FIELDS["water_reuse_standard"], "water reuse floor")
     dust_tsp_limit_mgm3: float = Field(default=1.0, gt=0, description="boundary TSP, any 1-hour average (GB 16297-1996 Table 2)")
+    dust_standard: str = _citation(dust.STANDARD, _CITATION_FIELDS["dust_standard"], "dust limits (TSP and PM10)")
     noise_class: int = Field(default=2, ge=0, le=4, description="GB 12348-2008 functional-area class 0..4")
+    noise_standard: str = _citation(noise.STANDARD, _CITATION_FIELDS["noise_standard"], "noise limits",
+                                    " ({period} is 昼间 or 夜间)")
     energy_intensity_max_kgce_t: float | None = Field(default=None, gt=0, description="kgce per tonne of ore; per-mineral value is [open]")
+    energy_intensity_standard: str = _citation(energy.INTENSITY_STANDARD, _CITATION_FIELDS["energy_intensity_standard"],
+                                               "energy intensity limit")
+
+    @model_validator(mode="after")
+    def _citations(self) -> Limits:
+        # fail at load, not in the first email, on a placeholder the KPI does not fill
+        for name, allowed in _CITATION_FIELDS.items():
+            text = getattr(self, name)
+            sample = {"limit": 1.0, "noise_class": 2, "period": "夜间"}
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+                if fields - set(allowed):
+                    raise ValueError("unknown placeholder(s) " + ", ".join("{" + f + "}" for f in sorted(fields - set(allowed)))
+                                     + "; allowed: " + ", ".join("{" + a + "}" for a in allowed))
+                text.format(**{a: sample[a] for a in allowed})
+            except (ValueError, IndexError) as exc:
+                raise ValueError(f"{name} {text!r}: {exc}") from None
+            if not text.isprintable():
+                raise ValueError(f"{name} {text!r}: has a control character")
+        return self
 
 
 class SiteConfig(_Model):

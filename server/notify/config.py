@@ -9,7 +9,9 @@ class NotifyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     templates_dir: str | None = Field(
-        default=None, description="folder with templates overriding the shipped ones (same file names); relative to the config file"
+        default=None,
+        description="folder of Jinja2 templates overriding the shipped ones (same file names, e.g. firing.txt.j2; "
+        "partials _*.j2); relative to the config file. Checked at start: an unknown name or variable fails",
     )
     digest_threshold: int = Field(default=5, ge=2, description="this many notices for one recipient at once go out as one digest")
     eml_dir: str = Field(default="mail", description="without [smtp], emails are written here as .eml files (demo mode)")

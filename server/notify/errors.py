@@ -1,7 +1,8 @@
 """Errors of the notification path.
 
     NotifyError(Exception)
-    ├── TemplateError          a template is missing a field or cannot be read (config problem)
+    ├── TemplateError          a template is missing a field or cannot be read or rendered
+    ├── BuildError             an outbox row cannot be made into a message (a header that is not one line)
     └── SendError              a message could not be handed to the mail relay
         ├── TransientSendError   relay down, timeout, 4xx: the outbox keeps it and retries
         └── PermanentSendError   5xx for every recipient, bad address: recorded as failed, not retried
@@ -13,6 +14,10 @@ class NotifyError(Exception):
 
 
 class TemplateError(NotifyError):
+    pass
+
+
+class BuildError(NotifyError):
     pass
 
 

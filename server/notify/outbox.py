@@ -8,7 +8,10 @@ Delivery contract (STYLE.md §6):
   (at least once); it keeps its Message-ID so mail clients can fold the copy;
 - while the relay is down rows wait, retried with capped exponential backoff
   from the injectable clock; nothing is dropped. A permanent rejection (5xx
-  for the recipient) is recorded as failed with its reason and logged.
+  for the recipient) is recorded as failed with its reason and logged;
+- a notice whose template fails to render, or a row that cannot be built into
+  a message, is dead-lettered (status `dead`, with its reason, logged) and
+  never holds up the rows behind it. `greenmine alerts outbox` lists them.
 
 The outbox grows only while the relay is down, by a few rows per alert; it is
 not bounded, because dropping an officer's notice is worse than disk use.
@@ -16,6 +19,7 @@ not bounded, because dropping an officer's notice is worse than disk use.
 
 from __future__ import annotations
 
+import email.errors
 import hashlib
 import json
 import logging
@@ -29,7 +33,7 @@ from email.utils import formatdate
 from typing import Protocol
 
 from greenmine.server.notify.config import NotifyConfig
-from greenmine.server.notify.errors import PermanentSendError, TransientSendError
+from greenmine.server.notify.errors import BuildError, PermanentSendError, TemplateError, TransientSendError
 from greenmine.server.notify.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -111,12 +115,11 @@ class Notifier:
             queued = 0
             for rcpt, notices in per_recipient.items():
                 if len(notices) >= self.cfg.digest_threshold:
-                    subject, body = self.templates.digest([(k, f) for _, k, f in notices])
-                    queued += self._queue(rcpt, subject, body, [e for e, _, _ in notices], now)
+                    queued += self._render_and_queue(rcpt, [e for e, _, _ in notices], now, self.templates.digest,
+                                                     [(k, f) for _, k, f in notices])
                 else:
                     for ev_id, kind, facts in notices:
-                        subject, body = self.templates.notice(kind, facts)
-                        queued += self._queue(rcpt, subject, body, [ev_id], now)
+                        queued += self._render_and_queue(rcpt, [ev_id], now, self.templates.notice, kind, facts)
             if rows:
                 self.db.executemany("UPDATE alert_events SET dispatched=1 WHERE id=?", [(r[0],) for r in rows])
             ok = True
@@ -124,13 +127,24 @@ class Notifier:
         finally:
             self._end(ok)
 
-    def _queue(self, rcpt: str, subject: str, body: str, event_ids: list[int], now: float) -> int:
+    def _render_and_queue(self, rcpt: str, event_ids: list[int], now: float, render, *args) -> int:
+        try:
+            subject, body = render(*args)
+        except TemplateError as exc:
+            # one notice that cannot be rendered must not stop the events behind it
+            log.error("email to %s for alert event(s) %s dead-lettered: %s", rcpt, event_ids, exc)
+            return self._queue(rcpt, "", "", event_ids, now, dead=f"cannot render: {exc}")
+        return self._queue(rcpt, subject, body, event_ids, now)
+
+    def _queue(self, rcpt: str, subject: str, body: str, event_ids: list[int], now: float, dead: str | None = None) -> int:
         key = hashlib.sha256(f"{rcpt}|{event_ids}".encode()).hexdigest()[:20]
         domain = self.transport.sender.rpartition("@")[2] or "greenmine"
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts) "
-            "VALUES (?,?,?,?,?,?,?)", (now, rcpt, subject, body, f"<greenmine.{key}@{domain}>", json.dumps(event_ids), now))
-        return cur.rowcount
+            "INSERT OR IGNORE INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts, "
+            "status, last_error) VALUES (?,?,?,?,?,?,?,?,?)",
+            (now, rcpt, subject, body, f"<greenmine.{key}@{domain}>", json.dumps(event_ids), now,
+             "queued" if dead is None else "dead", dead))
+        return cur.rowcount if dead is None else 0
 
     def enqueue(self, recipient: str, subject: str, body: str, now: float | None = None) -> None:
         """Queue an arbitrary message (e.g. a report) through the same durable path."""
@@ -158,7 +172,12 @@ class Notifier:
                 "WHERE status='queued' AND next_attempt_ts<=? ORDER BY id LIMIT ?", (now, self.cfg.send_batch_max)).fetchall()
         sent = 0
         for row_id, rcpt, subject, body, msg_id, attempts, created in rows:
-            msg = self._message(rcpt, subject, body, msg_id, created)
+            try:
+                msg = self._message(rcpt, subject, body, msg_id, created)
+            except BuildError as exc:
+                self._update("UPDATE email_outbox SET status='dead', last_error=? WHERE id=?", (str(exc), row_id))
+                log.error("email %s to %s dead-lettered: %s", msg_id, rcpt, exc)
+                continue
             try:
                 refused = self.transport.send(msg)
             except TransientSendError as exc:
@@ -203,23 +222,38 @@ class Notifier:
                                    (now,)).fetchone() is not None
 
     def rows(self, status: str | None = None) -> list[OutboxRow]:
-        q = "SELECT id, recipient, subject, body, message_id, attempts, status, sent_ts, last_error FROM email_outbox"
         with self._lock:
-            rs = self.db.execute(q + (" WHERE status=?" if status else "") + " ORDER BY id", (status,) if status else ()).fetchall()
-        return [OutboxRow(*r) for r in rs]
+            return outbox_rows(self.db, (status,) if status else None)
 
     def run_once(self, now: float | None = None) -> int:
         self.dispatch(now)
         return self.deliver(now)
 
 
+def outbox_rows(db: sqlite3.Connection, statuses: tuple[str, ...] | None = None) -> list[OutboxRow]:
+    """Outbox rows in queue order, of these statuses (queued, sent, failed, dead) or all."""
+    q = "SELECT id, recipient, subject, body, message_id, attempts, status, sent_ts, last_error FROM email_outbox"
+    if statuses:
+        q += f" WHERE status IN ({','.join('?' * len(statuses))})"
+    try:
+        rs = db.execute(q + " ORDER BY id", statuses or ()).fetchall()
+    except sqlite3.OperationalError:  # no notifier has run on this database yet
+        return []
+    return [OutboxRow(*r) for r in rs]
+
+
 def build_message(sender: str, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = rcpt
-    msg["Subject"] = subject
-    msg["Date"] = formatdate(created, localtime=False)
-    msg["Message-ID"] = msg_id
-    msg["X-Greenmine"] = "alert"
-    msg.set_content(body, charset="utf-8")
+    """The message for one outbox row. Raises BuildError (e.g. a header value with a line break), never sends it half made."""
+    try:
+        msg = EmailMessage()
+        msg["From"] = sender
+        msg["To"] = rcpt
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(created, localtime=False)
+        msg["Message-ID"] = msg_id
+        msg["X-Greenmine"] = "alert"
+        msg.set_content(body, charset="utf-8")
+        msg.as_bytes()  # serialise once here: a header that cannot be folded fails now, not inside the transport
+    except (ValueError, TypeError, email.errors.MessageError) as exc:
+        raise BuildError(f"cannot build email: {type(exc).__name__}: {exc}") from exc
     return msg

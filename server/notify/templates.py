@@ -1,27 +1,67 @@
 """Rendering alert notices into bilingual text (Chinese first, English second).
 
-Templates are `string.Template` files (``${name}`` placeholders) in
-`server/notify/templates/`; a file of the same name in the configured
-`templates_dir` overrides the shipped one. The first line of a template is
-``Subject: ...``, then a blank line, then the body. `context()` lists every
-placeholder a template may use.
+Templates are Jinja2 files in `server/notify/templates/` (`firing.txt.j2`,
+`resolved.txt.j2`, `reminder.txt.j2`, `digest.txt.j2`, `digest_item.txt.j2`,
+and `_notice.j2`, the macros that say what each rule kind means). A file of the
+same name in the configured `templates_dir` overrides the shipped one; files
+named `_*.j2` there are partials an override may import. The first line of a
+subject-bearing template is ``Subject: ...``, then a blank line, then the body.
+
+Rendering is strict (`StrictUndefined`): a template that uses a name
+`context()` does not provide fails when the templates are loaded, and a render
+that fails raises `TemplateError` naming the template, never a half-filled
+email. Every string that comes from outside (a unit off the wire, a site name
+from config) has its control, format and line/paragraph-separator characters
+escaped before a template sees it, so no value can add a line to the body or
+a header to the message.
 """
 
 from __future__ import annotations
 
-import string
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import jinja2
+import jinja2.meta
 
 from greenmine.server.notify.errors import TemplateError
 
 SHIPPED = Path(__file__).parent / "templates"
 NAMES = ("firing", "resolved", "reminder", "digest", "digest_item")
+SUFFIX = ".txt.j2"
+#: The names a notice template (and `_notice.j2`) may use; the digest has its own.
+NOTICE_VARS = frozenset({
+    "notice", "rule_kind", "alert_id", "rule", "severity", "site_id", "site_name", "subject", "title_zh", "title_en",
+    "value", "worst", "limit", "unit", "comparison", "standard", "period_label", "period_start", "period_end",
+    "timezone", "since_ts", "resolved_ts", "devices", "completeness_pct", "extra", "last_seen", "reported_offline",
+    "resolves_zh", "resolves_en",
+})
+DIGEST_VARS = frozenset({"count", "sites", "items"})
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
-SEVERITY_ZH = {"critical": "严重", "warning": "警告", "info": "提示"}
-NOTICE_ZH = {"firing": "超限", "resolved": "已解除", "reminder": "提醒"}
-_OK_OP = {"<": "≥", "<=": ">", ">": "≤", ">=": "<"}
+
+def _unsafe(text: str) -> bool:
+    # isprintable() is False for every unsafe category, so the common case costs one C call
+    return not text.isprintable() and any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in text)
+
+
+def escape(text: str) -> str:
+    r"""`text` with every control, format and line/paragraph-separator character written as \uXXXX."""
+    if not _unsafe(text):
+        return text
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+
+
+def _safe(v):
+    if isinstance(v, str):
+        return escape(v)
+    if isinstance(v, dict):
+        return {escape(str(k)): _safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_safe(x) for x in v]
+    return v
 
 
 def _num(v) -> str:
@@ -45,110 +85,133 @@ def _local(ts, tz: str) -> str:
     return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M") + f" ({tz})"
 
 
-def context(facts: dict, kind: str = "firing") -> dict[str, str]:
-    """Flatten an alert event's facts into the strings the templates use."""
-    tz = facts.get("timezone") or "Asia/Shanghai"
-    unit = facts.get("unit") or ""
-    cmp = facts.get("comparison")
-    limit = facts.get("limit")
-    ok_op = _OK_OP.get(cmp or "", "")
-    if facts.get("kind") == "deadman":
-        limit_text = f"{_num(limit)} s 内须有数据 / data within {_num(limit)} s"
-        value_text = f"{_num(facts.get('value'))} s 无数据 / no data for {_num(facts.get('value'))} s"
-        detail_zh = f"最后一次数据:{facts.get('last_seen_local', '—')}" + ("(终端报告离线)" if facts.get("reported_offline") else "")
-        detail_en = f"Last data:          {facts.get('last_seen_local', '—')}" + (" (agent reported offline)" if facts.get("reported_offline") else "")
-    else:
-        limit_text = f"{ok_op} {_with_unit(limit, unit)}".strip()
-        value_text = _with_unit(facts.get("value"), unit)
-        detail_zh = detail_en = ""
-        extra = facts.get("extra") or {}
-        if "reused_m3" in extra:
-            detail_zh = f"回用水量 {_num(extra['reused_m3'])} m³,新水量 {_num(extra['fresh_m3'])} m³"
-            detail_en = f"Water:              reused {_num(extra['reused_m3'])} m³, fresh {_num(extra['fresh_m3'])} m³"
-        elif "arithmetic_mean_db" in extra:
-            detail_zh = f"能量平均 Leq;样本数 {extra.get('samples')}"
-            detail_en = f"Leq is the energy average of {extra.get('samples')} samples"
-    if facts.get("period_start_local"):
-        period = f"{facts.get('period_label', '')}  {facts['period_start_local']} – {facts.get('period_end_local', '')} ({tz})"
-    else:
-        period = facts.get("period_label") or "—"
-    comp = facts.get("completeness_pct")
-    sev = facts.get("severity", "warning")
-    # How the breach reads: a floor (reuse rate) is fallen below, a ceiling exceeded,
-    # and a device that went silent is simply "no data".
-    if facts.get("kind") == "deadman":
-        breach_zh, breach_en = "", ""
-    elif cmp in ("<", "<="):
-        breach_zh, breach_en = "低于限值", "below its limit"
-    else:
-        breach_zh, breach_en = "超限", "over its limit"
+def context(facts: dict, notice: str = "firing") -> dict:
+    """An alert event's facts as the variables of a notice template (every name in NOTICE_VARS, always)."""
+    f = _safe(facts)
     return {
-        "alert_id": str(facts.get("alert_id", "")),
-        "rule": str(facts.get("rule", "")),
-        "severity_en": sev,
-        "severity_zh": SEVERITY_ZH.get(sev, sev),
-        "notice_en": kind,
-        "notice_zh": NOTICE_ZH.get(kind, kind),
-        "site_id": str(facts.get("site_id", "")),
-        "site_name": str(facts.get("site_name") or facts.get("site_id", "")),
-        "subject": str(facts.get("subject", "")),
-        "title_zh": str(facts.get("title_zh", "")),
-        "title_en": str(facts.get("title_en", "")),
-        "breach_zh": breach_zh,
-        "breach_en": breach_en,
-        "value_text": value_text,
-        "limit_text": limit_text,
-        "worst_text": _with_unit(facts.get("worst", facts.get("value")), unit) if facts.get("kind") != "deadman" else "—",
-        "standard": facts.get("standard") or "—",
-        "period_text": period,
-        "since_text": _local(facts.get("since_ts", facts.get("fired_ts")), tz),
-        "resolved_text": _local(facts.get("resolved_ts"), tz),
-        "devices_text": ", ".join(facts.get("devices") or []) or "—",
-        "completeness_text": "—" if comp is None else f"{_num(float(comp))} %",
-        "detail_zh": detail_zh,
-        "detail_en": detail_en,
-        "resolves_zh": str(facts.get("resolves_zh", "")),
-        "resolves_en": str(facts.get("resolves_en", "")),
+        "notice": notice,
+        "rule_kind": f.get("kind") or "threshold",
+        "alert_id": f.get("alert_id", ""),
+        "rule": f.get("rule", ""),
+        "severity": f.get("severity", "warning"),
+        "site_id": f.get("site_id", ""),
+        "site_name": f.get("site_name") or f.get("site_id", ""),
+        "subject": f.get("subject", ""),
+        "title_zh": f.get("title_zh", ""),
+        "title_en": f.get("title_en", ""),
+        "value": f.get("value"),
+        "worst": f.get("worst", f.get("value")),
+        "limit": f.get("limit"),
+        "unit": f.get("unit") or "",
+        "comparison": f.get("comparison") or "",
+        "standard": f.get("standard") or "",
+        "period_label": f.get("period_label") or "",
+        "period_start": f.get("period_start_local"),
+        "period_end": f.get("period_end_local") or "",
+        "timezone": f.get("timezone") or "Asia/Shanghai",
+        "since_ts": f.get("since_ts", f.get("fired_ts")),
+        "resolved_ts": f.get("resolved_ts"),
+        "devices": f.get("devices") or [],
+        "completeness_pct": None if f.get("completeness_pct") is None else float(f["completeness_pct"]),
+        "extra": f.get("extra") or {},
+        "last_seen": f.get("last_seen_local"),
+        "reported_offline": bool(f.get("reported_offline")),
+        "resolves_zh": f.get("resolves_zh", ""),
+        "resolves_en": f.get("resolves_en", ""),
     }
+
+
+# One sample per rule kind, so that loading renders every branch of _notice.j2 once.
+_SAMPLES = (
+    {"kind": "threshold", "alert_id": 1, "value": 76.0, "limit": 85.0, "comparison": "<", "unit": "%",
+     "period_start_local": "2026-01-01 00:00", "since_ts": 0.0, "resolved_ts": 3600.0, "devices": ["d"],
+     "completeness_pct": 100.0, "extra": {"reused_m3": 1.0, "fresh_m3": 1.0}},
+    {"kind": "threshold", "alert_id": 2, "value": 51.0, "limit": 50.0, "comparison": ">", "unit": "dB(A)",
+     "extra": {"arithmetic_mean_db": 44.0, "samples": 1}},
+    {"kind": "deadman", "alert_id": 3, "value": 300, "limit": 300.0, "comparison": ">=", "unit": "s",
+     "last_seen_local": "2026-01-01 00:00", "reported_offline": True},
+)
 
 
 class Templates:
     def __init__(self, override_dir: str | Path | None = None) -> None:
-        self._t: dict[str, tuple[str, string.Template]] = {}
-        for name in NAMES:
-            path = SHIPPED / f"{name}.txt"
-            if override_dir is not None and (Path(override_dir) / f"{name}.txt").is_file():
-                path = Path(override_dir) / f"{name}.txt"
+        loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(SHIPPED, encoding="utf-8")]
+        if override_dir is not None:
+            _check_override_dir(Path(override_dir))
+            loaders.insert(0, jinja2.FileSystemLoader(override_dir, encoding="utf-8"))
+        self._loader = jinja2.ChoiceLoader(loaders)
+        self._env = jinja2.Environment(
+            loader=self._loader, undefined=jinja2.StrictUndefined, autoescape=False,
+            keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+        )
+        self._env.filters.update(num=_num, with_unit=_with_unit, local=_local)
+        self._t: dict[str, jinja2.Template] = {}
+        for file in sorted(set(self._loader.list_templates())):
+            if not file.endswith(".j2"):
+                continue
+            allowed = DIGEST_VARS if file == "digest" + SUFFIX else NOTICE_VARS
             try:
-                self._t[name] = (str(path), string.Template(path.read_text(encoding="utf-8")))
+                source, path, _ = self._loader.get_source(self._env, file)
+                unknown = jinja2.meta.find_undeclared_variables(self._env.parse(source)) - allowed
+                template = self._env.get_template(file)
+            except jinja2.TemplateError as exc:
+                raise TemplateError(f"template {_where(file, exc)}: {exc.message or exc}") from None
             except (OSError, UnicodeDecodeError) as exc:
-                raise TemplateError(f"cannot read template {path}: {exc}") from exc
-        # fail at load, not at the first alert, if an override uses an unknown placeholder
-        sample = context({"alert_id": 1, "value": 1.0, "limit": 2.0, "comparison": "<"})
-        for name in NAMES:
-            self._render(name, {**sample, "count": "2", "sites_text": "x", "items": ""})
+                raise TemplateError(f"cannot read template {file}: {exc}") from exc
+            if unknown:
+                raise TemplateError(f"template {path}: unknown variable(s) {', '.join(sorted(unknown))}; "
+                                    f"a template may use {', '.join(sorted(allowed))}")
+            self._t[file] = template
+        # fail at load, not at the first alert, if an override breaks on a real notice
+        for sample in _SAMPLES:
+            for name in ("firing", "resolved", "reminder"):
+                self.notice(name, sample)
+        self.digest([("firing", s) for s in _SAMPLES])
 
-    def _render(self, name: str, ctx: dict[str, str]) -> str:
-        path, tpl = self._t[name]
+    def path(self, name: str) -> str:
+        return self._t[name + SUFFIX].filename or name + SUFFIX
+
+    def _render(self, name: str, ctx: dict) -> str:
         try:
-            return tpl.substitute(ctx)
-        except KeyError as exc:
-            raise TemplateError(f"template {path}: unknown placeholder ${{{exc.args[0]}}}") from None
-        except ValueError as exc:
-            raise TemplateError(f"template {path}: {exc}") from None
+            return self._t[name + SUFFIX].render(ctx)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"template {self.path(name)}: {exc.message or exc}") from None
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:  # a filter given a value it cannot format
+            raise TemplateError(f"template {self.path(name)}: {type(exc).__name__}: {exc}") from None
 
-    def render(self, name: str, ctx: dict[str, str]) -> tuple[str, str]:
-        """(subject, body) of a subject-bearing template."""
+    def render(self, name: str, ctx: dict) -> tuple[str, str]:
+        """(subject, body) of a subject-bearing template. Raises TemplateError."""
         text = self._render(name, ctx)
         first, _, body = text.partition("\n")
         if not first.startswith("Subject:"):
-            raise TemplateError(f"template {self._t[name][0]}: the first line must be 'Subject: ...'")
-        return first[len("Subject:"):].strip(), body.lstrip("\n")
+            raise TemplateError(f"template {self.path(name)}: the first line must be 'Subject: ...'")
+        subject = first[len("Subject:"):].strip()
+        if _unsafe(subject):  # the template's own text: values are escaped already
+            raise TemplateError(f"template {self.path(name)}: the subject has a control character: {escape(subject)}")
+        return subject, body.lstrip("\n")
 
     def notice(self, kind: str, facts: dict) -> tuple[str, str]:
         return self.render(kind, context(facts, kind))
 
     def digest(self, notices: list[tuple[str, dict]]) -> tuple[str, str]:
-        items = "\n".join(self._render("digest_item", context(f, k)) for k, f in notices)
-        sites = sorted({str(f.get("site_name") or f.get("site_id")) for _, f in notices})
-        return self.render("digest", {"count": str(len(notices)), "sites_text": ", ".join(sites), "items": items})
+        items = [self._render("digest_item", context(f, k)) for k, f in notices]
+        sites = sorted({escape(str(f.get("site_name") or f.get("site_id"))) for _, f in notices})
+        return self.render("digest", {"count": len(notices), "sites": sites, "items": items})
+
+
+def _check_override_dir(folder: Path) -> None:
+    """An override folder holds only templates we know, so a typo or an old-style file fails at load."""
+    if not folder.is_dir():
+        raise TemplateError(f"templates_dir {folder} is not a folder")
+    for p in sorted(folder.iterdir()):
+        if p.name.endswith(".txt") and p.name[:-4] in NAMES:
+            raise TemplateError(f"template {p}: string.Template files are no longer read; rename it "
+                                f"{p.name}.j2 and write {{{{ name }}}} for ${{name}} (docs/kpi-alerts.md)")
+        if p.name.endswith(".j2") and not p.name.startswith("_") and p.name[:-len(SUFFIX)] not in NAMES:
+            raise TemplateError(f"template {p}: unknown template name; overridable: "
+                                f"{', '.join(n + SUFFIX for n in NAMES)} (partials are named _*.j2)")
+
+
+def _where(file: str, exc: jinja2.TemplateError) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"{getattr(exc, 'filename', None) or file}" + (f", line {line}" if line else "")

@@ -97,6 +97,26 @@ def test_rejections(payload, reason, detail):
     assert detail in err.detail
 
 
+HOSTILE_UNITS = ["kW\r", "kW\nBcc: x@e.t", "k\u2028W", "k\u2029W", "k\x85W", "k\x0bW", "k\x0cW", "k\x00W",
+                 "k\tW", "k\x1cW", "k\u202eW", "k\u200bW", "k\ufeffW", "k\xa0W", "kW;x=1", "<b>kW</b>", "${unit}"]
+
+
+@pytest.mark.parametrize("unit", HOSTILE_UNITS)
+def test_a_unit_outside_the_character_class_is_rejected_naming_the_field(unit):
+    with pytest.raises(WireError) as info:
+        parse_telemetry(json.dumps(good_doc(readings=[reading(), reading(device="d2", unit=unit)])), now=NOW)
+    assert info.value.reason is R.INVALID
+    assert "readings.1.unit" in info.value.detail and repr(unit) in info.value.detail
+    assert info.value.detail.isprintable()  # safe to log and to store with the dead letter
+
+
+@pytest.mark.parametrize("unit", ["", "kWh", "m3/h", "m³/h", "mg/m³", "μg/m³", "dB(A)", "%", "‰", "℃", "°C", "吨", "kgce/t",
+                                  "m^3", "W/m²", "A·h", "Ω·m", "r/min", "pH", "%RH", "dB[A]", "1e-3 m3"])
+def test_units_as_they_are_written_are_accepted(unit):
+    doc = json.dumps(good_doc(readings=[reading(unit=unit)]))
+    assert parse_telemetry(doc, now=NOW).readings[0].unit == unit
+
+
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_inf_are_rejected(token):
     raw = json.dumps(good_doc()).replace("1234.5", token)
@@ -180,6 +200,7 @@ def _variants() -> list:
         good_doc(readings=[reading(ts="2026-11-27T08:00:00")]),  # naive
         good_doc(readings=[reading(ts="not a time")]),
         good_doc(readings=[reading(unit="x" * 17)]),
+        good_doc(readings=[reading(unit="m³/h"), reading(device="d2", unit="k\u2028W")]),
         good_doc(readings=[reading(quality="great")]),
         good_doc(readings=[reading(extra=1)]),
         good_doc(readings=[]),

@@ -78,6 +78,30 @@ def test_every_rejection_is_dead_lettered_counted_acked_and_the_stream_goes_on(t
         reader.close()
 
 
+def test_a_hostile_unit_is_dead_lettered_naming_the_field(tmp_path, mosquitto, publisher):
+    """A unit that could break an email header never reaches the store or the monitor."""
+    cfg = make_config(tmp_path, mosquitto.port)
+    units = ["kW\r\nBcc: x@e.t", "k\u2028W", "k\x85W", "k\x0bW"]
+    reader = stored(cfg)
+    try:
+        with running(cfg) as app:
+            for i, unit in enumerate(units):
+                doc = batch(10 + i, n=2)
+                doc["readings"][1]["unit"] = unit
+                publisher.publish(topic(), dumps(doc))
+            publisher.publish(topic(), dumps(batch(20, n=1)))
+            ts = T0 + timedelta(seconds=20)
+            wait_for(lambda: reader.query_series(SITE, "m00", "power_kw", ts, ts + timedelta(seconds=1)), 5, what="the good batch")
+            wait_for(lambda: app.spool.dead_letters.counts().get("invalid") == len(units), 5, what="dead letters")
+            rows = app.spool.dead_letters.newest(limit=10, reason="invalid")
+        assert sorted(r[4] for r in rows) == sorted(
+            f"readings.1.unit: {u!r} has a character other than letters, digits, space and %‰/().,·°℃*^+_'[]-" for u in units)
+        # nothing of a rejected batch is stored, not even its good reading
+        assert reader.query_series(SITE, "m00", "power_kw", T0, T0 + timedelta(seconds=19)) == []
+    finally:
+        reader.close()
+
+
 def test_unknown_site_accept_policy_stores_it(tmp_path, mosquitto, publisher):
     cfg = make_config(tmp_path, mosquitto.port, unknown_site="accept")
     reader = stored(cfg)

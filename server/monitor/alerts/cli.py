@@ -1,4 +1,4 @@
-"""`greenmine alerts ...`: list and acknowledge alerts, send a test email.
+"""`greenmine alerts ...`: list and acknowledge alerts, show the email outbox, send a test email.
 
 Works on the alert state file named by the server config (`[alerts] db_path`),
 alongside a running server (SQLite WAL; each change is one short transaction).
@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ack.add_argument("--config", required=True, help="server config file")
     ack.add_argument("--by", default="", help="who acknowledges (recorded)")
     ack.set_defaults(func=_ack)
+
+    ob = asub.add_parser("outbox", help="emails not sent: queued, failed (rejected by the relay) and dead (cannot be built), with the reason")
+    ob.add_argument("--config", required=True, help="server config file")
+    ob.add_argument("--all", action="store_true", help="include sent emails")
+    ob.set_defaults(func=_outbox)
 
     te = asub.add_parser("test-email", help="render a sample alert and send it now through the configured relay")
     te.add_argument("--config", required=True, help="server config file")
@@ -89,13 +94,38 @@ def _ack(args) -> int:
     return 0
 
 
+def _outbox(args) -> int:
+    from greenmine.configfile import ConfigError
+    from greenmine.server.config import load_server_config
+    from greenmine.server.monitor.alerts.engine import open_db
+    from greenmine.server.notify.outbox import outbox_rows
+    from greenmine.server.notify.templates import escape
+
+    try:
+        cfg = load_server_config(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    db = open_db(cfg.resolve(cfg.alerts.db_path))
+    rows = outbox_rows(db, None if args.all else ("queued", "failed", "dead"))
+    db.close()
+    if not rows:
+        print("outbox empty" if args.all else "no unsent email")
+        return 0
+    print(f"{'id':>6}  {'status':7} {'attempts':>8}  {'recipient':28} subject / reason")
+    for r in rows:
+        print(f"{r.id:>6}  {r.status:7} {r.attempts:>8}  {escape(r.recipient):28} {escape(r.subject[:60])}")
+        if r.last_error and r.status != "sent":
+            print(f"{'':>6}  {escape(r.last_error)}")
+    return 0
+
+
 def _test_email(args) -> int:
     import time
 
     from greenmine.configfile import ConfigError
-    from greenmine.server.config import load_server_config
+    from greenmine.server.config import Limits, load_server_config
     from greenmine.server.notify.eml import EmlDirTransport
-    from greenmine.server.notify.errors import SendError
+    from greenmine.server.notify.errors import NotifyError
     from greenmine.server.notify.outbox import build_message
     from greenmine.server.notify.templates import Templates
 
@@ -111,19 +141,21 @@ def _test_email(args) -> int:
         transport = EmlDirTransport(cfg.resolve(cfg.notify.eml_dir))
     tpl = Templates(cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None)
     site = cfg.sites[0] if cfg.sites else None
+    limits = site.limits if site else Limits()
     now = time.time()
     facts = {
         "kind": "threshold", "alert_id": 0, "severity": "info", "site_id": site.id if site else "test",
         "site_name": (site.name or site.id) if site else "test", "title_zh": "测试邮件", "title_en": "test email",
-        "value": 80.0, "unit": "%", "limit": 85.0, "comparison": "<", "standard": "甘肃省绿色矿山建设实施方案 选矿废水循环利用率 ≥ 85%",
+        "value": 80.0, "unit": "%", "limit": limits.water_reuse_min_pct, "comparison": "<",
+        "standard": limits.water_reuse_standard.format(limit=limits.water_reuse_min_pct),
         "period_label": "test", "devices": ["test"], "completeness_pct": 100.0, "since_ts": now,
         "resolves_zh": "无需处理(测试)", "resolves_en": "nothing to do (test)", "timezone": site.timezone if site else "Asia/Shanghai",
     }
-    subject, body = tpl.notice("firing", facts)
-    msg = build_message(transport.sender, args.to, "[TEST] " + subject, body, f"<greenmine.test.{now:.0f}@greenmine>", now)
     try:
+        subject, body = tpl.notice("firing", facts)
+        msg = build_message(transport.sender, args.to, "[TEST] " + subject, body, f"<greenmine.test.{now:.0f}@greenmine>", now)
         transport.send(msg)
-    except SendError as exc:
+    except NotifyError as exc:
         print(f"not sent: {exc}")
         return 1
     print(f"sent to {args.to}" + ("" if cfg.smtp else f" (written to {cfg.resolve(cfg.notify.eml_dir)})"))

@@ -175,19 +175,8 @@ class AlertEngine:
             self._judge(rule, site, device, value, ts, now, unit=unit)
         self._notify(now)
 
-    def observe_seen(self, site: str, agent: str, devices: dict[str, float], now: float | None = None) -> None:
-        """A batch arrived from `agent` with good readings of `devices` (name -> latest reading ts)."""
-        now = self.clock() if now is None else now
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
-                "reported_offline=0", (site, "agent", agent, now))
-            db.executemany(
-                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
-                [(site, "device", d, min(ts, now)) for d, ts in devices.items()])
-
     def observe_seen_many(self, groups: dict[tuple[str, str], dict[str, float]], now: float | None = None) -> None:
-        """observe_seen for several (site, agent) at once, in one transaction."""
+        """Batches arrived: (site, agent) -> {device: latest good reading ts}; one transaction for them all."""
         if not groups:
             return
         now = self.clock() if now is None else now

@@ -9,6 +9,7 @@ from greenmine.server.monitor.kpi.periods import Period, completeness
 
 TSP = "dust_tsp_mgm3"
 PM10 = "dust_pm10_mgm3"
+#: the default citation; a site's own is `limits.dust_standard` ({limit} is the limit)
 STANDARD = "GB 16297-1996 表2 无组织排放监控浓度限值 {limit:g} mg/m³ (1小时均值)"
 
 
@@ -19,6 +20,7 @@ def hourly_average(
     samples: list[Sample],
     *,
     limit_mgm3: float | None,
+    standard: str = STANDARD,
     interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
 ) -> list[KpiValue]:
@@ -36,7 +38,7 @@ def hourly_average(
             period_label=hour.label, value=sum(s.value for s in ss) / len(ss), unit="mg/m³", completeness=c,
             complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=(dev,),
             limit=limit_mgm3, comparison=">" if limit_mgm3 is not None else None,
-            standard=STANDARD.format(limit=limit_mgm3) if limit_mgm3 is not None else "",
+            standard=standard.format(limit=limit_mgm3) if limit_mgm3 is not None else "",
             extra={"max": max(s.value for s in ss), "samples": len(ss)},
         ))
     return out

@@ -10,6 +10,7 @@ from greenmine.server.monitor.kpi.model import KpiValue, MeterData
 from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
 
 _SUFFIX = {"day": "daily", "month": "monthly"}
+#: the default citation; a site's own is `limits.energy_intensity_standard` ({limit} is the limit)
 INTENSITY_STANDARD = "单位矿石综合能耗限值 {limit:g} kgce/t (站点配置)"
 
 
@@ -24,6 +25,7 @@ def energy_kpis(
     interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
     intensity_limit_kgce_t: float | None = None,
+    intensity_standard: str = INTENSITY_STANDARD,
 ) -> list[KpiValue]:
     kgce_per_unit = DEFAULT_KGCE_PER_UNIT if kgce_per_unit is None else kgce_per_unit
     energy_metrics = DEFAULT_ENERGY_METRICS if energy_metrics is None else energy_metrics
@@ -73,7 +75,7 @@ def energy_kpis(
             f"energy_intensity_{suffix}", "site", kgce_total / tonnes if tonnes > 0 else None, "kgce/t", c,
             devices + [m.device for m in ore],
             limit=intensity_limit_kgce_t, comparison=">" if intensity_limit_kgce_t is not None else None,
-            standard=INTENSITY_STANDARD.format(limit=intensity_limit_kgce_t) if intensity_limit_kgce_t else "",
+            standard=intensity_standard.format(limit=intensity_limit_kgce_t) if intensity_limit_kgce_t else "",
             extra={"kgce": kgce_total, "ore_t": tonnes},
         ))
     return out

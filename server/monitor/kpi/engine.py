@@ -133,28 +133,33 @@ class KpiEngine:
             fresh = self._meters(site_id, water.FRESH, period)
             if reused or fresh:
                 out.append(water.reuse_rate(site_id, period, reused, fresh, interval_s=cfg.counter_interval_s,
-                                            limit_pct=site.limits.water_reuse_min_pct, **common))
+                                            limit_pct=site.limits.water_reuse_min_pct,
+                                            standard=site.limits.water_reuse_standard, **common))
         if period.kind in ("day", "month"):
             by_metric = {m: ms for m in cfg.energy_metrics if (ms := self._meters(site_id, m, period))}
             ore = self._meters(site_id, cfg.ore_metric, period)
             out += energy_kpis(site_id, period, by_metric, ore, kgce_per_unit=cfg.kgce_per_unit,
                                energy_metrics=cfg.energy_metrics, interval_s=cfg.counter_interval_s,
-                               intensity_limit_kgce_t=site.limits.energy_intensity_max_kgce_t, **common)
+                               intensity_limit_kgce_t=site.limits.energy_intensity_max_kgce_t,
+                               intensity_standard=site.limits.energy_intensity_standard, **common)
         if period.kind == "hour":
             for metric, limit in ((dust.TSP, site.limits.dust_tsp_limit_mgm3), (dust.PM10, cfg.dust_pm10_limit_mgm3)):
                 out += dust.hourly_average(site_id, period, metric, self._samples(site_id, metric, period),
-                                           limit_mgm3=limit, interval_s=cfg.sample_interval_s, **common)
+                                           limit_mgm3=limit, standard=site.limits.dust_standard,
+                                           interval_s=cfg.sample_interval_s, **common)
             lt = datetime.fromtimestamp(period.start, ZoneInfo(site.timezone))
             night = noise.is_night_hour(lt.hour, cfg.noise.day_start_h, cfg.noise.night_start_h)
             out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
-                                  noise_class=site.limits.noise_class, night=night, interval_s=cfg.sample_interval_s, **common)
+                                  noise_class=site.limits.noise_class, night=night,
+                                  standard=site.limits.noise_standard, interval_s=cfg.sample_interval_s, **common)
         if period.kind in ("noise_day", "noise_night"):
             night = period.kind == "noise_night"
             out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
-                                  noise_class=site.limits.noise_class, night=night, interval_s=cfg.sample_interval_s, **common)
+                                  noise_class=site.limits.noise_class, night=night,
+                                  standard=site.limits.noise_standard, interval_s=cfg.sample_interval_s, **common)
             if night:
                 out += noise.lmax_night(site_id, period, self._samples(site_id, cfg.noise.lmax_metric, period),
-                                        noise_class=site.limits.noise_class,
+                                        noise_class=site.limits.noise_class, standard=site.limits.noise_standard,
                                         frequent_over_db=cfg.noise.lmax_frequent_over_db,
                                         sporadic_over_db=cfg.noise.lmax_sporadic_over_db,
                                         interval_s=cfg.sample_interval_s, **common)

@@ -37,9 +37,13 @@ def limit_db(noise_class: int, night: bool) -> float:
     return night_db if night else day_db
 
 
-def standard_text(noise_class: int, night: bool, limit: float | None = None) -> str:
+#: the default citation; a site's own is `limits.noise_standard` ({noise_class}, {period} 昼间/夜间, {limit} in dB(A))
+STANDARD = "GB 12348-2008 {noise_class}类 {period} {limit:g} dB(A)"
+
+
+def standard_text(noise_class: int, night: bool, limit: float | None = None, standard: str = STANDARD) -> str:
     lim = limit_db(noise_class, night) if limit is None else limit
-    return f"GB 12348-2008 {noise_class}类 {'夜间' if night else '昼间'} {lim:g} dB(A)"
+    return standard.format(noise_class=noise_class, period="夜间" if night else "昼间", limit=lim)
 
 
 def is_night_hour(local_hour: int, day_start_h: int = 6, night_start_h: int = 22) -> bool:
@@ -55,6 +59,7 @@ def leq_kpis(
     *,
     noise_class: int,
     night: bool,
+    standard: str = STANDARD,
     interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
 ) -> list[KpiValue]:
@@ -69,7 +74,7 @@ def leq_kpis(
             site=site, kpi=kpi, subject=dev, period_kind=period.kind, period_start=period.start, period_end=period.end,
             period_label=period.label, value=leq(levels), unit="dB(A)", completeness=c,
             complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=(dev,), limit=lim, comparison=">",
-            standard=standard_text(noise_class, night),
+            standard=standard_text(noise_class, night, standard=standard),
             extra={"arithmetic_mean_db": sum(levels) / len(levels), "samples": len(levels), "night": night},
         ))
     return out
@@ -81,6 +86,7 @@ def lmax_night(
     samples: list[Sample],
     *,
     noise_class: int,
+    standard: str = STANDARD,
     frequent_over_db: float = 10.0,
     sporadic_over_db: float = 15.0,
     interval_s: float = 60.0,
@@ -96,7 +102,7 @@ def lmax_night(
             site=site, kpi="noise_lmax_night", subject=dev, period_kind=night.kind, period_start=night.start,
             period_end=night.end, period_label=night.label, value=top, unit="dB(A)", completeness=c,
             complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=(dev,), limit=base + frequent_over_db,
-            comparison=">", standard=standard_text(noise_class, True, base) + f" + {frequent_over_db:g} (频发 Lmax)",
+            comparison=">", standard=standard_text(noise_class, True, base, standard) + f" + {frequent_over_db:g} (频发 Lmax)",
             extra={
                 "night_limit_db": base,
                 "sporadic_limit_db": base + sporadic_over_db,

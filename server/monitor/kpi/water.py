@@ -14,6 +14,7 @@ from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
 
 REUSED = "water_reused_m3_total"
 FRESH = "water_fresh_m3_total"
+#: the default citation; a site's own is `limits.water_reuse_standard` ({limit} is the floor)
 STANDARD = "甘肃省绿色矿山建设实施方案 选矿废水循环利用率 ≥ {limit:g}%"
 
 
@@ -26,6 +27,7 @@ def reuse_rate(
     interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
     limit_pct: float = 85.0,
+    standard: str = STANDARD,
     kpi: str | None = None,
 ) -> KpiValue:
     v_reused = sum(allocate(m.incs, period.start, period.end) for m in reused)
@@ -50,6 +52,6 @@ def reuse_rate(
         devices=tuple(m.device for m in meters),
         limit=limit_pct,
         comparison="<",
-        standard=STANDARD.format(limit=limit_pct),
+        standard=standard.format(limit=limit_pct),
         extra={"reused_m3": round(v_reused, 6), "fresh_m3": round(v_fresh, 6), "completeness_by_meter": per_meter},
     )

@@ -200,13 +200,156 @@ def test_demo_mode_writes_eml_files(tmp_path):
     close(eng, notifier)
 
 
-def test_template_override_and_bad_placeholder(tmp_path):
+def test_template_override_from_templates_dir(tmp_path):
     d = tmp_path / "tpl"
     d.mkdir()
-    (d / "firing.txt").write_text("Subject: 超标 ${site_name}\n\n值 ${value_text}\n", encoding="utf-8")
+    (d / "firing.txt.j2").write_text(
+        '{% import "_notice.j2" as n with context %}\n'
+        "Subject: 超标 {{ site_name }}\n\n值 {{ n.value_text() }}{{ ' 离线' if rule_kind == 'deadman' else '' }}\n",
+        encoding="utf-8")
     t = Templates(d)
-    subject, body = t.notice("firing", {"site_name": "矿", "value": 3.0, "unit": "mg/m³"})
-    assert subject == "超标 矿" and body == "值 3 mg/m³\n"
-    (d / "firing.txt").write_text("Subject: ${nope}\n\nx\n", encoding="utf-8")
-    with pytest.raises(TemplateError, match=r"firing.txt: unknown placeholder \$\{nope\}"):
+    assert t.notice("firing", {"site_name": "矿", "value": 3.0, "unit": "mg/m³"}) == ("超标 矿", "值 3 mg/m³\n")
+    assert t.notice("firing", {"site_name": "矿", "kind": "deadman", "value": 300})[1] == "值 300 s 无数据 / no data for 300 s 离线\n"
+    # the templates not overridden are the shipped ones
+    assert t.notice("resolved", {"site_name": "矿", "title_en": "x"})[0].startswith("[已解除] 矿")
+
+
+def test_override_with_an_undefined_variable_fails_at_load_naming_the_template(tmp_path):
+    d = tmp_path / "tpl"
+    d.mkdir()
+    (d / "reminder.txt.j2").write_text("Subject: {{ site_name }}\n\n{% if rule_kind == 'deadman' %}{{ nope }}{% endif %}\n",
+                                       encoding="utf-8")
+    # in a branch the samples might not take: found by reading the template, not by luck
+    with pytest.raises(TemplateError, match=r"reminder\.txt\.j2: unknown variable\(s\) nope"):
         Templates(d)
+    (d / "reminder.txt.j2").write_text("Subject: {{ site_name }}\n\n{{ extra.nope }}\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"reminder\.txt\.j2: .*'nope'"):
+        Templates(d)
+    (d / "reminder.txt.j2").write_text("Subject: {{ site_name }\n\nx\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match=r"reminder\.txt\.j2, line 1"):
+        Templates(d)
+
+
+def test_strict_rendering_never_gives_a_half_filled_email(tmp_path):
+    d = tmp_path / "tpl"
+    d.mkdir()
+    # passes every load-time check, but this notice has no such extra field
+    (d / "firing.txt.j2").write_text(
+        "Subject: {{ site_name }}\n\n{{ extra.max if extra.samples is defined and extra.samples > 5 else '-' }}\n",
+        encoding="utf-8")
+    (d / "_partial.j2").write_text("{{ site_name }}", encoding="utf-8")  # a partial is allowed
+    t = Templates(d)
+    assert t.notice("firing", {"site_name": "矿"}) == ("矿", "-\n")
+    with pytest.raises(TemplateError, match=r"firing\.txt\.j2: .*'max'"):
+        t.notice("firing", {"site_name": "矿", "extra": {"samples": 468}})
+
+
+def test_override_folder_mistakes_fail_at_load(tmp_path):
+    d = tmp_path / "tpl"
+    with pytest.raises(TemplateError, match="is not a folder"):
+        Templates(d)
+    d.mkdir()
+    (d / "firng.txt.j2").write_text("Subject: x\n\nx\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match="firng.txt.j2: unknown template name"):
+        Templates(d)
+    (d / "firng.txt.j2").unlink()
+    (d / "firing.txt").write_text("Subject: ${site_name}\n\nx\n", encoding="utf-8")  # an old string.Template file
+    with pytest.raises(TemplateError, match=r"firing.txt: string.Template files are no longer read; rename it firing.txt.j2"):
+        Templates(d)
+
+
+HOSTILE_UNIT = "kW\r\nBcc: evil@example.test\u2028\x85\x0b"
+
+
+def test_a_hostile_unit_does_not_stop_the_mail_behind_it(tmp_path, smtp_sink):
+    # the unit reaches the subject: on the old code building that header raised and the row blocked the outbox
+    clock = Clock(T0 + 2 * DAY)
+    rule = {"kind": "threshold", "name": "crusher", "source": "metric", "series": "power_kw", "comparison": ">", "limit": 800}
+    path = tmp_path / "alerts.sqlite"
+    eng = AlertEngine(AlertsConfig.model_validate({"reminder_interval_s": 0, "rules": [rule]}), [SITE], open_db(path), clock=clock)
+    notifier = Notifier(NotifyConfig(), open_db(path), smtp(smtp_sink), clock=clock)
+    eng.observe_metric("jc-cu", "crusher-meter", "power_kw", clock.t, 900.0, unit=HOSTILE_UNIT)
+    notifier.dispatch()
+    eng.observe_kpis([reuse(0, 70.0)])
+    notifier.run_once()
+    msgs = wait_for(lambda: len(smtp_sink.received()) == 4 and smtp_sink.received(), 5, what="4 emails")
+    assert all(m["Bcc"] is None for m in msgs)
+    assert all(to == ["chief@example.test"] or to == ["officer@example.test"] for _, to in smtp_sink.envelopes)
+    hostile = [m for m in msgs if "power_kw" in str(m["Subject"])]
+    assert len(hostile) == 2 and "900 kW\\u000d\\u000aBcc: evil@example.test\\u2028\\u0085\\u000b" in str(hostile[0]["Subject"])
+    assert "\u2028" not in hostile[0].get_content() and "\x85" not in hostile[0].get_content()
+    assert len([m for m in msgs if "选矿废水循环利用率" in str(m["Subject"])]) == 2
+    assert [r.status for r in notifier.rows()] == ["sent"] * 4
+    close(eng, notifier)
+
+
+def test_an_email_that_cannot_be_built_is_dead_lettered_and_listed(tmp_path, smtp_sink, capsys):
+    from greenmine.cli import main
+
+    clock = Clock(T0 + 2 * DAY)
+    eng, notifier = build(tmp_path, smtp(smtp_sink), clock)
+    notifier.enqueue("officer@example.test", "月报\nBcc: evil@example.test", "body")  # a report with a broken subject
+    eng.observe_kpis([reuse(0, 70.0)])
+    assert notifier.run_once() == 2
+    assert len(wait_for(lambda: len(smtp_sink.received()) == 2 and smtp_sink.received(), 5)) == 2
+    (dead,) = notifier.rows("dead")
+    assert dead.attempts == 0 and "cannot build email" in dead.last_error and "linefeed" in dead.last_error
+    clock.t += 3600
+    assert notifier.run_once() == 0 and len(smtp_sink.received()) == 2  # not retried
+    close(eng, notifier)
+    (tmp_path / "server.toml").write_text('[alerts]\ndb_path = "alerts.sqlite"\n', encoding="utf-8")
+    assert main(["alerts", "outbox", "--config", str(tmp_path / "server.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "dead" in out and "cannot build email" in out and "月报\\u000aBcc" in out
+    assert "sent" not in out
+
+
+def test_a_notice_that_cannot_be_rendered_is_dead_lettered_at_dispatch(tmp_path, smtp_sink):
+    d = tmp_path / "tpl"
+    d.mkdir()
+    # loads (the samples have few samples), but a real night notice has 468 and no "max"
+    (d / "firing.txt.j2").write_text(
+        "Subject: {{ site_name }} {{ rule }}\n\n{{ extra.max if extra.samples is defined and extra.samples > 5 else '-' }}\n",
+        encoding="utf-8")
+    clock = Clock(T0 + DAY + 7 * 3600)
+    path = tmp_path / "alerts.sqlite"
+    eng = AlertEngine(AlertsConfig(reminder_interval_s=0), [SITE], open_db(path), clock=clock)
+    notifier = Notifier(NotifyConfig(), open_db(path), smtp(smtp_sink), templates=Templates(d), clock=clock)
+    eng.observe_kpis([night_noise(0, 53.2)])
+    eng.observe_kpis([reuse(0, 70.0)])
+    assert notifier.run_once() == 2
+    msgs = wait_for(lambda: len(smtp_sink.received()) == 2 and smtp_sink.received(), 5)
+    assert all("water_reuse_daily" in str(m["Subject"]) for m in msgs)
+    dead = notifier.rows("dead")
+    assert len(dead) == 2 and all("cannot render: template" in r.last_error and "'max'" in r.last_error for r in dead)
+    close(eng, notifier)
+
+
+def test_the_email_cites_the_sites_own_rule(tmp_path, smtp_sink):
+    from datetime import date
+
+    from greenmine.server.config import Limits
+    from greenmine.server.monitor.kpi import periods
+    from greenmine.server.monitor.kpi.config import KpiConfig
+    from greenmine.server.monitor.kpi.engine import KpiEngine
+    from greenmine.server.monitor.kpi.store import MemorySource
+
+    nm = SiteConfig(id="nm-fe", name="包头某铁矿", recipients=["officer@example.test"],
+                    limits=Limits(water_reuse_standard="内蒙古自治区绿色矿山建设方案 选矿废水循环利用率 ≥ {limit:g}%"))
+    src = MemorySource()
+    for i in range(24 * 60 + 1):
+        src.add("nm-fe", "water_reused_m3_total", "reuse1", T0 + 60 * i, 5000 + 0.7 * i)
+        src.add("nm-fe", "water_fresh_m3_total", "fresh1", T0 + 60 * i, 300 + 0.3 * i)
+    (kpi,) = [v for v in KpiEngine(KpiConfig(), [nm], src).compute("nm-fe", periods.day(date(2026, 11, 27), "Asia/Shanghai"))
+              if v.kpi == "water_reuse_daily"]
+    clock = Clock(T0 + DAY + 60)
+    path = tmp_path / "alerts.sqlite"
+    eng = AlertEngine(AlertsConfig(reminder_interval_s=0), [nm], open_db(path), clock=clock)
+    notifier = Notifier(NotifyConfig(), open_db(path), smtp(smtp_sink), clock=clock)
+    eng.observe_kpis([kpi])
+    assert notifier.run_once() == 1
+    (m,) = wait_for(lambda: smtp_sink.received(), 5, what="1 email")
+    body = m.get_content()
+    assert "依据:        内蒙古自治区绿色矿山建设方案 选矿废水循环利用率 ≥ 85%" in body and "甘肃" not in body
+    assert "Standard:           内蒙古自治区绿色矿山建设方案" in body
+    close(eng, notifier)

@@ -177,17 +177,17 @@ def test_restart_keeps_state_and_sends_nothing_twice(db_path):
 def test_device_deadman_and_agent_offline(db_path):
     clock = Clock()
     eng = make(db_path, clock)
-    eng.observe_seen("s1", "gw1", {"flow1": T0, "noise1": T0})
+    eng.observe_seen_many({("s1", "gw1"): {"flow1": T0, "noise1": T0}})
     clock.t = T0 + 299
     eng.tick()
     assert eng.alerts() == []
     clock.t = T0 + 300
-    eng.observe_seen("s1", "gw1", {"noise1": T0 + 300})  # agent and noise1 alive, flow1 silent
+    eng.observe_seen_many({("s1", "gw1"): {"noise1": T0 + 300}})  # agent and noise1 alive, flow1 silent
     eng.tick()
     (a,) = eng.alerts(("firing",))
     assert (a.rule, a.subject) == ("device_offline", "flow1")
     clock.t = T0 + 400
-    eng.observe_seen("s1", "gw1", {"flow1": T0 + 400, "noise1": T0 + 400})
+    eng.observe_seen_many({("s1", "gw1"): {"flow1": T0 + 400, "noise1": T0 + 400}})
     eng.tick()
     assert [a.state for a in eng.alerts()] == ["resolved"]
     # the agent's will: offline at once, resolved by its next message
@@ -228,7 +228,7 @@ def test_rule_device_filter(db_path):
 def test_restart_and_own_outage_do_not_declare_devices_offline(db_path):
     clock = Clock()
     eng = make(db_path, clock)
-    eng.observe_seen("s1", "gw1", {"flow1": T0})
+    eng.observe_seen_many({("s1", "gw1"): {"flow1": T0}})
     eng.db.close()
     clock.t = T0 + 3600  # the server was down for an hour
     eng = make(db_path, clock)

@@ -98,3 +98,42 @@ def test_noise_night_and_hours_via_engine(store):
     assert nv.value == pytest.approx(47.0) and nv.breached is True and nv.limit == 45
     hours = [v for v in out if v.kpi == "noise_leq_hourly"]
     assert len(hours) == 8 and all(h.limit == 45 for h in hours)
+
+
+NM_REUSE = "内蒙古自治区绿色矿山建设方案 矿井水综合利用率 ≥ {limit:g}%"
+NM_NOISE = "DB15/T 0000-2026 {noise_class}类区 {period} {limit:g} dB(A)"
+
+
+def test_each_site_cites_its_own_rule_beside_its_limits(store):
+    src = MemorySource()
+    sites = [SiteConfig(id="s1"), SiteConfig(id="s2", limits=Limits(water_reuse_min_pct=75, water_reuse_standard=NM_REUSE,
+                                                                    noise_standard=NM_NOISE))]
+    eng = KpiEngine(KpiConfig(), sites, src, store)
+    night = periods.noise_night(D, "Asia/Shanghai")
+    for site in ("s1", "s2"):
+        for i in range(24 * 60 + 1):
+            ts = T0 + 60 * i
+            src.add(site, "water_reused_m3_total", "reuse1", ts, 5000 + 0.8 * i)
+            src.add(site, "water_fresh_m3_total", "fresh1", ts, 300 + 0.2 * i)
+        for i in range(8 * 60):
+            src.add(site, "noise_laeq_db", "n1", night.start + 60 * i, 47.0)
+    day = periods.day(D, "Asia/Shanghai")
+    by = {(v.site, v.kpi): v.standard for s in ("s1", "s2") for p in (day, night) for v in eng.compute(s, p)}
+    assert by[("s1", "water_reuse_daily")] == "甘肃省绿色矿山建设实施方案 选矿废水循环利用率 ≥ 85%"
+    assert by[("s2", "water_reuse_daily")] == "内蒙古自治区绿色矿山建设方案 矿井水综合利用率 ≥ 75%"
+    assert by[("s1", "noise_leq_night")] == "GB 12348-2008 2类 夜间 50 dB(A)"
+    assert by[("s2", "noise_leq_night")] == "DB15/T 0000-2026 2类区 夜间 50 dB(A)"
+    assert by[("s2", "noise_lmax_night")] == "DB15/T 0000-2026 2类区 夜间 50 dB(A) + 10 (频发 Lmax)"
+
+
+@pytest.mark.parametrize("field, text, message", [
+    ("water_reuse_standard", "≥ {limt}%", r"unknown placeholder\(s\) \{limt\}; allowed: \{limit\}"),
+    ("noise_standard", "{limit:q}", "Unknown format code"),
+    ("dust_standard", "GB {limit}\nBcc: x", "control character"),
+    ("energy_intensity_standard", "", "at least 1 character"),
+])
+def test_a_citation_that_cannot_be_filled_fails_at_load(field, text, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        Limits(**{field: text})
