@@ -8,8 +8,9 @@ Isolation rules (issue #4):
   not tried), so the other devices on the bus lose at most that device's timeout per cycle;
   a dropped link or a garbled reply is retried at once (up to `retries`), because that is quick;
 - `retries + 1` failed polls in a row mark the device offline (logged once); it is then probed
-  only after an exponential back-off (its shortest poll interval, doubling, up to
-  `backoff_max_s`), with no retries, and its first good poll marks it online (logged once).
+  only after an exponential back-off (greenmine.backoff: its shortest poll interval, doubling,
+  up to `backoff_max_s`, with jitter so devices that failed together are not all probed in the
+  same cycle), with no retries, and its first good poll marks it online (logged once).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from greenmine.agent.decoding import decode_request
 from greenmine.agent.errors import ModbusError, ModbusTimeout, ModbusConnectError
 from greenmine.agent.metrics import AgentMetrics
 from greenmine.agent.planner import ReadRequest
+from greenmine.backoff import Backoff
 from greenmine.schemas import DeviceState, DeviceStatus, Reading
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,11 @@ class DevicePoller:
         self.clock = clock
         self.timeout_s = (dev.timeout_ms or bus.cfg.timeout_ms) / 1000
         self.retries = dev.retries if dev.retries is not None else bus.cfg.retries
-        self.backoff_min_s = min(dev.poll_groups.values())
-        self.backoff_max_s = max(dev.backoff_max_s, self.backoff_min_s)
+        self.backoff = Backoff(min(dev.poll_groups.values()), dev.backoff_max_s)
         self.state = DeviceState.UNKNOWN
         self.since: datetime | None = None
         self.last_error: str | None = None
         self.failed_polls = 0
-        self.backoff_s = 0.0
         self.next_attempt_s = 0.0
         if metrics:
             metrics.device_online.labels(dev.name).set(-1)
@@ -149,7 +149,8 @@ class DevicePoller:
             self.state, self.since = DeviceState.ONLINE, datetime.now(timezone.utc)
             if self.on_state_change:
                 self.on_state_change()
-        self.failed_polls, self.backoff_s, self.last_error = 0, 0.0, None
+        self.failed_polls, self.last_error = 0, None
+        self.backoff.reset()
 
     def _failed(self, group: str, exc: ModbusError, now: float) -> None:
         if self.metrics:
@@ -157,13 +158,12 @@ class DevicePoller:
         self.failed_polls += 1
         self.last_error = f"{exc.kind}: {exc}"
         if self.state is DeviceState.OFFLINE:
-            self.backoff_s = min(self.backoff_s * 2, self.backoff_max_s)
-            self.next_attempt_s = now + self.backoff_s
-            log.debug("device %s still offline (%s); next try in %.1f s", self.dev.name, exc, self.backoff_s)
+            delay = self.backoff.next()
+            self.next_attempt_s = now + delay
+            log.debug("device %s still offline (%s); next try in %.1f s", self.dev.name, exc, delay)
         elif self.failed_polls > self.retries:
             self.state, self.since = DeviceState.OFFLINE, datetime.now(timezone.utc)
-            self.backoff_s = self.backoff_min_s
-            self.next_attempt_s = now + self.backoff_s
+            self.next_attempt_s = now + self.backoff.next()
             if self.metrics:
                 self.metrics.device_online.labels(self.dev.name).set(0)
             log.error("device %s is offline after %d failed polls: %s", self.dev.name, self.failed_polls, self.last_error)

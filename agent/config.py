@@ -13,20 +13,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
 
 from greenmine.agent.codec import WordOrder
-from greenmine.agent.registermap import IDENT, Register, check_register_layout, load_profile, merge_registers
+from greenmine.agent.registermap import Register, check_register_layout, load_profile, merge_registers
 from greenmine import PROFILES_DIR
 from greenmine.clock import ClockConfig
+from greenmine.configbase import IDENT, ConfigModel, FileConfig
 from greenmine.configfile import ConfigError, load_model, resolve_path
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsConfig(_Model):
+class TlsConfig(ConfigModel):
     ca_file: str | None = Field(default=None, description="CA bundle to verify the broker (PEM); default: system CAs")
     cert_file: str | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
     key_file: str | None = Field(default=None, description="client private key (PEM), for mutual TLS")
@@ -38,7 +35,7 @@ class TlsConfig(_Model):
         return self
 
 
-class MqttConfig(_Model):
+class MqttConfig(ConfigModel):
     host: str = Field(default="127.0.0.1", description="broker host name or address")
     port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 for TLS, by convention)")
     client_id: str | None = Field(default=None, description="MQTT client id; default greenmine-agent-<site>-<agent_id>")
@@ -56,7 +53,7 @@ class FullPolicy(str, Enum):
     DROP_OLDEST = "drop_oldest"
 
 
-class OutboxConfig(_Model):
+class OutboxConfig(ConfigModel):
     path: str = Field(default="outbox.sqlite", description="SQLite outbox file; relative to the config file's folder")
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, description="bound on stored batches, in bytes")
     max_age_s: float = Field(default=30 * 86400, ge=60, description="batches older than this are dropped (counted)")
@@ -76,7 +73,7 @@ class Transport(str, Enum):
     RTU_OVER_TCP = "rtu_over_tcp"
 
 
-class BusConfig(_Model):
+class BusConfig(ConfigModel):
     """One serial port or one TCP endpoint. Requests on a bus are strictly serialised."""
 
     name: str = Field(pattern=IDENT, description="bus name, referenced by devices")
@@ -115,7 +112,7 @@ class BusConfig(_Model):
         return f"{self.transport.value}://{self.host}:{self.port or 502}"
 
 
-class DeviceConfig(_Model):
+class DeviceConfig(ConfigModel):
     """One meter: where it sits, which profile describes it, how often each group is polled."""
 
     name: str = Field(pattern=IDENT, description="device name, unique in the site; used in topics and tags")
@@ -198,7 +195,7 @@ class DeviceConfig(_Model):
         return self._max_regs
 
 
-class AgentConfig(_Model):
+class AgentConfig(FileConfig):
     """`greenmine agent run --config FILE`: one gateway of one site."""
 
     kind: Literal["agent"] = Field(default="agent", description="config kind, for check-config")
@@ -218,8 +215,6 @@ class AgentConfig(_Model):
         description="time written into readings and status; absent: the system clock. accelerated is for demos and tests "
         "(poll intervals stay real seconds)",
     )
-
-    _path: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _cross(self) -> AgentConfig:
@@ -255,9 +250,6 @@ class AgentConfig(_Model):
         doc = self.model_dump(mode="json", exclude={"mqtt": {"password"}})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
-    def resolve(self, value: str) -> Path:
-        return resolve_path(value, self._path.parent if self._path else Path.cwd())
-
 
 def load_agent_config(path: str | Path, doc: dict | None = None) -> AgentConfig:
     """Load and validate an agent config. Raises ConfigError."""
@@ -269,5 +261,5 @@ def load_agent_config(path: str | Path, doc: dict | None = None) -> AgentConfig:
     dirs = [resolve_path(d, path.parent) for d in doc.get("profile_dirs", []) if isinstance(d, str)]
     dirs += [path.parent / "profiles", PROFILES_DIR]
     cfg = load_model(AgentConfig, path, context={"profile_dirs": dirs}, doc=doc)
-    object.__setattr__(cfg, "_path", path)
+    cfg.loaded_from(path)
     return cfg

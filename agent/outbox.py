@@ -1,7 +1,8 @@
 """The outbox: every telemetry batch is committed here before it is published (DESIGN.md "Delivery").
 
-SQLite in WAL mode with synchronous=FULL: a batch whose `add` returned survives a `kill -9` and
-a power cut. A batch is deleted only by `ack`, which the forwarder calls on its PUBACK.
+SQLite in WAL mode with synchronous=FULL (opened by greenmine.sqlite): a batch whose `commit`
+returned survives a `kill -9` and a power cut. A batch is deleted only by `ack_many`, which the
+forwarder calls for the batches the broker acknowledged (PUBACK).
 
 Bound (STYLE.md §6, full-policy `drop_oldest`): after every insert the oldest batches are
 dropped while the stored payload bytes exceed `max_bytes` or a batch is older than `max_age_s`.
@@ -10,7 +11,7 @@ the database (they survive restarts) and reported in the status message.
 
 Deletes are not fsynced: `ack_many` deletes every batch acknowledged since the last call in one
 transaction under synchronous=NORMAL. In WAL mode that commit is ordered before the next
-synchronous=FULL commit, whose fsync carries it too, so an `add` is exactly as durable as before;
+synchronous=FULL commit, whose fsync carries it too, so a `commit` is exactly as durable as before;
 a delete lost to a power cut only means that batch is sent again (delivery is at least once and the
 server writes idempotently). This keeps the one outbox thread free for the commits that matter
 (one fsync per batch, not two).
@@ -25,7 +26,6 @@ thread (`AsyncOutbox`) so an fsync never stalls the event loop that polls the me
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from greenmine.agent.errors import OutboxError
 from greenmine.schemas import Reading, TelemetryBatch
+from greenmine.sqlite import StateError, connect, mapped, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch (
@@ -68,16 +69,14 @@ class Outbox:
         self.site, self.agent = site, agent
         self.max_bytes, self.max_age_s = max_bytes, max_age_s
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT count(*), coalesce(sum(bytes), 0), coalesce(max(seq), -1) FROM batch").fetchone()
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox {path}: {exc}") from exc
+            self._db = connect(path, synchronous="full")
+            with mapped(f"outbox {path}"):
+                self._db.executescript(_SCHEMA)
+                row = self._db.execute("SELECT count(*), coalesce(sum(bytes), 0), coalesce(max(seq), -1) FROM batch").fetchone()
+                meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except StateError as exc:
+            raise OutboxError(f"outbox: {exc}") from exc
         self._depth, self._bytes = int(row[0]), int(row[1])
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         # max(seq)+1 guards against a meta row lost to an older version of the file.
         self._next_seq = max(int(meta.get("next_seq", 0)), int(row[2]) + 1)
         self._dropped_batches = int(meta.get("dropped_batches", 0))
@@ -86,18 +85,14 @@ class Outbox:
     def stats(self) -> OutboxStats:
         return OutboxStats(self._depth, self._bytes, self._next_seq, self._dropped_batches, self._dropped_readings)
 
-    def add(self, readings: list[Reading], now_s: float) -> int:
-        """Commit one batch; returns its seq. Applies the bound (drop oldest) in the same transaction."""
-        return self.commit(readings, now_s).seq
-
     def commit(self, readings: list[Reading], now_s: float) -> StoredBatch:
-        """Commit one batch (durable when this returns) and return it, payload included."""
+        """Commit one batch (durable when this returns) and return it, payload included.
+        Applies the bound (drop oldest) in the same transaction."""
         seq = self._next_seq
         sent_at = datetime.fromtimestamp(now_s, timezone.utc)
         payload = TelemetryBatch(site=self.site, agent=self.agent, seq=seq, sent_at=sent_at, readings=readings).to_json()
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db, f"cannot store batch {seq}"):
                 self._db.execute(
                     "INSERT INTO batch (seq, created_s, readings, bytes, payload) VALUES (?, ?, ?, ?, ?)",
                     (seq, now_s, len(readings), len(payload), payload),
@@ -120,12 +115,8 @@ class Outbox:
                         ("dropped_readings", self._dropped_readings + dropped_r),
                     ],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox: cannot store batch {seq}: {exc}") from exc
+        except StateError as exc:
+            raise OutboxError(f"outbox: {exc}") from exc
         self._next_seq = seq + 1
         self._depth, self._bytes = depth, size
         self._dropped_batches += dropped_b
@@ -135,23 +126,15 @@ class Outbox:
     def fetch(self, after_seq: int, before_seq: int | None = None, limit: int = 10) -> list[StoredBatch]:
         """Stored batches with after_seq < seq (< before_seq), oldest first."""
         hi = before_seq if before_seq is not None else 1 << 62
-        rows = self._db.execute(
-            "SELECT seq, created_s, readings, payload FROM batch WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-            (after_seq, hi, limit),
-        ).fetchall()
-        return [StoredBatch(int(r[0]), float(r[1]), int(r[2]), bytes(r[3])) for r in rows]
-
-    def ack(self, seq: int) -> bool:
-        """Delete a delivered batch. False if it was already gone (dropped, or acked twice)."""
         try:
-            row = self._db.execute("DELETE FROM batch WHERE seq = ? RETURNING bytes", (seq,)).fetchone()
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox: cannot delete batch {seq}: {exc}") from exc
-        if row is None:
-            return False
-        self._depth -= 1
-        self._bytes -= int(row[0])
-        return True
+            with mapped("cannot read stored batches"):
+                rows = self._db.execute(
+                    "SELECT seq, created_s, readings, payload FROM batch WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                    (after_seq, hi, limit),
+                ).fetchall()
+        except StateError as exc:
+            raise OutboxError(f"outbox: {exc}") from exc
+        return [StoredBatch(int(r[0]), float(r[1]), int(r[2]), bytes(r[3])) for r in rows]
 
     def ack_many(self, seqs: list[int]) -> int:
         """Delete delivered batches in one transaction, without an fsync (see the module docstring).
@@ -159,20 +142,11 @@ class Outbox:
         if not seqs:
             return 0
         try:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    rows = [self._db.execute("DELETE FROM batch WHERE seq = ? RETURNING bytes", (s,)).fetchone()
-                            for s in seqs]
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox: cannot delete {len(seqs)} delivered batches: {exc}") from exc
+            with transaction(self._db, f"cannot delete {len(seqs)} delivered batches", synchronous="normal"):
+                rows = [self._db.execute("DELETE FROM batch WHERE seq = ? RETURNING bytes", (s,)).fetchone()
+                        for s in seqs]
+        except StateError as exc:
+            raise OutboxError(f"outbox: {exc}") from exc
         gone = [r for r in rows if r is not None]
         self._depth -= len(gone)
         self._bytes -= sum(int(r[0]) for r in gone)
@@ -195,9 +169,6 @@ class AsyncOutbox:
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def add(self, readings: list[Reading], now_s: float) -> int:
-        return await self._call(self.sync.add, readings, now_s)
-
     async def commit(self, readings: list[Reading], now_s: float) -> StoredBatch:
         return await self._call(self.sync.commit, readings, now_s)
 
@@ -206,9 +177,6 @@ class AsyncOutbox:
 
     async def fetch(self, after_seq: int, before_seq: int | None = None, limit: int = 10) -> list[StoredBatch]:
         return await self._call(self.sync.fetch, after_seq, before_seq, limit)
-
-    async def ack(self, seq: int) -> bool:
-        return await self._call(self.sync.ack, seq)
 
     async def close(self) -> None:
         await self._call(self.sync.close)

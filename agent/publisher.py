@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from greenmine.agent.config import MqttConfig
 from greenmine.agent.errors import PublishError
+from greenmine.latch import Latch
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class MqttPublisher:
         self._on_connect, self._on_disconnect, self._on_puback = on_connect, on_disconnect, on_puback
         self.connected = False
         self._ever_connected = False
-        self._down_logged = False
+        self._link = Latch(log)  # paho's thread is the only caller
         self._stopping = False
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -88,29 +89,26 @@ class MqttPublisher:
 
     def _cb_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            if not self._down_logged:
-                log.error("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
-                self._down_logged = True
+            self._link.fail("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
             return
         self.connected = True
-        if self._down_logged or not self._ever_connected:
-            log.info("connected to broker %s:%d (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
-        self._ever_connected, self._down_logged = True, False
+        msg, args = "connected to broker %s:%d (session present: %s)", (self.cfg.host, self.cfg.port, flags.session_present)
+        if not self._link.ok(msg, *args) and not self._ever_connected:
+            log.info(msg, *args)
+        self._ever_connected = True
         self._post(self._on_connect, bool(flags.session_present))
 
     def _cb_connect_fail(self, client, userdata) -> None:
         # The broker is down or unreachable (refused, DNS, timeout); paho retries with back-off.
-        if not self._down_logged:
-            log.error("cannot reach broker %s:%d; retrying every %g..%g s, batches wait in the outbox",
-                      self.cfg.host, self.cfg.port, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-            self._down_logged = True
+        self._link.fail("cannot reach broker %s:%d; retrying every %g..%g s, batches wait in the outbox",
+                        self.cfg.host, self.cfg.port, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
         self.connected = False
-        if was and not self._down_logged and not self._stopping:
-            log.warning("lost the broker connection (%s); batches wait in the outbox", reason_code)
-            self._down_logged = True
+        if was and not self._stopping:
+            self._link.fail("lost the broker connection (%s); batches wait in the outbox", reason_code,
+                            level=logging.WARNING)
         self._post(self._on_disconnect, str(reason_code))
 
     def _cb_publish(self, client, userdata, mid, reason_code, properties) -> None:

@@ -10,19 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from greenmine.agent.codec import DataType, RegisterType, WordOrder, register_count
+from greenmine.configbase import IDENT, ConfigModel
 from greenmine.configfile import ConfigError, format_validation_error, read_toml
 
-IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Register(_Model):
+class Register(ConfigModel):
     """One value a meter serves: where it is, how it is encoded, what it means."""
 
     name: str = Field(pattern=IDENT, description="register name, unique within the device")
@@ -117,7 +112,7 @@ def check_register_layout(registers: list[Register] | tuple[Register, ...]) -> l
     return problems
 
 
-class Profile(_Model):
+class Profile(ConfigModel):
     """A meter model's register map, from its public manual."""
 
     manufacturer: str = Field(description="manufacturer, e.g. Eastron")

@@ -5,7 +5,7 @@
          arrive while a commit is running go into the next one (group commit, one fsync each)
       -> Outbox.commit (WAL, fsync)                   <- never blocks polling: own thread, drop_oldest
       -> Forwarder.offer: published from memory at once when connected and next in line
-      -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack
+      -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack_many
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import datetime
 
 from greenmine.agent.acquisition import Bus, DevicePoller
 from greenmine.agent.config import AgentConfig
+from greenmine.agent.errors import OutboxError
 from greenmine.agent.forwarder import Forwarder
 from greenmine.agent.metrics import AgentMetrics
 from greenmine.agent.outbox import AsyncOutbox, Outbox
@@ -24,6 +25,7 @@ from greenmine.agent.planner import plan_device
 from greenmine.agent.schedule import GroupJob, PollScheduler
 from greenmine import __version__
 from greenmine.clock import Clock
+from greenmine.latch import Latch
 from greenmine.schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Agent:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self._outbox_failing = Latch(log)
         self.publisher = None
         self.forwarder: Forwarder | None = None
         self.metrics_port: int | None = None
@@ -119,9 +122,11 @@ class Agent:
         for i in range(0, len(pending), size):
             try:
                 batch = await self.outbox.commit(pending[i : i + size], time.time())
-            except Exception:
-                log.exception("outbox write failed; %d readings lost", len(pending[i : i + size]))
+            except Exception as exc:
+                self._outbox_failing.fail("outbox write failed; %d readings lost: %s", len(pending[i : i + size]), exc,
+                                          exc_info=not isinstance(exc, OutboxError))
                 continue
+            self._outbox_failing.ok("outbox writable again")
             if self.forwarder:
                 self.forwarder.offer(batch, polled_s)
 

@@ -1,10 +1,13 @@
 """greenmine: the distribution's own package.
 
-It holds only what belongs to the whole product rather than one part of it:
-the version, the console script's dispatch (`greenmine.cli`), logging set-up
-and where the shipped example configs and device profiles live. The parts
-themselves are the top-level packages `schemas`, `agent`, `server` and
-`simulators` (see DESIGN.md, "Layout").
+It holds what belongs to the whole product rather than one part of it: the
+version, the console script's dispatch (`greenmine.cli`), where the shipped
+example configs and device profiles live, and the foundation every part shares
+(standard library and pydantic only): the config base (`configbase`) and file
+loading (`configfile`), the clock, logging set-up, the durable SQLite helper
+(`sqlite`), back-off (`backoff`) and the log-once latch (`latch`). The parts
+themselves are installed beside it as `greenmine.schemas`, `greenmine.agent`,
+`greenmine.server` and `greenmine.simulators` (see DESIGN.md, "Layout").
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version

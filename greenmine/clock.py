@@ -67,6 +67,11 @@ class ClockConfig(BaseModel):
         return self
 
 
+def sim_time(real_s: float, sim_start_s: float, real_start_s: float, speed: float) -> float:
+    """The rule every accelerated clock follows: simulated epoch seconds at real epoch seconds `real_s`."""
+    return sim_start_s + (real_s - real_start_s) * speed
+
+
 class Clock:
     """Now, as the config says: the system clock, or simulated time derived from the real clock."""
 
@@ -84,7 +89,7 @@ class Clock:
 
     def to_sim(self, real_s: float) -> float:
         """Real epoch seconds -> simulated epoch seconds (the identity on the system clock)."""
-        return self._sim0 + (real_s - self._real0) * self.speed if self.accelerated else real_s
+        return sim_time(real_s, self._sim0, self._real0, self.speed) if self.accelerated else real_s
 
     def to_real(self, sim_s: float) -> float:
         """Simulated epoch seconds -> the real epoch seconds at which the clock reads them."""

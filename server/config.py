@@ -12,10 +12,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from greenmine.clock import ClockConfig
-from greenmine.configfile import load_model, resolve_path
+from greenmine.configbase import IDENT, ConfigModel, FileConfig
+from greenmine.configfile import load_model
 from greenmine.server.uplink.hj212.config import PointConfig, check_points
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.config import MonitorConfig
@@ -24,14 +25,8 @@ from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.notify.config import NotifyConfig
 
-IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerMqttConfig(_Model):
+class ServerMqttConfig(ConfigModel):
     host: str = Field(default="127.0.0.1", description="broker host")
     port: int = Field(default=1883, ge=1, le=65535, description="broker port")
     client_id: str = Field(default="greenmine-server-1", description="MQTT client id; the persistent session is keyed on it, so each server process needs its own")
@@ -58,7 +53,7 @@ class UnknownSitePolicy(str, Enum):
     ACCEPT = "accept"
 
 
-class IngestConfig(_Model):
+class IngestConfig(ConfigModel):
     spool_path: str = Field(default="spool.sqlite", description="durable spool file; relative to the config file's folder")
     spool_max_bytes: int = Field(default=1024**3, ge=1024**2, description="bound on the spool; when full, ingest stops acknowledging (block)")
     unknown_site: UnknownSitePolicy = Field(default=UnknownSitePolicy.REJECT, description="reject | accept telemetry of sites not configured")
@@ -82,7 +77,7 @@ class IngestConfig(_Model):
     )
 
 
-class SqliteStoreConfig(_Model):
+class SqliteStoreConfig(ConfigModel):
     kind: Literal["sqlite"] = Field(default="sqlite", description="embedded SQLite store (the default)")
     path: str = Field(default="greenmine.sqlite", description="SQLite file; relative to the config file's folder")
     raw_retention_days: float = Field(default=400, gt=0, description="raw rows older than this are deleted; rollups stay")
@@ -90,7 +85,7 @@ class SqliteStoreConfig(_Model):
     maintenance_interval_s: float = Field(default=3600, gt=0, description="how often raw retention is applied")
 
 
-class InfluxStoreConfig(_Model):
+class InfluxStoreConfig(ConfigModel):
     kind: Literal["influxdb"] = Field(description="InfluxDB 2/3 or VictoriaMetrics through the v2 write API")
     url: str = Field(description="e.g. http://127.0.0.1:8086 (InfluxDB 2/3) or a VictoriaMetrics /api/v2/write base URL")
     token: SecretStr | None = Field(default=None, description='API token; use "${INFLUX_TOKEN}"')
@@ -115,7 +110,7 @@ _CITATION_FIELDS = {
 }
 
 
-class Limits(_Model):
+class Limits(ConfigModel):
     """Per-site limits and the rules they come from. Defaults are DOMAIN.md's figures; every one is configurable."""
 
     water_reuse_min_pct: float = Field(default=85.0, ge=0, le=100, description="daily beneficiation water reuse rate floor (Gansu plan)")
@@ -148,7 +143,7 @@ class Limits(_Model):
         return self
 
 
-class SiteConfig(_Model):
+class SiteConfig(ConfigModel):
     id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
     name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
@@ -156,7 +151,7 @@ class SiteConfig(_Model):
     recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(ConfigModel):
     host: str = Field(description="mail relay host")
     port: int = Field(default=587, ge=1, le=65535, description="587 for STARTTLS, 465 for implicit TLS, 25 plain")
     security: Literal["starttls", "tls", "none"] = Field(default="starttls", description="starttls | tls | none")
@@ -166,7 +161,7 @@ class SmtpConfig(_Model):
     timeout_s: float = Field(default=30, gt=0, description="connection timeout")
 
 
-class ServerConfig(_Model):
+class ServerConfig(FileConfig):
     """`greenmine server run --config FILE`."""
 
     kind: Literal["server"] = Field(default="server", description="config kind, for check-config")
@@ -196,8 +191,6 @@ class ServerConfig(_Model):
         "demos and tests (intervals in this file are then simulated seconds)",
     )
 
-    _path: Path | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _unique(self) -> ServerConfig:
         seen = set()
@@ -219,9 +212,6 @@ class ServerConfig(_Model):
 
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)
-
-    def resolve(self, value: str) -> Path:
-        return resolve_path(value, self._path.parent if self._path else Path.cwd())
 
     def for_instance(self, instance: str | None) -> ServerConfig:
         """This config for one of several processes of a role sharing it (`server run --instance NAME`): the MQTT
@@ -259,5 +249,5 @@ class ServerConfig(_Model):
 def load_server_config(path: str | Path, doc: dict | None = None) -> ServerConfig:
     """Load and validate a server config. Raises ConfigError."""
     cfg = load_model(ServerConfig, path, doc=doc)
-    object.__setattr__(cfg, "_path", Path(path))
+    cfg.loaded_from(path)
     return cfg

@@ -3,7 +3,9 @@
 Simulated time is a float of epoch seconds (UTC). It advances at `speed`
 simulated seconds per real (monotonic) second from the last time it was set,
 so tests can start at 21:59 local time, jump ahead, or freeze the clock and
-read deterministic values.
+read deterministic values. The rule is greenmine.clock's (`sim_time`), anchored
+at the last set instant, so a simulator started with the same start, speed and
+real start as an agent and a server tells the same time.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
+
+from greenmine.clock import sim_time
 
 
 class SimClock:
@@ -23,9 +27,9 @@ class SimClock:
         self._base_mono = time.monotonic()
         self._base_sim = self._to_epoch(start) if start is not None else time.time()
         if start is not None and real_start_epoch_s is not None:
-            # `start` was the simulated time at that real instant (greenmine.clock's rule), so the
-            # simulator agrees with an agent and a server given the same start, speed and real start.
-            self._base_sim += (time.time() - real_start_epoch_s) * self._speed
+            # `start` was the simulated time at that real instant, so the simulator agrees with an
+            # agent and a server given the same start, speed and real start.
+            self._base_sim = sim_time(time.time(), self._base_sim, real_start_epoch_s, self._speed)
 
     @classmethod
     def from_config(cls, cfg, speed: float | None = None) -> SimClock:
@@ -42,7 +46,7 @@ class SimClock:
     def now(self) -> float:
         """Simulated epoch seconds."""
         with self._lock:
-            return self._base_sim + (time.monotonic() - self._base_mono) * self._speed
+            return sim_time(time.monotonic(), self._base_sim, self._base_mono, self._speed)
 
     def now_local(self) -> datetime:
         return datetime.fromtimestamp(self.now(), self.tz)

@@ -11,16 +11,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
-from greenmine.agent.registermap import IDENT, Profile, load_profile
+from greenmine.agent.registermap import Profile, load_profile
 from greenmine import PROFILES_DIR, SCENARIOS_DIR
-from greenmine.configfile import ConfigError, load_model, read_toml, resolve_path
+from greenmine.configbase import IDENT, ConfigModel, FileConfig
+from greenmine.configfile import ConfigError, load_model, read_toml
 from greenmine.simulators.scenarios import HHMM, check_names, load_scenarios
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SimTransport(str, Enum):
@@ -29,7 +26,7 @@ class SimTransport(str, Enum):
     RTU = "rtu"
 
 
-class SimClockConfig(_Model):
+class SimClockConfig(ConfigModel):
     start: datetime | None = Field(default=None, description="simulated start time (ISO 8601, with offset); absent: now")
     real_start_epoch_s: float | None = Field(
         default=None, gt=0,
@@ -40,7 +37,7 @@ class SimClockConfig(_Model):
     timezone: str = Field(default="Asia/Shanghai", description="local time zone of the site's shifts and nights")
 
 
-class SimDeviceConfig(_Model):
+class SimDeviceConfig(ConfigModel):
     name: str = Field(pattern=IDENT, description="device name; the agent config uses the same name")
     unit_id: int = Field(ge=0, le=247, description="Modbus unit id served")
     profile: str = Field(description="profile name: config/profiles/<profile>.toml")
@@ -71,7 +68,7 @@ class SimDeviceConfig(_Model):
         return self._profile
 
 
-class SimServerConfig(_Model):
+class SimServerConfig(ConfigModel):
     """One listening endpoint: a meter, or a serial-to-Ethernet gateway with several unit ids."""
 
     name: str = Field(pattern=IDENT, description="server name")
@@ -100,12 +97,12 @@ class SimServerConfig(_Model):
         return self
 
 
-class ShiftConfig(_Model):
+class ShiftConfig(ConfigModel):
     start: str = Field(pattern=HHMM, description="local time the shift starts, HH:MM")
     load: float = Field(ge=0, le=1.2, description="plant load during the shift, 0 (stopped) .. 1 (rated)")
 
 
-class PhysicsConfig(_Model):
+class PhysicsConfig(ConfigModel):
     """Site-wide physics: shifts, water circuit, blasting, day and night."""
 
     shifts: list[ShiftConfig] = Field(
@@ -142,7 +139,7 @@ class PhysicsConfig(_Model):
         return self
 
 
-class SimSiteConfig(_Model):
+class SimSiteConfig(FileConfig):
     """`greenmine sim run --site FILE`."""
 
     kind: Literal["sim"] = Field(default="sim", description="config kind, for check-config")
@@ -155,8 +152,6 @@ class SimSiteConfig(_Model):
     physics: PhysicsConfig = Field(default_factory=PhysicsConfig, description="site physics: shifts, water, blasting, day/night")
     control_port: int | None = Field(default=None, ge=0, le=65535, description="local HTTP control interface on 127.0.0.1; absent: off")
     servers: list[SimServerConfig] = Field(min_length=1, description="listening endpoints, [[servers]]")
-
-    _path: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique(self, info: ValidationInfo) -> SimSiteConfig:
@@ -182,9 +177,6 @@ class SimSiteConfig(_Model):
                 names[d.name] = s.name
         return self
 
-    def resolve(self, value: str) -> Path:
-        return resolve_path(value, self._path.parent if self._path else Path.cwd())
-
     def scenario_dirs(self) -> list[Path]:
         """Where scenarios are looked up: the site file's `scenarios/` folder, then the shipped ones."""
         return ([self._path.parent / "scenarios"] if self._path else []) + [SCENARIOS_DIR]
@@ -202,5 +194,5 @@ def load_sim_config(path: str | Path, doc: dict | None = None) -> SimSiteConfig:
         "scenario_dirs": [path.parent / "scenarios", SCENARIOS_DIR],
     }
     cfg = load_model(SimSiteConfig, path, context=context, doc=doc)
-    object.__setattr__(cfg, "_path", path)
+    cfg.loaded_from(path)
     return cfg

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Protocol
 
+from greenmine.backoff import Backoff
+from greenmine.latch import Latch
 from greenmine.schemas import (
     AgentStatus,
     TelemetryBatch,
@@ -93,6 +95,7 @@ class StreamConsumer:
         self._q: queue.Queue[Delivery] = queue.Queue(maxsize=mqtt.receive_maximum + 1000)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._latch = Latch(log)
         self.mqtt = MqttSubscriber(mqtt, self._submit, handler.on_connection, client_id=client_id,
                                    subscriptions=subscriptions_for(sites))
 
@@ -172,17 +175,14 @@ class StreamConsumer:
     def _commit(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> bool:
         if not batches and not statuses:
             return True
-        delay, failing = 0.1, False
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 self.handler.on_messages(batches, statuses)
-                if failing:
-                    log.info("%s: committing received data again", self.name)
+                self._latch.ok("%s: committing received data again", self.name)
                 return True
-            except Exception:  # noqa: BLE001 - a disk or database fault: hold the group unacknowledged, retry
-                if not failing:
-                    log.exception("%s: cannot commit received data; holding it unacknowledged and retrying", self.name)
-                    failing = True
-                if self._stop.wait(delay):
+            except Exception as exc:  # noqa: BLE001 - a disk or database fault: hold the group unacknowledged, retry
+                self._latch.fail("%s: cannot commit received data (%s); holding it unacknowledged and retrying",
+                                 self.name, exc, exc_info=True)
+                if self._stop.wait(backoff.next()):
                     return False
-                delay = min(delay * 2, 5.0)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 import zlib
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from greenmine.configbase import ConfigModel
 
 
-class MonitorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MonitorConfig(ConfigModel):
     sites: list[str] | None = Field(
         default=None, description="site ids this monitor judges; absent: every configured site (or its partition)"
     )

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from greenmine.latch import Latch
 from greenmine.schemas import AgentStatus, TelemetryBatch, WireLimits
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.monitor.alerts.api import AlertsApi
@@ -94,7 +95,7 @@ class MonitorRole:
         self.monitor.close()
 
     def _run(self) -> None:
-        failing = False
+        latch = Latch(log)
         while not self._stop.wait(self.tick_s):
             try:
                 with self._lock:
@@ -107,11 +108,7 @@ class MonitorRole:
                         self._next_prune = now + _PRUNE_EVERY_S
                         self.monitor.replica.prune(int(now * 1000))
                 self.ticks += 1
-                if failing:
-                    log.info("monitor: working again")
-                    failing = False
-            except Exception:
+                latch.ok("monitor: working again")
+            except Exception as exc:  # noqa: BLE001
                 # keep the role running; the failed step is retried by the next tick (dirty marks persist)
-                if not failing:
-                    log.exception("monitor: tick failed")
-                    failing = True
+                latch.fail("monitor: tick failed: %s", exc, exc_info=True)

@@ -6,8 +6,8 @@ Delivery contract (STYLE.md §6):
 - a row is marked sent only after the relay accepted it. A crash between the
   relay's "250 OK" and our commit re-sends that one message after restart
   (at least once); it keeps its Message-ID so mail clients can fold the copy;
-- while the relay is down rows wait, retried with capped exponential backoff
-  from the injectable clock; nothing is dropped. A permanent rejection (5xx
+- while the relay is down rows wait, retried with capped exponential back-off
+  (greenmine.backoff, with jitter) from the injectable clock; nothing is dropped. A permanent rejection (5xx
   for the recipient) is recorded as failed with its reason and logged;
 - a notice whose template fails to render, or a row that cannot be built into
   a message, is dead-lettered (status `dead`, with its reason, logged) and
@@ -35,6 +35,9 @@ from typing import Protocol
 from greenmine.server.notify.config import NotifyConfig
 from greenmine.server.notify.errors import BuildError, PermanentSendError, TemplateError, TransientSendError
 from greenmine.server.notify.templates import Templates
+from greenmine.backoff import Backoff
+from greenmine.latch import Latch
+from greenmine.sqlite import transaction
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +81,20 @@ class Notifier:
         self.templates = templates or Templates()
         self.clock = clock
         self._lock = lock or threading.RLock()
-        self._down = False
+        self._retry = Backoff(cfg.retry_initial_s, cfg.retry_max_s)
+        self._relay = Latch(log)
         with self._lock:
             db.executescript(_SCHEMA)
 
-    def _begin(self):
-        self._lock.acquire()
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def _end(self, ok: bool):
-        try:
-            self.db.execute("COMMIT" if ok else "ROLLBACK")
-        finally:
-            self._lock.release()
+    def _tx(self, what: str):
+        return transaction(self.db, f"email outbox: {what}", lock=self._lock)
 
     # --- events -> outbox ---------------------------------------------------
 
     def dispatch(self, now: float | None = None) -> int:
         """Turn undispatched alert events into outbox rows. Returns the number of rows queued."""
         now = self.clock() if now is None else now
-        self._begin()
-        ok = False
-        try:
+        with self._tx("dispatch alert events"):
             try:
                 rows = self.db.execute(
                     "SELECT id, kind, recipients, facts FROM alert_events WHERE dispatched=0 ORDER BY id").fetchall()
@@ -122,10 +117,7 @@ class Notifier:
                         queued += self._render_and_queue(rcpt, [ev_id], now, self.templates.notice, kind, facts)
             if rows:
                 self.db.executemany("UPDATE alert_events SET dispatched=1 WHERE id=?", [(r[0],) for r in rows])
-            ok = True
             return queued
-        finally:
-            self._end(ok)
 
     def _render_and_queue(self, rcpt: str, event_ids: list[int], now: float, render, *args) -> int:
         try:
@@ -149,17 +141,12 @@ class Notifier:
     def enqueue(self, recipient: str, subject: str, body: str, now: float | None = None) -> None:
         """Queue an arbitrary message (e.g. a report) through the same durable path."""
         now = self.clock() if now is None else now
-        self._begin()
-        ok = False
-        try:
+        with self._tx("queue a message"):
             self.db.execute(
                 "INSERT INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts) "
                 "VALUES (?,?,?,?,?,?,?)", (now, recipient, subject, body,
                                           f"<greenmine.m{now:.6f}.{hashlib.sha256((recipient + subject + body).encode()).hexdigest()[:12]}@greenmine>",
                                           "[]", now))
-            ok = True
-        finally:
-            self._end(ok)
 
     # --- outbox -> relay ----------------------------------------------------
 
@@ -181,15 +168,13 @@ class Notifier:
             try:
                 refused = self.transport.send(msg)
             except TransientSendError as exc:
-                delay = min(self.cfg.retry_max_s, self.cfg.retry_initial_s * 2 ** min(attempts, 20))
+                delay = self._retry.delay_s(attempts)
                 self._update("UPDATE email_outbox SET attempts=attempts+1, next_attempt_ts=?, last_error=? WHERE id=?",
                              (now + delay, str(exc), row_id))
                 # delay the rest of the queue too, so order is kept and a dead relay is not hammered
                 self._update("UPDATE email_outbox SET next_attempt_ts=max(next_attempt_ts, ?) WHERE status='queued'",
                              (now + delay,))
-                if not self._down:
-                    log.error("mail relay unavailable, %d message(s) waiting: %s", len(rows) - sent, exc)
-                    self._down = True
+                self._relay.fail("mail relay unavailable, %d message(s) waiting: %s", len(rows) - sent, exc)
                 break
             except PermanentSendError as exc:
                 self._update("UPDATE email_outbox SET attempts=attempts+1, status='failed', last_error=? WHERE id=?",
@@ -199,19 +184,12 @@ class Notifier:
             self._update("UPDATE email_outbox SET attempts=attempts+1, status='sent', sent_ts=?, last_error=? WHERE id=?",
                          (now, json.dumps(refused) if refused else None, row_id))
             sent += 1
-            if self._down:
-                log.info("mail relay reachable again")
-                self._down = False
+            self._relay.ok("mail relay reachable again")
         return sent
 
     def _update(self, sql: str, args: tuple) -> None:
-        self._begin()
-        ok = False
-        try:
+        with self._tx("update a message"):
             self.db.execute(sql, args)
-            ok = True
-        finally:
-            self._end(ok)
 
     def _message(self, rcpt: str, subject: str, body: str, msg_id: str, created: float) -> EmailMessage:
         return build_message(self.transport.sender, rcpt, subject, body, msg_id, created)

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
+from greenmine import sqlite as sqlite_state
 from greenmine.server.errors import StoreUnavailable
 from greenmine.server.store.base import StoredReading
 from greenmine.server.store.sqlite import Point, Rollup, to_ms
@@ -58,10 +59,8 @@ class SeriesReplica:
         con = getattr(self._local, "con", None)
         if con is None:
             try:
-                con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                con.execute("PRAGMA journal_mode=WAL")
-                con.execute("PRAGMA synchronous=FULL")
-            except sqlite3.Error as exc:
+                con = sqlite_state.connect(self.path, synchronous="full")
+            except sqlite_state.StateError as exc:
                 raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
             self._local.con = con
             with self._lock:
@@ -90,7 +89,7 @@ class SeriesReplica:
 
     def transaction(self):
         """`with replica.transaction() as con:` one durable transaction on this thread's connection."""
-        return _Tx(self._con())
+        return sqlite_state.transaction(self._con(), f"replica {self.path}")
 
     def prune(self, now_ms: int) -> int:
         """Forget readings older than the retention. Returns how many."""
@@ -136,18 +135,3 @@ class SeriesReplica:
         for con in cons:
             con.close()
         self._local = threading.local()
-
-
-class _Tx:
-    def __init__(self, con: sqlite3.Connection) -> None:
-        self.con = con
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.con.execute("BEGIN IMMEDIATE")
-        return self.con
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.con.execute("COMMIT")
-        else:
-            self.con.execute("ROLLBACK")

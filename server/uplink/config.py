@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from greenmine.configbase import ConfigModel
 
 
-class UplinkConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class UplinkConfig(ConfigModel):
     client_id: str | None = Field(
         default=None, description='MQTT client id of the uplink\'s own session; absent: "<mqtt.client_id>-uplink"'
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from greenmine.agent.outbox import Outbox
 from greenmine.schemas import Reading, parse_telemetry
 
@@ -21,15 +23,14 @@ def open_box(tmp_path, **kw) -> Outbox:
 
 def test_seq_is_monotonic_across_restarts_even_when_empty(tmp_path):
     box = open_box(tmp_path)
-    seqs = [box.add(readings(2), 1000.0 + i) for i in range(3)]
+    seqs = [box.commit(readings(2), 1000.0 + i).seq for i in range(3)]
     assert seqs == [0, 1, 2]
-    for s in seqs:
-        assert box.ack(s)
-    assert not box.ack(1)  # acked twice: already gone
+    assert box.ack_many(seqs) == 3
+    assert box.ack_many([1]) == 0  # acked twice: already gone
     assert box.stats().depth == 0
     box.close()
     box = open_box(tmp_path)
-    assert box.add(readings(1), 2000.0) == 3
+    assert box.commit(readings(1), 2000.0).seq == 3
     rows = box.fetch(-1)
     assert [r.seq for r in rows] == [3]
     batch = parse_telemetry(rows[0].payload)
@@ -40,7 +41,7 @@ def test_seq_is_monotonic_across_restarts_even_when_empty(tmp_path):
 def test_bound_by_bytes_drops_oldest_counts_and_persists(tmp_path):
     box = open_box(tmp_path, max_bytes=64 * 1024)
     for i in range(40):
-        box.add(readings(20), 1000.0 + i)
+        box.commit(readings(20), 1000.0 + i)
     st = box.stats()
     assert st.bytes <= 64 * 1024 and st.dropped_batches > 0
     assert st.dropped_readings == 20 * st.dropped_batches
@@ -55,14 +56,14 @@ def test_bound_by_bytes_drops_oldest_counts_and_persists(tmp_path):
 
 def test_bound_by_age_and_newest_always_kept(tmp_path):
     box = open_box(tmp_path, max_age_s=60)
-    box.add(readings(1), 1000.0)
-    box.add(readings(1), 1030.0)
-    box.add(readings(1), 1070.0)  # the first is now older than 60 s
+    box.commit(readings(1), 1000.0)
+    box.commit(readings(1), 1030.0)
+    box.commit(readings(1), 1070.0)  # the first is now older than 60 s
     assert [r.seq for r in box.fetch(-1)] == [1, 2] and box.stats().dropped_batches == 1
     box.close()
     tiny = Outbox(tmp_path / "tiny.sqlite", site="s1", agent="gw1", max_bytes=10, max_age_s=3600)
-    tiny.add(readings(5), 1.0)
-    tiny.add(readings(5), 2.0)
+    tiny.commit(readings(5), 1.0)
+    tiny.commit(readings(5), 2.0)
     assert [r.seq for r in tiny.fetch(-1)] == [1]  # never blocks, never refuses the newest
     tiny.close()
 
@@ -77,3 +78,22 @@ def test_ack_many_deletes_delivered_batches_in_one_go(tmp_path):
     again = Outbox(tmp_path / "o.sqlite", site="s", agent="a", max_bytes=1 << 20, max_age_s=3600)
     assert [b.seq for b in again.fetch(-1)] == [1, 3] and again.stats().next_seq == 4
     again.close()
+
+
+def test_a_damaged_outbox_file_is_an_outbox_error_that_says_corrupt(tmp_path):
+    from greenmine.agent.errors import OutboxError
+    from greenmine.sqlite import StateCorrupt
+
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"not a database, just bytes " * 200)
+    with pytest.raises(OutboxError, match="outbox.sqlite") as err:
+        Outbox(path, site="s", agent="a", max_bytes=1 << 20, max_age_s=3600)
+    assert isinstance(err.value.__cause__, StateCorrupt)
+
+
+def test_a_new_outbox_file_is_private(tmp_path):
+    box = open_box(tmp_path)
+    box.commit(readings(1), 1000.0)
+    for name in ("outbox.sqlite", "outbox.sqlite-wal"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    box.close()

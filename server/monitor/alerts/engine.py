@@ -36,6 +36,7 @@ from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, Th
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
+from greenmine.sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,8 @@ class AlertEvent:
 
 
 def open_db(path: str | Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    return db
+    """The alert state file (shared with the email outbox). Raises greenmine.sqlite.StateError."""
+    return connect(path, synchronous="full")
 
 
 class AlertEngine:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Protocol
 from greenmine.server.monitor.kpi.counters import CounterEvent, Increment
 from greenmine.server.monitor.kpi.model import KpiValue
 from greenmine.server.monitor.kpi.periods import Period
+from greenmine.sqlite import connect, transaction
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,7 @@ CREATE TABLE IF NOT EXISTS kpi_dirty (
 
 class KpiStore:
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(path, synchronous="full")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -103,14 +102,8 @@ class KpiStore:
         self._db.close()
 
     def _tx(self, sql: str, rows: Iterable[tuple]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, "kpi store", lock=self._lock):
+            self._db.executemany(sql, rows)
 
     def put_values(self, values: list[KpiValue], now: float) -> None:
         self._tx(

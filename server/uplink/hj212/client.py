@@ -1,7 +1,8 @@
 """HJ 212 transmission: one persistent TCP link from one monitoring point to its platform.
 
 `Hj212Client` owns, for one `PointConfig`:
-- the connection, reconnecting with capped exponential backoff;
+- the connection, reconnecting with capped exponential back-off (greenmine.backoff,
+  with jitter, so the points of one server do not reconnect to a platform in step);
 - delivery: every upload (Flag=5) waits for the platform's 9014 with the same
   QN, is resent on timeout up to `max_tries` times, and leaves the durable
   `PacketQueue` only once acknowledged; a failed delivery drops the link
@@ -56,6 +57,8 @@ from greenmine.server.uplink.hj212.messages import (
     request_reply,
 )
 from greenmine.server.uplink.hj212.queue import PacketQueue
+from greenmine.backoff import Backoff
+from greenmine.latch import Latch
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +165,7 @@ class Hj212Client:
         self._settings_changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._link_down_logged = False
+        self._link = Latch(log)
 
     # ------------------------------------------------------------------ state
 
@@ -302,7 +305,7 @@ class Hj212Client:
                 self._queue = None
 
     async def _link_loop(self) -> None:
-        delay = self.point.reconnect_initial_s
+        reconnect = Backoff(self.point.reconnect_initial_s, self.point.reconnect_max_s)
         while True:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -313,16 +316,13 @@ class Hj212Client:
                         self.point.host, self.point.port, limit=_MAX_LINE_BYTES
                     )
             except (OSError, TimeoutError) as exc:
-                self._log_link_down(f"cannot connect to {self.point.host}:{self.point.port}: {exc or 'timeout'}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.point.reconnect_max_s)
+                self._link.fail("hj212 %s: cannot connect to %s:%s: %s", self.point.name, self.point.host,
+                                self.point.port, exc or "timeout")
+                await asyncio.sleep(reconnect.next())
                 continue
             self.metrics.connects += 1
-            if self._link_down_logged:
-                log.info("hj212 %s: connected to %s:%s again", self.point.name, self.point.host, self.point.port)
-            else:
+            if not self._link.ok("hj212 %s: connected to %s:%s again", self.point.name, self.point.host, self.point.port):
                 log.debug("hj212 %s: connected to %s:%s", self.point.name, self.point.host, self.point.port)
-            self._link_down_logged = False
             acked_before = self.metrics.acked
             try:
                 reason = await self._session(reader, writer)
@@ -332,20 +332,12 @@ class Hj212Client:
                 with contextlib.suppress(OSError, TimeoutError):
                     async with asyncio.timeout(1.0):
                         await writer.wait_closed()
-            self._log_link_down(reason)
+            self._link.fail("hj212 %s: %s", self.point.name, reason)
             # A link that delivered something was healthy: start backing off
             # afresh. One that delivered nothing counts as another failure.
             if self.metrics.acked > acked_before:
-                delay = self.point.reconnect_initial_s
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.point.reconnect_max_s)
-
-    def _log_link_down(self, reason: str) -> None:
-        if self._link_down_logged:
-            log.debug("hj212 %s: %s", self.point.name, reason)
-        else:
-            log.error("hj212 %s: %s", self.point.name, reason)
-            self._link_down_logged = True
+                reconnect.reset()
+            await asyncio.sleep(reconnect.next())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         """Run one connection; return why it ended."""

@@ -13,7 +13,7 @@ Bound: `max_messages`; when full the *oldest* message is dropped to make
 room (`drop_oldest`), counted in `dropped`. Newer data is more useful to an
 environmental platform than a backlog nobody will look at.
 
-SQLite in WAL mode: readers never block the writer, and with
+SQLite in WAL mode (opened by greenmine.sqlite): readers never block the writer, and with
 synchronous=NORMAL a commit is an append to the WAL, cheap enough to call from
 the event loop for a handful of messages a minute. Also holds small persistent
 state (intervals set by the platform, last scheduled periods).
@@ -22,10 +22,11 @@ state (intervals set by the platform, last scheduled periods).
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from greenmine.sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -67,11 +68,7 @@ class PacketQueue:
         self.max_messages = max_messages
         self.dropped = 0
         self.expired = 0
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(path, synchronous="normal")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -99,8 +96,7 @@ class PacketQueue:
         """Append a message; False if `dedup_key` was already queued (nothing stored)."""
         if not frames:
             raise ValueError("a message needs at least one frame")
-        with self._db:  # one transaction: make room and insert, or neither
-            self._db.execute("BEGIN IMMEDIATE")
+        with transaction(self._db, f"hj212 queue {self.path}: put"):  # make room and insert, or neither
             excess = len(self) - self.max_messages + 1
             if excess > 0:
                 self._db.execute(

@@ -10,8 +10,10 @@ Owns, for the server app:
   store's read API (the uplink's replica, `server.store.replica`): minute,
   hourly and daily records computed from the raw rows (falling back to
   rollups where the reader has them and raw rows have expired);
-- `Hj212Service`: the asyncio loop (one thread) running every client, its
-  graceful stop, and the counters the server exports on /metrics.
+- `Hj212Service`: the asyncio loop (one thread) running every client, restarting
+  a client that failed (after a back-off; the failure is logged once, the
+  client's next connection as the recovery), its graceful stop, and the
+  counters the server exports on /metrics.
 
 It runs the same whichever store ingest writes to (`server.uplink.role`).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import statistics
 import threading
@@ -27,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+from greenmine.backoff import Backoff
+from greenmine.latch import Latch
 from greenmine.server.uplink.hj212.client import Hj212Client
 from greenmine.server.uplink.hj212.config import PointConfig
 from greenmine.server.uplink.hj212.messages import (
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 COUNTERS = ("sent", "acked", "retried", "failed", "dropped", "expired", "connects")
 
 _RESTART_DELAY_S = 5.0
+_RESTART_MAX_S = 300.0
 
 
 def _ms(when: datetime) -> int:
@@ -349,14 +355,32 @@ class Hj212Service:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _supervise(self, client: Hj212Client) -> None:
+        restart = Backoff(_RESTART_DELAY_S, _RESTART_MAX_S)
+        crashed = Latch(log)
+
+        async def recovered() -> None:
+            # a restarted client that reaches its platform again counts as healthy
+            await client.wait_connected()
+            restart.reset()
+            crashed.ok("hj212 %s: client running again", client.point.name)
+
         while True:
+            watch = asyncio.create_task(recovered())
+            failure: Exception | None = None
             try:
                 await client.run()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("hj212 %s: client failed; restarting in %.0f s", client.point.name, _RESTART_DELAY_S)
-            await asyncio.sleep(_RESTART_DELAY_S)
+            except Exception as exc:  # noqa: BLE001 - a bug in one point must not stop the others
+                failure = exc
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+            delay = restart.next()
+            if failure is not None:
+                crashed.fail("hj212 %s: client failed; restarting in %.0f s", client.point.name, delay, exc_info=failure)
+            await asyncio.sleep(delay)
 
     def send_realtime(self, name: str, timeout_s: float = 5.0) -> str | None:
         """Queue a 2011 real-time upload for point `name` now (any thread); its QN, or None if nothing to send."""

@@ -8,7 +8,7 @@ from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
 from greenmine.server.config import load_server_config
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def run(*args):

@@ -21,7 +21,7 @@ from tests.server.notify.smtpsink import SmtpSink
 from tests.simulators.conftest import make_runner, site_doc
 from tests.support.services import wait_for
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 SITE = "s1"
 WATER = [("fresh", "xylem-magflux", "fresh", {}), ("reused", "xylem-magflux", "reused", {})]
 

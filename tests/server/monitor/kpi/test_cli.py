@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from greenmine.server.store.base import StoredReading
 from greenmine.server.store.sqlite import SqliteStore
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 TZ = ZoneInfo("Asia/Shanghai")
 
 
