@@ -166,9 +166,13 @@ class DeviceConfig(_Model):
             order, max_regs, base = prof.word_order, prof.max_registers_per_request, prof.registers
         elif not self.registers:
             raise ValueError("needs a profile or registers")
-        regs = merge_registers(base, self.registers, self.exclude)
-        problems = check_register_layout(regs)
+        regs, problems = merge_registers(base, self.registers, self.exclude)
+        problems += check_register_layout(regs)
+        max_regs = self.max_registers_per_request or max_regs
         for reg in regs:
+            if not reg.type.is_bit and reg.count > max_regs:
+                problems.append(f'register "{reg.name}" ({reg.address}..{reg.end}) is {reg.count} registers, '
+                                f"wider than max_registers_per_request {max_regs}")
             if reg.poll_group not in self.poll_groups:
                 problems.append(
                     f'register "{reg.name}": poll_group "{reg.poll_group}" has no interval in poll_groups '
@@ -181,7 +185,7 @@ class DeviceConfig(_Model):
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "_registers", tuple(regs))
         object.__setattr__(self, "_default_order", self.word_order or order)
-        object.__setattr__(self, "_max_regs", self.max_registers_per_request or max_regs)
+        object.__setattr__(self, "_max_regs", max_regs)
         return self
 
     @property
