@@ -182,6 +182,9 @@ class Profile(_Model):
     @model_validator(mode="after")
     def _layout(self) -> Profile:
         problems = check_register_layout(self.registers)
+        problems += [f'register "{r.name}" ({r.address}..{r.end}) is {r.count} registers, '
+                     f"wider than max_registers_per_request {self.max_registers_per_request}"
+                     for r in self.registers if not r.type.is_bit and r.count > self.max_registers_per_request]
         if problems:
             raise ValueError("; ".join(problems))
         return self
