@@ -18,7 +18,10 @@ request's connect. pymodbus 3.16 API: `device_id=` (renamed from `slave=` in 3.1
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -82,8 +85,32 @@ class ModbusLink:
             raise ModbusConnectError(f"{self.bus.endpoint}: {exc}") from exc
         if not ok:
             client.close()
-            raise ModbusConnectError(f"{self.bus.endpoint}: cannot connect")
+            raise ModbusConnectError(f"{self.bus.endpoint}: cannot connect: {await self._why_not(timeout_s)}")
         self._client = client
+
+    async def _why_not(self, timeout_s: float) -> str:
+        """The cause pymodbus' connect() swallows, found by trying once more ourselves."""
+        if self.bus.transport is Transport.RTU:
+            try:
+                os.close(os.open(self.bus.serial_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+            except OSError as exc:
+                return f"serial port {self.bus.serial_port}: {exc.strerror or exc}"
+            return f"serial port {self.bus.serial_port} opens, but not as a serial line"
+        host, port = self.bus.host, self.bus.port or 502
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except socket.gaierror as exc:
+            return f"unknown host {host} ({exc.strerror or exc})"
+        except ConnectionRefusedError:
+            return f"connection refused by {host}:{port} (nothing listens there)"
+        except asyncio.TimeoutError:
+            return f"timeout: no answer from {host}:{port} within {timeout_s:g} s"
+        except OSError as exc:
+            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return f"no route to {host}"
+            return f"{host}:{port}: {exc.strerror or exc}"
+        writer.close()
+        return f"{host}:{port} accepts connections now: the first attempt failed"
 
     async def read(self, unit_id: int, rtype: RegisterType, address: int, count: int, timeout_s: float) -> list[int]:
         """Read `count` registers (or bits, as 0/1) from `address`. Raises ModbusError."""
