@@ -66,7 +66,7 @@ def metric_lines(port: int, name: str) -> dict[str, float]:
 
 
 def test_failing_devices_do_not_stall_healthy_ones_and_recover(tmp_path, mosquitto, caplog):
-    caplog.set_level(logging.INFO, logger="agent")
+    caplog.set_level(logging.INFO, logger="greenmine.agent")
     with make_runner(tmp_path, sim_doc(), speed=1.0) as sim:
         bus = {"transport": "tcp", "host": "127.0.0.1", "timeout_ms": TIMEOUT_MS, "retries": 1}
         cfg_path = write_config(
