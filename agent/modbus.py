@@ -12,7 +12,7 @@ connect. pymodbus 3.16 API: `device_id=` (renamed from `slave=` in 3.10).
 RTU has no transaction id, so `_RtuLink` frames it itself (on the serial port, or on the TCP
 socket of an rtu_over_tcp gateway) and matches replies to requests by this rule:
 - before each request the input is discarded until the line has been silent for the
-  inter-frame gap (3.5 character times, 1.75 ms at most);
+  inter-frame gap (3.5 character times; 1.75 ms above 19200 bit/s);
 - a reply is accepted only if its unit id, function code, byte count and CRC are those of the
   request; any other complete frame (a late reply to an earlier request, another master's traffic)
   is discarded and the wait goes on; a frame with a bad CRC or an unknown function code fails the
