@@ -5,12 +5,16 @@ Isolation rules (issue #4):
 - each bus has its own lock, so buses run concurrently and requests on one bus never overlap;
   `inter_request_delay_ms` is kept between the end of one request and the start of the next;
 - a request that times out ends its device's poll for this cycle (the remaining requests are
-  not tried), so the other devices on the bus lose at most that device's timeout per cycle;
+  not tried), and the device's other poll groups due in the same slot are not tried either: a
+  device's groups poll one after the other, and a group whose slot is not after the slot of the
+  device's last timeout is skipped. So the other devices on the bus lose at most one of that
+  device's timeouts per cycle, whatever its group count;
   a dropped link or a garbled reply is retried at once (up to `retries`), because that is quick;
 - `retries + 1` failed polls in a row mark the device offline (logged once); it is then probed
-  only after an exponential back-off (greenmine.backoff: its shortest poll interval, doubling,
-  up to `backoff_max_s`, with jitter so devices that failed together are not all probed in the
-  same cycle), with no retries, and its first good poll marks it online (logged once).
+  only after an exponential back-off (greenmine.backoff: its shortest poll interval, doubling, up to
+  `backoff_max_s`, with jitter so devices that failed together are not all probed in the same cycle),
+  with no retries, one probe per back-off window whatever its group count (the first group due after
+  the window probes; the others see the new window), and its first good poll marks it online (logged once).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class DevicePoller:
         self.last_error: str | None = None
         self.failed_polls = 0
         self.next_attempt_s = 0.0
+        self._one_group_at_a_time = asyncio.Lock()
+        self._silent_slot: datetime | None = None  # slot of the last poll that found the device not answering
         if metrics:
             metrics.device_online.labels(dev.name).set(-1)
 
@@ -94,9 +100,15 @@ class DevicePoller:
 
     async def poll(self, group: str, ts: datetime) -> list[Reading]:
         """One poll of `group`, stamped `ts`. Returns the readings taken (none while backed off)."""
+        # Groups of one device poll one after another, so each sees what the previous one found.
+        async with self._one_group_at_a_time:
+            return await self._poll(group, ts)
+
+    async def _poll(self, group: str, ts: datetime) -> list[Reading]:
         name = self.dev.name
         now = self.clock()
-        if self.state is DeviceState.OFFLINE and now < self.next_attempt_s:
+        backed_off = self.state is DeviceState.OFFLINE and now < self.next_attempt_s
+        if backed_off or (self._silent_slot is not None and ts <= self._silent_slot):
             if self.metrics:
                 self.metrics.polls.labels(name, group, "backoff").inc()
             return []
@@ -121,6 +133,7 @@ class DevicePoller:
                     break
             if data is None:
                 if isinstance(failure, (ModbusTimeout, ModbusConnectError)):
+                    self._silent_slot = ts
                     break  # the device is not answering: do not spend more of the bus's time on it
                 continue
             for d in decode_request(req, data, self.dev.default_word_order):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -47,27 +48,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def plan_doc(cfg) -> dict:
-    from greenmine.agent.planner import plan_device
+    """The plan of every device; the totals count enabled devices only (a disabled one is not polled)."""
+    from greenmine.agent.planner import CostModel, plan_device
 
     devices = []
     total_planned = total_naive = 0
+    total_s = 0.0
     for dev in cfg.devices:
+        bus = cfg.bus(dev.bus)
+        cost = CostModel.for_bus(bus)
         groups = []
-        for group, reqs in plan_device(dev).items():
+        for group, reqs in plan_device(dev, bus).items():
             naive = sum(len(r.registers) for r in reqs)
+            bus_s = cost.seconds(reqs)
             groups.append({
                 "group": group,
                 "interval_s": dev.poll_groups[group],
                 "requests": [r.to_dict() for r in reqs],
                 "requests_per_cycle": len(reqs),
                 "one_per_register": naive,
+                "bus_time_s": bus_s,
             })
-            total_planned += len(reqs)
-            total_naive += naive
+            if dev.enabled:
+                total_planned += len(reqs)
+                total_naive += naive
+                total_s += bus_s
         devices.append({"device": dev.name, "bus": dev.bus, "unit_id": dev.unit_id, "enabled": dev.enabled,
-                        "max_registers_per_request": dev.max_registers, "max_gap": dev.max_gap,
-                        "forbidden": [list(f) for f in dev.forbidden], "groups": groups})
-    return {"devices": devices, "requests_per_cycle": total_planned, "one_per_register": total_naive}
+                        "cost_model": cost.name, "max_registers_per_request": dev.max_registers,
+                        "max_gap": dev.max_gap, "forbidden": [list(f) for f in dev.forbidden], "groups": groups})
+    return {"devices": devices, "requests_per_cycle": total_planned, "one_per_register": total_naive,
+            "bus_time_s": total_s}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -79,17 +89,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     for dev in doc["devices"]:
+        off = "  DISABLED: not polled, not in the totals" if not dev["enabled"] else ""
         print(f"{dev['device']}  (bus {dev['bus']}, unit {dev['unit_id']}, max {dev['max_registers_per_request']} "
-              f"registers/request, max gap {dev['max_gap']})")
+              f"registers/request, max gap {dev['max_gap']}){off}")
         for g in dev["groups"]:
             print(f"  group {g['group']} every {g['interval_s']:g} s: {g['requests_per_cycle']} request(s) "
-                  f"(one per register: {g['one_per_register']})")
+                  f"(one per register: {g['one_per_register']}), ~{_ms(g['bus_time_s'])} on the bus ({dev['cost_model']})")
             for r in g["requests"]:
                 print(f"    fc{r['function']:<2} {r['type']:<8} address {r['address']:>5}  count {r['count']:>3}  "
                       f"{', '.join(r['registers'])}")
     print(f"total: {doc['requests_per_cycle']} requests per cycle of every group "
-          f"(one per register: {doc['one_per_register']})")
+          f"(one per register: {doc['one_per_register']}), ~{_ms(doc['bus_time_s'])} of bus time")
     return 0
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -109,14 +124,29 @@ def cmd_read(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"device": dev.name, "readings": rows, "errors": errors}, indent=2))
     else:
-        print(f"{'register':<20} {'metric':<24} {'value':>14} {'unit':<8} {'quality':<12} raw")
+        print(f"{'register':<20} {'metric':<24} {'value':>22} {'unit':<8} {'quality':<12} raw")
         for r in rows:
-            value = "-" if r["value"] is None else f"{r['value']:.6g}" if isinstance(r["value"], float) else str(r["value"])
-            print(f"{r['register']:<20} {r['metric']:<24} {value:>14} {r['unit']:<8} {r['quality'] or r['note']:<12} "
+            print(f"{r['register']:<20} {r['metric']:<24} {r['shown']:>22} {r['unit']:<8} {r['quality'] or r['note']:<12} "
                   f"{' '.join(f'{w:04X}' for w in r['raw_registers'])}")
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _pipe_safe(func):
+    """`agent plan | head` closes our stdout early: stop quietly, as `cat` does."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            status = func(args)
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,9 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     read.add_argument("config", metavar="CONFIG", help="agent config (TOML)")
     read.add_argument("--device", required=True, metavar="NAME", help="device name from the config")
     read.add_argument("--json", action="store_true", help="print JSON (metric, value, unit, quality, raw registers)")
-    read.set_defaults(func=cmd_read)
+    read.set_defaults(func=_pipe_safe(cmd_read))
 
     plan = asub.add_parser("plan", help="print the Modbus requests each device's poll groups need per cycle")
     plan.add_argument("config", metavar="CONFIG", help="agent config (TOML)")
     plan.add_argument("--json", action="store_true", help="print JSON")
-    plan.set_defaults(func=cmd_plan)
+    plan.set_defaults(func=_pipe_safe(cmd_plan))

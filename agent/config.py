@@ -11,6 +11,7 @@ import hashlib
 import json
 from enum import Enum
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
@@ -112,6 +113,46 @@ class BusConfig(ConfigModel):
         return f"{self.transport.value}://{self.host}:{self.port or 502}"
 
 
+def resolve_registers(dev: Mapping[str, Any], search: list[Path]) -> tuple[list[Register], WordOrder, int, list[str]]:
+    """A device's registers from its fields (validated, or raw from the file): (registers, the
+    profile's word order, the largest read, problems). Works on raw fields too, so a device
+    whose other fields have type errors still gets its register problems reported in the same run."""
+    problems: list[str] = []
+    poll_groups = dev.get("poll_groups") or {"default": 10.0}
+    forbidden = dev.get("forbidden") or []
+    for name, interval in poll_groups.items():
+        if not interval > 0:
+            problems.append(f"poll_groups.{name}: interval must be > 0 s, got {interval}")
+    for lo, hi in forbidden:
+        if lo > hi or lo < 0 or hi > 65535:
+            problems.append(f"forbidden range [{lo}, {hi}] is not a valid address range")
+    order, max_regs, base = WordOrder.ABCD, 125, ()
+    if dev.get("profile") is not None:
+        try:
+            prof = load_profile(dev["profile"], search)
+        except ConfigError as exc:
+            return [], order, max_regs, problems + exc.messages
+        order, max_regs, base = prof.word_order, prof.max_registers_per_request, prof.registers
+    elif not dev.get("registers"):
+        return [], order, max_regs, problems + ["needs a profile or registers"]
+    regs, more = merge_registers(base, dev.get("registers") or [], dev.get("exclude") or [])
+    problems += more + check_register_layout(regs)
+    max_regs = dev.get("max_registers_per_request") or max_regs
+    for reg in regs:
+        if not reg.type.is_bit and reg.count > max_regs:
+            problems.append(f'register "{reg.name}" ({reg.address}..{reg.end}) is {reg.count} registers, '
+                            f"wider than max_registers_per_request {max_regs}")
+        if reg.poll_group not in poll_groups:
+            problems.append(
+                f'register "{reg.name}": poll_group "{reg.poll_group}" has no interval in poll_groups '
+                f"(defined: {', '.join(sorted(poll_groups))})"
+            )
+        for lo, hi in forbidden:
+            if not reg.type.is_bit and reg.address <= hi and reg.end >= lo:
+                problems.append(f'register "{reg.name}" ({reg.address}..{reg.end}) is in forbidden range [{lo}, {hi}]')
+    return regs, order, max_regs, problems
+
+
 class DeviceConfig(ConfigModel):
     """One meter: where it sits, which profile describes it, how often each group is polled."""
 
@@ -147,38 +188,13 @@ class DeviceConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> DeviceConfig:
-        for name, interval in self.poll_groups.items():
-            if not interval > 0:
-                raise ValueError(f'poll_groups.{name}: interval must be > 0 s, got {interval}')
-        for lo, hi in self.forbidden:
-            if lo > hi or lo < 0 or hi > 65535:
-                raise ValueError(f"forbidden range [{lo}, {hi}] is not a valid address range")
         search = (info.context or {}).get("profile_dirs") or [PROFILES_DIR]
-        order, max_regs, base = WordOrder.ABCD, 125, ()
-        if self.profile is not None:
-            try:
-                prof = load_profile(self.profile, search)
-            except ConfigError as exc:
-                raise ValueError("; ".join(exc.messages)) from None
-            order, max_regs, base = prof.word_order, prof.max_registers_per_request, prof.registers
-        elif not self.registers:
-            raise ValueError("needs a profile or registers")
-        regs = merge_registers(base, self.registers, self.exclude)
-        problems = check_register_layout(regs)
-        for reg in regs:
-            if reg.poll_group not in self.poll_groups:
-                problems.append(
-                    f'register "{reg.name}": poll_group "{reg.poll_group}" has no interval in poll_groups '
-                    f"(defined: {', '.join(sorted(self.poll_groups))})"
-                )
-            for lo, hi in self.forbidden:
-                if not reg.type.is_bit and reg.address <= hi and reg.end >= lo:
-                    problems.append(f'register "{reg.name}" ({reg.address}..{reg.end}) is in forbidden range [{lo}, {hi}]')
+        regs, order, max_regs, problems = resolve_registers(self.__dict__, search)
         if problems:
             raise ValueError("; ".join(problems))
         object.__setattr__(self, "_registers", tuple(regs))
         object.__setattr__(self, "_default_order", self.word_order or order)
-        object.__setattr__(self, "_max_regs", self.max_registers_per_request or max_regs)
+        object.__setattr__(self, "_max_regs", max_regs)
         return self
 
     @property
@@ -193,6 +209,35 @@ class DeviceConfig(ConfigModel):
     @property
     def max_registers(self) -> int:
         return self._max_regs
+
+
+def cross_check(buses: list[Mapping[str, Any]], devices: list[Mapping[str, Any]]) -> list[str]:
+    """Duplicate names, unknown buses and unit ids, over the buses' and devices' fields (validated,
+    or raw from the file, so they are reported in the same run as type errors elsewhere)."""
+    problems = []
+    by_name: dict[str, Mapping[str, Any]] = {}
+    for i, bus in enumerate(buses):
+        if bus.get("name") in by_name:
+            problems.append(f'buses[{i}] "{bus["name"]}": duplicate bus name')
+        by_name[bus.get("name")] = bus
+    names: dict[str, int] = {}
+    units: dict[tuple[str, int], str] = {}
+    for i, dev in enumerate(devices):
+        where = f'devices[{i}] "{dev.get("name")}"'
+        if dev.get("name") in names:
+            problems.append(f"{where}: duplicate device name (also devices[{names[dev['name']]}])")
+        names.setdefault(dev.get("name"), i)
+        bus_name, unit_id = dev.get("bus"), dev.get("unit_id")
+        if bus_name not in by_name:
+            problems.append(f'{where}: bus "{bus_name}" is not defined (buses: {", ".join(map(str, by_name)) or "none"})')
+            continue
+        if (bus_name, unit_id) in units:
+            problems.append(f'{where}: unit_id {unit_id} on bus "{bus_name}" is also used by "{units[(bus_name, unit_id)]}"')
+        units.setdefault((bus_name, unit_id), dev.get("name"))
+        serial = by_name[bus_name].get("transport") != Transport.TCP
+        if serial and isinstance(unit_id, int) and not 1 <= unit_id <= 247:
+            problems.append(f"{where}: unit_id {unit_id} is not a serial address (1..247)")
+    return problems
 
 
 class AgentConfig(FileConfig):
@@ -218,27 +263,7 @@ class AgentConfig(FileConfig):
 
     @model_validator(mode="after")
     def _cross(self) -> AgentConfig:
-        problems = []
-        buses = {}
-        for i, bus in enumerate(self.buses):
-            if bus.name in buses:
-                problems.append(f'buses[{i}] "{bus.name}": duplicate bus name')
-            buses[bus.name] = bus
-        names: dict[str, int] = {}
-        units: dict[tuple[str, int], str] = {}
-        for i, dev in enumerate(self.devices):
-            where = f'devices[{i}] "{dev.name}"'
-            if dev.name in names:
-                problems.append(f"{where}: duplicate device name (also devices[{names[dev.name]}])")
-            names.setdefault(dev.name, i)
-            if dev.bus not in buses:
-                problems.append(f'{where}: bus "{dev.bus}" is not defined (buses: {", ".join(buses) or "none"})')
-                continue
-            if (dev.bus, dev.unit_id) in units:
-                problems.append(f'{where}: unit_id {dev.unit_id} on bus "{dev.bus}" is also used by "{units[(dev.bus, dev.unit_id)]}"')
-            units.setdefault((dev.bus, dev.unit_id), dev.name)
-            if buses[dev.bus].transport is not Transport.TCP and not 1 <= dev.unit_id <= 247:
-                problems.append(f"{where}: unit_id {dev.unit_id} is not a serial address (1..247)")
+        problems = cross_check([b.__dict__ for b in self.buses], [d.__dict__ for d in self.devices])
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -260,6 +285,43 @@ def load_agent_config(path: str | Path, doc: dict | None = None) -> AgentConfig:
         doc = read_toml(path)
     dirs = [resolve_path(d, path.parent) for d in doc.get("profile_dirs", []) if isinstance(d, str)]
     dirs += [path.parent / "profiles", PROFILES_DIR]
-    cfg = load_model(AgentConfig, path, context={"profile_dirs": dirs}, doc=doc)
+    try:
+        cfg = load_model(AgentConfig, path, context={"profile_dirs": dirs}, doc=doc)
+    except ConfigError as exc:
+        # pydantic skips a model's own checks when one of its fields is invalid: run them on the
+        # raw file too, so every problem is reported in one run.
+        more = [m for m in _raw_problems(doc, dirs) if m not in exc.messages]
+        if more:
+            raise ConfigError(path, exc.messages + more) from None
+        raise
     cfg.loaded_from(path)
     return cfg
+
+
+def _defaults(model: type[ConfigModel]) -> dict[str, Any]:
+    return {name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items() if not f.is_required()}
+
+
+def _raw_problems(doc: dict, dirs: list[Path]) -> list[str]:
+    """The device and cross-reference checks over the raw file; a check whose input is itself
+    malformed is left to the type errors already reported."""
+    def items(key: str) -> list[tuple[int, dict]]:
+        value = doc.get(key)
+        return [(i, x) for i, x in enumerate(value) if isinstance(x, dict)] if isinstance(value, list) else []
+
+    dev_defaults, bus_defaults = _defaults(DeviceConfig), _defaults(BusConfig)
+    problems = []
+    for i, dev in items("devices"):
+        if not dev.keys() <= DeviceConfig.model_fields.keys():
+            continue  # a typo'd field (poll_group) would show as every register's problem
+        try:
+            found = resolve_registers(dev_defaults | dev, dirs)[3]
+        except (TypeError, ValueError, AttributeError, KeyError):
+            continue
+        if found:
+            problems.append(f'devices[{i}] "{dev.get("name")}": ' + "; ".join(found))
+    try:
+        problems += cross_check([bus_defaults | b for _, b in items("buses")], [d for _, d in items("devices")])
+    except (TypeError, ValueError, AttributeError, KeyError):
+        pass
+    return problems

@@ -7,6 +7,8 @@ registers, duplicate names and impossible values are errors at load.
 
 from __future__ import annotations
 
+import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,24 @@ from pydantic import Field, ValidationError, model_validator
 from greenmine.agent.codec import DataType, RegisterType, WordOrder, register_count
 from greenmine.configbase import IDENT, ConfigModel
 from greenmine.configfile import ConfigError, format_validation_error, read_toml
+
+
+_INT_RANGE = {
+    DataType.INT16: (-(1 << 15), (1 << 15) - 1),
+    DataType.UINT16: (0, (1 << 16) - 1),
+    DataType.INT32: (-(1 << 31), (1 << 31) - 1),
+    DataType.UINT32: (0, (1 << 32) - 1),
+    DataType.INT64: (-(1 << 63), (1 << 63) - 1),
+    DataType.UINT64: (0, (1 << 64) - 1),
+}
+
+
+def _as_float32(value: float) -> float:
+    """`value` rounded to the nearest float32 (infinity when it is out of float32's range)."""
+    try:
+        return struct.unpack(">f", struct.pack(">f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 class Register(ConfigModel):
@@ -32,7 +52,11 @@ class Register(ConfigModel):
     unit: str = Field(default="", max_length=16, description="unit of the scaled value, e.g. kWh, m3, mg/m3, dB(A)")
     metric: str | None = Field(default=None, pattern=IDENT, description="metric published; default: the register name")
     poll_group: str = Field(default="default", pattern=IDENT, description="which poll group (interval) reads it")
-    nan_value: float | None = Field(default=None, description="raw value meaning 'no measurement' (e.g. 65535, 0x7FC00000)")
+    nan_value: int | float | None = Field(
+        default=None, allow_inf_nan=False,
+        description="raw value meaning 'no measurement', compared in the register's own type (e.g. 65535 on a uint16, "
+        "-9999.9 on a float32: the marker rounded to float32)",
+    )
     valid_min: float | None = Field(default=None, description="lowest plausible scaled value; below it quality=out_of_range")
     valid_max: float | None = Field(default=None, description="highest plausible scaled value; above it quality=out_of_range")
     counter_width_bits: int | None = Field(
@@ -58,7 +82,35 @@ class Register(ConfigModel):
             raise ValueError(f"valid_min {self.valid_min} is above valid_max {self.valid_max}")
         if self.data_type is DataType.STRING and self.publish:
             raise ValueError("string registers cannot be published as telemetry; set publish = false")
+        if not self.type.is_bit and self.end > 65535:
+            raise ValueError(f"a {self.data_type.value} at {self.address} ends at address {self.end}, "
+                             "past the last address 65535")
+        if self.nan_value is not None:
+            self._check_nan_value()
         return self
+
+    def _check_nan_value(self) -> None:
+        marker, dt = self.nan_value, self.data_type
+        if dt in (DataType.STRING, DataType.BIT):
+            raise ValueError(f"nan_value is not for data_type '{dt.value}'")
+        article = "an" if dt.value.startswith("int") else "a"
+        if dt in _INT_RANGE:
+            lo, hi = _INT_RANGE[dt]
+            if marker != int(marker) or not lo <= int(marker) <= hi:
+                raise ValueError(f"nan_value {marker!r} cannot be held by {article} {dt.value} ({lo}..{hi})")
+        elif dt is DataType.FLOAT32 and not math.isfinite(_as_float32(marker)):
+            raise ValueError(f"nan_value {marker!r} cannot be held by a float32 (it rounds to infinity)")
+
+    @property
+    def nan_raw(self) -> int | float | None:
+        """`nan_value` in the register's own type, to compare with the decoded raw value exactly."""
+        if self.nan_value is None:
+            return None
+        if self.data_type in _INT_RANGE:
+            return int(self.nan_value)
+        if self.data_type is DataType.FLOAT32:
+            return _as_float32(self.nan_value)
+        return float(self.nan_value)
 
     @property
     def count(self) -> int:
@@ -126,6 +178,9 @@ class Profile(ConfigModel):
     @model_validator(mode="after")
     def _layout(self) -> Profile:
         problems = check_register_layout(self.registers)
+        problems += [f'register "{r.name}" ({r.address}..{r.end}) is {r.count} registers, '
+                     f"wider than max_registers_per_request {self.max_registers_per_request}"
+                     for r in self.registers if not r.type.is_bit and r.count > self.max_registers_per_request]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -152,11 +207,14 @@ def load_profile(name: str, search: list[Path]) -> Profile:
         raise ConfigError(path, format_validation_error(exc, doc)) from None
 
 
-def merge_registers(base: tuple[Register, ...], overrides: list[dict[str, Any]], exclude: list[str]) -> list[Register]:
+def merge_registers(
+    base: tuple[Register, ...], overrides: list[dict[str, Any]], exclude: list[str]
+) -> tuple[list[Register], list[str]]:
     """A device's registers: its profile's, minus `exclude`, with overrides applied by name.
 
     An override whose name is not in the profile adds a register; one that is
-    replaces just the fields it sets.
+    replaces just the fields it sets. Returns the registers that are valid and the
+    problems of the others, so the caller can report them with its own checks at once.
     """
     by_name = {r.name: r for r in base}
     problems: list[str] = []
@@ -175,6 +233,4 @@ def merge_registers(base: tuple[Register, ...], overrides: list[dict[str, Any]],
         except ValidationError as exc:
             for msg in format_validation_error(exc, merged):
                 problems.append(f'registers[{i}] "{name}": {msg}')
-    if problems:
-        raise ValueError("; ".join(problems))
-    return list(by_name.values())
+    return list(by_name.values()), problems

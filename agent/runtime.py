@@ -52,7 +52,7 @@ class Agent:
         for dev in cfg.devices:
             if not dev.enabled:
                 continue
-            plan = plan_device(dev)
+            plan = plan_device(dev, cfg.bus(dev.bus))
             poller = self.pollers[dev.name] = DevicePoller(
                 dev, self.buses[dev.bus], plan, metrics=self.metrics, on_state_change=self.publish_status
             )

@@ -15,6 +15,9 @@ Then, against the same simulator in the same run, with the agent stopped: a bare
 (one connection, sequential reads of the agent's first planned request), so that agent overhead is
 a ratio (CPU per request, agent / raw pymodbus).
 
+The planner's estimated bus time per cycle (the cost model of docs/agent.md, from `agent plan`)
+is reported beside the request counts.
+
 Lag figures (seconds):
 - poll_to_puback_s_p50/p99_at_most: from the agent's own histogram
   greenmine_agent_poll_to_puback_seconds (scraped from its /metrics before and after the window):
@@ -247,6 +250,10 @@ def main() -> int:
             "interval_s": args.interval,
             "requests_per_cycle_planned": plan["requests_per_cycle"],
             "requests_per_cycle_one_per_register": plan["one_per_register"],
+            # the planner's estimate (docs/agent.md "Planner"): the bus time one cycle of every group takes,
+            # summed over the buses, and per bus on average (the buses run concurrently)
+            "estimated_bus_time_s_per_cycle": round(plan["bus_time_s"], 4),
+            "estimated_bus_time_s_per_cycle_per_bus": round(plan["bus_time_s"] / args.buses, 4),
             "readings_per_s": round(readings / (t1 - t0), 1),
             "batches_per_s": round((n1 - n0) / (t1 - t0), 1),
             "agent_cpu_s_per_1000_readings": round((c1 - c0) / max(readings, 1) * 1000, 4),

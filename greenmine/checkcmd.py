@@ -6,10 +6,11 @@ Exit 0 when the file is good; 2 with every problem, each naming its place.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-KINDS = ("agent", "server", "sim")
+KINDS = ("agent", "server", "sim", "profile")
 
 
 def detect_kind(doc: dict) -> str | None:
@@ -20,16 +21,49 @@ def detect_kind(doc: dict) -> str | None:
         return "agent"
     if "servers" in doc:
         return "sim"
+    if "registers" in doc and "manufacturer" in doc:
+        return "profile"
     if any(k in doc for k in ("sites", "store", "ingest", "smtp")):
         return "server"
     return None
 
 
+class _UnsetIsEmpty(dict):
+    """The environment, where an unset variable reads as "": lets validation go on past it."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def load_any(path: Path, kind: str | None = None):
-    """Load a config of any kind. Returns (kind, model). Raises ConfigError."""
+    """Load a config of any kind. Returns (kind, model). Raises ConfigError with every problem:
+    unset environment variables, then the type and cross-reference errors of the same file."""
     from greenmine.configfile import ConfigError, read_toml
 
-    doc = read_toml(path)
+    try:
+        doc = read_toml(path)
+        unset: list[str] = []
+    except ConfigError as exc:
+        try:
+            doc = read_toml(path, env=_UnsetIsEmpty(os.environ))
+        except ConfigError:
+            raise exc from None  # not (only) a variable: a file that cannot be read or parsed
+        unset = exc.messages
+    try:
+        kind, model = _load_kind(path, doc, kind)
+    except ConfigError as exc:
+        raise ConfigError(path, unset + exc.messages) from None
+    if unset:
+        raise ConfigError(path, unset)
+    return kind, model
+
+
+def _load_kind(path: Path, doc: dict, kind: str | None):
+    from greenmine.configfile import ConfigError
+
     kind = kind or detect_kind(doc)
     if kind == "agent":
         from greenmine.agent.config import load_agent_config
@@ -43,6 +77,10 @@ def load_any(path: Path, kind: str | None = None):
         from greenmine.simulators.config import load_sim_config
 
         return kind, load_sim_config(path, doc)
+    if kind == "profile":
+        from greenmine.agent.registermap import load_profile
+
+        return kind, load_profile(path.stem, [path.parent])
     raise ConfigError(path, ['cannot tell the config kind: add kind = "agent" | "server" | "sim", or pass --kind'])
 
 
@@ -69,6 +107,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Exits 0 if all are valid; otherwise prints every problem, naming file, device, register "
         "and field, and exits 2.",
     )
-    p.add_argument("file", nargs="+", metavar="FILE", help="agent, server or simulated-site config (TOML)")
+    p.add_argument("file", nargs="+", metavar="FILE", help="agent, server or simulated-site config, or a device profile (TOML)")
     p.add_argument("--kind", choices=KINDS, help="config kind; default: detected from the file")
     p.set_defaults(func=run)

@@ -69,7 +69,9 @@ class Reading(_Wire):
     device: Identifier = Field(description="device name, unique within the site")
     metric: Identifier = Field(description="metric name, e.g. energy_kwh_total")
     ts: AwareDatetime = Field(description="time of the poll (not of sending), timezone-aware")
-    value: float = Field(allow_inf_nan=False, description="engineering value after scale and offset")
+    # An int stays an int: a 64-bit counter above 2^53 is exact only as a JSON integer.
+    value: int | Annotated[float, Field(allow_inf_nan=False)] = Field(
+        description="engineering value after scale and offset (an integer for exact 64-bit counters)")
     unit: Unit = Field(default="", description="unit, e.g. kWh, m3, mg/m3, dB(A): letters, digits, space and " + _UNIT_SYMBOLS)
     quality: Quality = Field(default=Quality.GOOD, description="good | bad | stale | out_of_range")
 

@@ -1,8 +1,13 @@
-"""Table test: every folder in tests/cases/ holds one bad config and the exact messages it must give.
+"""Table tests over tests/cases/: error cases and decode cases.
 
-`check-config` must exit 2 and print exactly the lines of error.txt (each
-prefixed by the file's path). `{config_dir}` and `{profiles_dir}` in error.txt
-stand for the case's folder and the shipped profiles folder.
+An error case holds one bad config and error.txt: `check-config` must exit 2 and
+print exactly its lines (each prefixed by the file's path). `{config_dir}` and
+`{profiles_dir}` in error.txt stand for the case's folder and the shipped profiles folder.
+
+A decode case holds agent.toml (one device on a TCP bus) and expected.jsonl: per
+register, the words a meter holds at its address and the value, quality or note
+`agent read` must give for them, exactly (an int stays an int). The words are served by
+pyModbusTCP's server, not by greenmine, and read over the wire.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from greenmine.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted(p for p in (ROOT / "tests" / "cases").iterdir() if (p / "error.txt").exists())
+DECODE_CASES = sorted(p for p in (ROOT / "tests" / "cases").iterdir() if (p / "expected.jsonl").exists())
 
 
 def _case_file(case: Path) -> Path:
@@ -86,3 +92,45 @@ def test_a_config_of_another_kind_is_named_as_such():
     with pytest.raises(ConfigError) as info:
         load_server_config(ROOT / "config" / "site.example.toml")
     assert info.value.messages == ['this is a sim config (kind = "sim"), not a server config']
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=[c.name for c in DECODE_CASES])
+def test_decode_case(case: Path):
+    import asyncio
+    import json
+
+    from pyModbusTCP.server import DataBank, ModbusServer
+
+    from greenmine.agent.commission import read_device
+    from greenmine.agent.config import load_agent_config
+    from greenmine.configfile import read_toml
+    from tests.support.services import free_port, port_open, wait_for
+
+    expected = [json.loads(line) for line in (case / "expected.jsonl").read_text().splitlines() if line.strip()]
+    path = case / "agent.toml"
+    doc = read_toml(path)
+    port = free_port()
+    doc["buses"][0]["port"] = port
+    cfg = load_agent_config(path, doc)
+    (dev,) = cfg.devices
+    address = {r.name: r.address for r in dev.resolved_registers}
+    assert sorted(address) == sorted(e["register"] for e in expected), "expected.jsonl covers every register"
+    server = ModbusServer("127.0.0.1", port, no_block=True, data_bank=DataBank())
+    server.start()
+    try:
+        wait_for(lambda: port_open(port), 5, what="pyModbusTCP server")
+        for e in expected:
+            server.data_bank.set_holding_registers(address[e["register"]], e["words"])
+        rows, errors = asyncio.run(read_device(cfg, dev))
+    finally:
+        server.stop()
+    assert errors == []
+    got = {r["register"]: r for r in rows}
+    for e in expected:
+        row = got[e["register"]]
+        assert row["raw_registers"] == e["words"], e["register"]
+        assert (row["value"], type(row["value"])) == (e["value"], type(e["value"])), (e["register"], row)
+        if "quality" in e:
+            assert row["quality"] == e["quality"], (e["register"], row)
+        if "note" in e:
+            assert row["note"] == e["note"], (e["register"], row)

@@ -59,6 +59,7 @@ class ModbusTestServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task] = set()
+        self.serial_ready = asyncio.Event()  # set once serve_serial listens on its pty
 
     # -- protocol core ------------------------------------------------------------------------------
     def _answer(self, unit_id: int, fc: int, address: int, count: int) -> bytes | None:
@@ -157,6 +158,7 @@ class ModbusTestServer:
                 pass
 
         loop.add_reader(fd, readable)
+        self.serial_ready.set()
         try:
             while True:
                 buf += await queue.get()

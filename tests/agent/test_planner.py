@@ -1,14 +1,16 @@
-"""Planner: optimal against an exhaustive search, and limits and forbidden ranges are respected."""
+"""Planner: optimal against an exhaustive search (fewest requests under TCP's cost model, least bus
+time then fewest requests under RTU's), and limits and forbidden ranges are respected."""
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import deque
 
 import pytest
 
 from greenmine.agent.codec import DataType, RegisterType
-from greenmine.agent.planner import plan_registers
+from greenmine.agent.planner import CostModel, plan_registers
 from greenmine.agent.registermap import Register
 
 WIDTH = {DataType.UINT16: 1, DataType.FLOAT32: 2, DataType.FLOAT64: 4}
@@ -26,9 +28,9 @@ def random_map(rng: random.Random, space: int = 40):
     return regs
 
 
-def exhaustive_min_requests(regs, max_count, max_gap, forbidden, space=48):
-    """The true optimum: fewest address ranges [a, b] covering every register whole, over ALL ranges
-    that satisfy the limits (any start, any end), found by breadth-first search over covered sets."""
+def feasible_ranges(regs, max_count, max_gap, forbidden, space=48):
+    """Every address range [a, b] that satisfies the limits (any start, any end): (mask of the
+    registers it covers whole, its count)."""
     used = set()
     for r in regs:
         used.update(range(r.address, r.end + 1))
@@ -48,7 +50,13 @@ def exhaustive_min_requests(regs, max_count, max_gap, forbidden, space=48):
                 continue
             mask = sum(1 << i for i, r in enumerate(regs) if a <= r.address and r.end <= b)
             if mask:
-                covers.add(mask)
+                covers.add((mask, b - a + 1))
+    return covers
+
+
+def exhaustive_min_requests(regs, max_count, max_gap, forbidden):
+    """The true optimum: fewest feasible ranges covering every register, by breadth-first search over covered sets."""
+    covers = {m for m, _ in feasible_ranges(regs, max_count, max_gap, forbidden)}
     full = (1 << len(regs)) - 1
     seen, todo = {0: 0}, deque([0])
     while todo:
@@ -106,6 +114,56 @@ def test_planner_is_optimal_on_random_maps():
         assert len(plan) == exhaustive_min_requests(regs, max_count, max_gap, forbidden), (regs, max_count, max_gap, forbidden)
         checked += 1
     assert checked > 300
+
+
+def exhaustive_least_time(regs, max_count, max_gap, forbidden, cost):
+    """The true optimum under `cost`: (bus time units, requests) over every set of feasible ranges
+    covering every register, by Dijkstra over covered sets."""
+    covers = feasible_ranges(regs, max_count, max_gap, forbidden)
+    full = (1 << len(regs)) - 1
+    done, todo = set(), [((0, 0), 0)]
+    while todo:
+        key, m = heapq.heappop(todo)
+        if m == full:
+            return key
+        if m in done:
+            continue
+        done.add(m)
+        for c, count in covers:
+            if m | c != m:
+                heapq.heappush(todo, ((key[0] + cost.units(RegisterType.HOLDING, count), key[1] + 1), m | c))
+    return None
+
+
+def test_planner_takes_least_rtu_bus_time_on_random_maps():
+    rng = random.Random(12)
+    cost = CostModel.rtu(9600)
+    checked = 0
+    for _ in range(150):
+        regs = random_map(rng)
+        max_count = rng.choice([4, 8, 16, 125])
+        max_gap = rng.choice([0, 4, 8, 12, 20])
+        if not regs or any(r.count > max_count for r in regs):
+            continue
+        plan = plan_registers(regs, max_count=max_count, max_gap=max_gap, cost=cost)
+        check_plan(plan, regs, max_count, max_gap, [])
+        got = (sum(cost.units(r.type, r.count) for r in plan), len(plan))
+        assert got == exhaustive_least_time(regs, max_count, max_gap, [], cost), (regs, max_count, max_gap)
+        checked += 1
+    assert checked > 100
+
+
+def test_rtu_reads_across_a_wide_gap_only_when_it_is_cheaper():
+    # 3.5 chars + 8 out + 5 back open a request: 16.5 characters, i.e. the cost of reading 8.25 unused registers.
+    regs = [Register(name="a", address=0), Register(name="b", address=10)]
+    rtu = CostModel.rtu(9600)
+    assert [(r.address, r.count) for r in plan_registers(regs, max_gap=12, cost=rtu)] == [(0, 1), (10, 1)]
+    assert [(r.address, r.count) for r in plan_registers(regs, max_gap=12)] == [(0, 11)]  # TCP: one round trip
+    near = [Register(name="a", address=0), Register(name="b", address=9)]  # 8 unused: 16 < 16.5 characters
+    assert [(r.address, r.count) for r in plan_registers(near, max_gap=12, cost=rtu)] == [(0, 10)]
+    # 9600 baud, 8N1: 10 bits a character; two one-register requests are 2 * (16.5 + 2) characters
+    plan = plan_registers(regs, max_gap=12, cost=rtu)
+    assert rtu.seconds(plan) == pytest.approx(2 * 18.5 * 10 / 9600)
 
 
 def test_respects_max_registers_per_request():

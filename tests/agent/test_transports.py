@@ -63,6 +63,7 @@ def test_rtu_over_socat_pty_pair(tmp_path):
 
         async def main():
             serve = asyncio.create_task(server.serve_serial(str(a)))
+            await asyncio.wait_for(server.serial_ready.wait(), 5)
             try:
                 rows, errors = await read_device(cfg, cfg.devices[0])
                 assert errors == []
