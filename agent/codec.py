@@ -1,7 +1,7 @@
 """Register codec: Modbus register words <-> engineering values.
 
 Pure and dependency-free, so the simulators encode with exactly the rules the
-agent decodes with (DESIGN.md: simulators may import the agent's codec). The
+agent decodes with (the simulators may import the agent's codec; tests/test_import_boundaries.py checks it). The
 independent check that both are right is the simulator test that decodes raw
 registers with rules written out separately from the meters' manuals.
 

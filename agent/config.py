@@ -1,6 +1,6 @@
 """The agent's config: site identity, MQTT, outbox, buses, devices, poll groups.
 
-Loading is pure (STYLE.md §2): it reads files (the config and the device
+Loading is pure: it reads files (the config and the device
 profiles it names) and never connects. Every problem is an error that names
 its place; nothing is warned about and dropped.
 """

@@ -1,6 +1,6 @@
 """Raw words of one read request -> engineering values with a quality.
 
-Rules (DESIGN.md "Modbus acquisition", issue #4 "Quality"):
+Rules (docs/agent.md "Acquisition"):
 - value = raw * scale + offset;
 - a raw value equal to the register's `nan_value` marker (compared in the register's own type:
   a float32 marker is rounded to float32 first), or a float that is NaN or infinite, means

@@ -1,5 +1,5 @@
 """The agent's exceptions. Library modules translate their library's failures into these
-(STYLE.md §4): `agent.modbus` for pymodbus, `agent.publisher` for paho-mqtt.
+`agent.modbus` for pymodbus, `agent.publisher` for paho-mqtt.
 
     AgentError(Exception)
     ├── ModbusError                 one Modbus request that produced no usable answer

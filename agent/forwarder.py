@@ -1,6 +1,6 @@
 """Outbox -> broker: live batches at once, the backlog oldest first at a bounded rate.
 
-Rules (DESIGN.md "Delivery", STYLE.md §6):
+Rules (docs/agent.md "Delivery"):
 - a batch is published only once committed to the outbox, and deleted only on its PUBACK (the
   PUBACKs that arrive while a delete is running are deleted together in the next transaction);
 - at most `max_inflight` batches await a PUBACK; a batch in flight is never published again by

@@ -1,4 +1,4 @@
-"""Modbus I/O: the only agent module that talks to meters; the only one that imports pymodbus (STYLE.md §4).
+"""Modbus I/O: the only agent module that talks to meters; the only one that imports pymodbus.
 
 `ModbusLink` is one bus's connection (TCP, RTU on a serial port, or RTU framing over TCP).
 It performs one read at a time and turns every failure into one of `agent.errors`' Modbus

@@ -1,10 +1,10 @@
-"""The outbox: every telemetry batch is committed here before it is published (DESIGN.md "Delivery").
+"""The outbox: every telemetry batch is committed here before it is published (docs/agent.md "Delivery").
 
 SQLite in WAL mode with synchronous=FULL (opened by greenmine.sqlite): a batch whose `commit`
 returned survives a `kill -9` and a power cut. A batch is deleted only by `ack_many`, which the
 forwarder calls for the batches the broker acknowledged (PUBACK).
 
-Bound (STYLE.md §6, full-policy `drop_oldest`): after every insert the oldest batches are
+Bound: after every insert the oldest batches are
 dropped while the stored payload bytes exceed `max_bytes` or a batch is older than `max_age_s`.
 The newest batch is always kept, so polling never blocks on a full outbox. Drops are counted in
 the database (they survive restarts) and reported in the status message.

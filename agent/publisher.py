@@ -1,4 +1,4 @@
-"""MQTT publishing: the only agent module that imports paho-mqtt (STYLE.md §4).
+"""MQTT publishing: the only agent module that imports paho-mqtt.
 
 paho-mqtt 2.x with CallbackAPIVersion.VERSION2, MQTT 3.1.1, QoS 1, a persistent session
 (clean_session=False under a stable client id), optional TLS (CA, client certificate and key)

@@ -68,7 +68,7 @@ class GroupJob:
         self.skipped += n
         if self._on_skip:
             self._on_skip(n)
-        if not self._skip_logged:  # once per streak, not per skip (STYLE.md §5)
+        if not self._skip_logged:  # once per streak, not per skip
             log.warning("%s/%s: %d poll run(s) skipped (previous run still going or late)", self.device, self.group, n)
             self._skip_logged = True
 

@@ -1,6 +1,6 @@
 """Benchmark of the edge agent against the simulators on loopback. Prints one JSON line.
 
-    /work/venv/bin/python bench/agent.py [--seconds 20] [--devices 112] [--buses 8] [--interval 1]
+    .venv/bin/python bench/agent.py [--seconds 20] [--devices 112] [--buses 8] [--interval 1]
 
 Runs, all on 127.0.0.1:
 - the simulators (simulators.site.SiteRunner, in a separate process): `--buses` Modbus TCP gateways

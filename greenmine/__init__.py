@@ -7,7 +7,7 @@ example configs and device profiles live, and the foundation every part shares
 loading (`configfile`), the clock, logging set-up, the durable SQLite helper
 (`sqlite`), back-off (`backoff`) and the log-once latch (`latch`). The parts
 themselves are installed beside it as `greenmine.schemas`, `greenmine.agent`,
-`greenmine.server` and `greenmine.simulators` (see DESIGN.md, "Layout").
+`greenmine.server` and `greenmine.simulators` (see README.md, "Layout").
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version

@@ -1,6 +1,6 @@
 """What every config model shares: the strict base, the identifier pattern, and paths relative to the file.
 
-- `ConfigModel`: `extra="forbid"` (a typo fails at load, STYLE.md §2) and frozen (a loaded
+- `ConfigModel`: `extra="forbid"` (a typo fails at load) and frozen (a loaded
   config is not changed behind the code's back).
 - `IDENT`: the pattern of every name that ends up in a topic, a tag or a file name (sites,
   agents, buses, devices, registers, metrics). It is the wire contract's identifier pattern

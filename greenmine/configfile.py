@@ -1,4 +1,4 @@
-"""Loading TOML config files: pure, no connections (STYLE.md §2).
+"""Loading TOML config files: pure, no connections.
 
 Shared by the agent, server and simulator configs:
 

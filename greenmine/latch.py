@@ -1,4 +1,4 @@
-"""The log-once latch: one failing thing's log lines (STYLE.md §5).
+"""The log-once latch: one failing thing's log lines.
 
 The first failure is logged at error (or the level the caller gives), every repeat at debug,
 and the recovery once at info; a success while nothing was failing logs nothing.

@@ -33,5 +33,5 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # pymodbus logs every failed request at error level; our own code logs state
-    # changes once (STYLE.md §5), so its repeats are hidden unless debugging.
+    # changes once, so its repeats are hidden unless debugging.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)

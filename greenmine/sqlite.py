@@ -4,7 +4,7 @@ It owns how a state file is opened (`connect`: WAL, `synchronous` as the caller 
 timeout, foreign keys where used, a new file created with mode 0600 because state files can
 hold secrets), the write transaction (`transaction`: BEGIN IMMEDIATE, COMMIT or ROLLBACK), the
 integrity check a caller may run at open (`quick_check`), and the one mapping of `sqlite3`'s
-failures to our own (STYLE.md §4). The agent's and the server's errors wrap these:
+failures to our own. The agent's and the server's errors wrap these:
 
     StateError(Exception)          a local SQLite state file cannot be used; the message names the file or the step
     ├── StateUnavailable           the same operation may succeed later

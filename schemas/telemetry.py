@@ -35,7 +35,7 @@ UNIT_PATTERN = r"^[\p{L}\p{N} %‰/().,·°℃*^+_'\[\]-]*$"
 Unit = Annotated[str, Field(max_length=16, pattern=UNIT_PATTERN)]
 _UNIT_SYMBOLS = "%‰/().,·°℃*^+_'[]-"
 
-#: The metric vocabulary the KPIs read (DESIGN.md). Other names are stored but not used by KPIs.
+#: The metric vocabulary the KPIs read (docs/kpi-alerts.md). Other names are stored but not used by KPIs.
 METRICS = frozenset(
     {
         "energy_kwh_total",

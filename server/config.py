@@ -1,6 +1,6 @@
 """The server's config: MQTT ingest, spool, store, sites and their limits, SMTP.
 
-Loading is pure: it never connects (STYLE.md §2). Secrets can be given as
+Loading is pure: it never connects. Secrets can be given as
 "${ENV_VAR}". Sections owned by later features (alert rules, uplinks) are
 added here as their models land, each in its own module.
 """
@@ -111,7 +111,7 @@ _CITATION_FIELDS = {
 
 
 class Limits(ConfigModel):
-    """Per-site limits and the rules they come from. Defaults are DOMAIN.md's figures; every one is configurable."""
+    """Per-site limits and the rules they come from. Defaults are the published figures (docs/kpi-alerts.md, "KPIs"); every one is configurable."""
 
     water_reuse_min_pct: float = Field(default=85.0, ge=0, le=100, description="daily beneficiation water reuse rate floor (Gansu plan)")
     water_reuse_standard: str = _citation(water.STANDARD, _CITATION_FIELDS["water_reuse_standard"], "water reuse floor")
@@ -147,7 +147,7 @@ class SiteConfig(ConfigModel):
     id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
     name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
-    limits: Limits = Field(default_factory=Limits, description="the site's limits; defaults from DOMAIN.md")
+    limits: Limits = Field(default_factory=Limits, description="the site's limits; defaults: the published figures (docs/kpi-alerts.md)")
     recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
 
 

@@ -1,6 +1,6 @@
 """`greenmine demo`: a whole simulated mine site, end to end, on one machine.
 
-It composes every part (DESIGN.md: "the demo may import all"), each as its own
+It composes every part (the one module allowed to import all of them), each as its own
 process, exactly as they run in production:
 
     broker      mosquitto on a free port with its own config, or the in-process

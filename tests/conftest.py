@@ -1,6 +1,6 @@
 """Shared fixtures: real services on free loopback ports, and a leak check.
 
-The leak check (STYLE.md §9) fails any test that leaves behind threads,
+The leak check fails any test that leaves behind threads,
 child processes or asyncio tasks it started.
 """
 

@@ -1,5 +1,5 @@
 """Docs match the code: the config reference is generated from the models, and
-every option has a description (STYLE.md §8)."""
+every option has a description."""
 
 from pathlib import Path
 
@@ -42,3 +42,21 @@ def test_readme_hj212_snippet_is_a_valid_server_config(tmp_path):
     cfg.write_text('kind = "server"\n[[sites]]\nid = "gs-jinchang-cu01"\n' + m.group(1), encoding="utf-8")
     kind, model = load_any(cfg)
     assert kind == "server" and model.hj212[0].devices == ["dust-north", "noise-east"]
+
+
+#: Files a user of the repo does not have: the team's design notes beside the checkout, or this machine's paths.
+_OUTSIDE = ("DOMAIN" + ".md", "DESIGN" + ".md", "STYLE" + ".md", "../" + "shared", "/work" + "/")
+
+
+def test_nothing_points_outside_the_repo():
+    from subprocess import run
+
+    files = run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    bad = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in {".md", ".py", ".toml", ".sh", ".j2", ".txt"} or not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            bad += [f"{name}:{n}: {word}" for word in _OUTSIDE if word in line]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""DESIGN.md's import rules, checked on the source: the agent never imports the
+"""The import rules (README.md, "Layout"), checked on the source: the agent never imports the
 server and vice versa; schemas imports only pydantic and the standard library;
 every part is imported as `greenmine.<part>`, never as a bare top-level package."""
 
@@ -49,7 +49,7 @@ def test_package_boundaries(package):
     bad = []
     for path in sources(package):
         if package == "simulators" and path.name == "demo.py":
-            continue  # the demo composes every part (DESIGN.md: "the demo may import all")
+            continue  # the demo composes every part, so it may import all of them
         for name, line in imports_of(path):
             if any(_under(name, forbidden) for forbidden in RULES[package]):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")

@@ -1,7 +1,7 @@
 """A role's own consumer of the stream: how the monitor and uplink roles learn of new data.
 
 Roles are processes and talk through the broker, never through in-process
-callbacks (DESIGN.md). The ingest role owns the spool and the store; the
+callbacks (docs/server.md). The ingest role owns the spool and the store; the
 monitor and the uplink each hold their own persistent MQTT session (their own
 `client_id`, not in ingest's shared group, so each sees every message of the
 sites it serves) and receive exactly what the agents published:

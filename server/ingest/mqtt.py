@@ -1,4 +1,4 @@
-"""The server's MQTT subscriber: the only server module that imports paho (STYLE.md §4).
+"""The server's MQTT subscriber: the only server module that imports paho.
 
 - paho-mqtt 2.x, callback API version 2, MQTT 5 by default with
   clean_start=false and a session expiry (or 3.1.1 with clean_session=false),

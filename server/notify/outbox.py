@@ -1,6 +1,6 @@
 """The durable email outbox and the notifier that feeds and drains it.
 
-Delivery contract (STYLE.md §6):
+Delivery contract:
 - an alert event becomes outbox rows in the same SQLite transaction that marks
   it dispatched, so an event is turned into mail exactly once;
 - a row is marked sent only after the relay accepted it. A crash between the

@@ -1,6 +1,6 @@
 """The sink interface every store implements, and the reading row it takes.
 
-A sink is the last stage of the pipeline (STYLE.md §3). `Sink` declares
+A sink is the last stage of the pipeline. `Sink` declares
 everything the writer (`server.store.writer`) calls: `write`, `ping`,
 `maintain` every `maintenance_interval_s`, `close`. It is driven by one writer
 thread; writes must be idempotent on a reading's identity (site, device,

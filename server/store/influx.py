@@ -1,6 +1,6 @@
 """The InfluxDB sink: InfluxDB 2/3 or VictoriaMetrics through the v2 write API.
 
-The only server module that imports influxdb_client (STYLE.md §4); every
+The only server module that imports influxdb_client; every
 failure channel of it (ApiException with an HTTP status, urllib3 connection
 errors, OSError) is translated into StoreUnavailable or StoreRejected here.
 

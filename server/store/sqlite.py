@@ -18,7 +18,7 @@ block the writer):
   `samples` existed holds `readings` as a table: it is migrated on open, once,
   in one transaction.
 - `rollups`: per (site, device, metric, period, start_ms) with period `hour` or
-  `day` in the site's local time (DOMAIN.md: daily periods start at 00:00).
+  `day` in the site's local time (docs/kpi-alerts.md: daily periods start at 00:00).
   Only rows that were really inserted update a rollup (the INSERT ... RETURNING
   tells which), so duplicates never double-count. Aggregates cover
   `quality = good` readings; `not_good` counts the others. A write aggregates

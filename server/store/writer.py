@@ -8,7 +8,7 @@ transaction per reading, and a store outage keeps the data in the spool
 
 - StoreUnavailable (or any unexpected error): the same batches are retried
   after a backoff doubling from `writer_retry_min_s` to `writer_retry_max_s`.
-  The failure is logged once and the recovery once (STYLE.md §5).
+  The failure is logged once and the recovery once.
 - StoreRejected: the data itself is refused. The culprit batches are found by
   writing them one at a time and dead-lettered with reason `store_rejected`,
   so one bad batch cannot block the spool forever.

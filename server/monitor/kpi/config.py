@@ -1,7 +1,7 @@
 """Config of the KPI engine: the `[kpi]` section of the server config.
 
 Per-site limits live in `server.config.Limits` (SiteConfig.limits); this
-section holds how KPIs are computed. Every default is DOMAIN.md's figure.
+section holds how KPIs are computed. Every default is the published figure (docs/kpi-alerts.md).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from greenmine.server.monitor.kpi.counters import CounterSpec
 
-#: DOMAIN.md: electricity and heat are [2nd]; the fuels are [open] defaults (GB/T 2589-2020 not seen).
+#: Electricity and heat from secondary sources; the fuels are defaults to check against GB/T 2589-2020 (not seen).
 DEFAULT_KGCE_PER_UNIT = {
     "electricity": 0.1229,  # kgce/kWh, equivalent value
     "heat": 0.03412,  # kgce/MJ

@@ -1,7 +1,7 @@
 """Cumulative totalizers (kWh, m³, t) → true consumption per interval.
 
 Every KPI reads the increments made here, never raw totals. The rules
-(DOMAIN.md "Cumulative meters", issue 6):
+(docs/kpi-alerts.md "Counters"):
 
 - **Rollover**: a drop where the previous value sat in the top band of the
   register's declared width and the new one in the bottom band (or, when a max

@@ -4,7 +4,7 @@ The server config embeds it as `hj212: list[PointConfig]`, i.e. TOML
 `[[hj212]]` tables (see docs/hj212.md). Loading is pure: nothing here opens a
 socket or a file, and every mistake fails at load naming the field.
 
-Defaults marked [open] in DOMAIN.md are settings, not constants.
+Values the standard's text does not fix are settings with defaults, not constants.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MIN_INTERVALS_MIN = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)
 MinIntervalMin = Literal[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30]
 
 #: Protocol editions this uplink can speak. HJ 212-2025 replaces 2017 from
-#: 2026-01-01 but its differences are [open] (DOMAIN.md), so it is refused at
+#: 2026-01-01 but its differences are not yet known, so it is refused at
 #: load rather than guessed.
 SUPPORTED_VERSIONS = ("2017",)
 

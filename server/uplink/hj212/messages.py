@@ -46,7 +46,7 @@ VALID_FLAGS = frozenset({DataFlag.N, DataFlag.T})
 INVALID_PRIORITY = (DataFlag.B, DataFlag.D, DataFlag.F, DataFlag.C, DataFlag.M, DataFlag.S)
 
 #: Share of a period's expected samples that must be valid for the period to be
-#: valid. 0.75 is HJ 75's "45 minutes of an hour"; DOMAIN.md does not fix it, so
+#: valid. 0.75 is HJ 75's "45 minutes of an hour"; HJ 212 does not fix it, so
 #: it is a parameter.
 DEFAULT_MIN_COVERAGE = 0.75
 

@@ -1,6 +1,6 @@
 """The durable queue of HJ 212 uploads not yet acknowledged by the platform.
 
-Delivery contract (STYLE.md §6): a message enters the queue before its first
+Delivery contract: a message enters the queue before its first
 send and leaves only after the platform's 9014 for its last packet. A split
 message remembers how many of its packets were acknowledged, so a restart
 resumes at the next packet instead of resending the whole message.

@@ -31,7 +31,7 @@ MN = "010000A8900016F000169DC0"
 
 
 def reference_crc(data: bytes) -> int:
-    """DOMAIN.md's CRC, transcribed independently of the module under test."""
+    """docs/hj212.md's CRC, transcribed independently of the module under test."""
     crc = 0xFFFF
     for b in data:
         crc = (crc >> 8) ^ b

@@ -1,4 +1,4 @@
-"""KPI math against hand-computed tables (DOMAIN.md formulas)."""
+"""KPI math against hand-computed tables (docs/kpi-alerts.md formulas)."""
 
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
