@@ -26,7 +26,7 @@ failures to our own. The agent's and the server's errors wrap these:
 Connections are opened in autocommit mode (`isolation_level=None`): only `transaction` begins
 one, so a transaction's extent is visible in the code. They may be used from several threads
 (`check_same_thread=False`); a caller that shares one between threads passes its lock to
-`transaction`.
+`transaction`. A reader used from many threads keeps one connection per thread (`PerThread`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -227,3 +227,29 @@ def transaction(
             finally:
                 if previous is not None:
                     con.execute(f"PRAGMA synchronous={int(previous)}")
+
+
+class PerThread:
+    """One connection per thread to one file, made on first use by `open_()`, since a sqlite3 connection
+    belongs to the thread that made it; `close()` closes every one (readers shared between threads)."""
+
+    def __init__(self, open_: Callable[[], sqlite3.Connection]) -> None:
+        self._open = open_
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._open()
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def close(self) -> None:
+        with self._lock:
+            cons, self._all = self._all, []
+        for con in cons:
+            con.close()
+        self._local = threading.local()

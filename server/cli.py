@@ -9,27 +9,36 @@ import argparse
 import sys
 
 
-def _load(args):
+def config_arguments(p: argparse.ArgumentParser, *, instance: bool = True) -> None:
+    """--config, and --instance for the tools that read one process's state files (`load_config`)."""
+    p.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    if instance:
+        p.add_argument("--instance", metavar="NAME",
+                       help="the server process's --instance, if it runs with one (its state files end in -NAME)")
+
+
+def load_config(args):
+    """The server config named by --config, for --instance if given. A bad config exits 2, naming the problem."""
     from greenmine.configfile import ConfigError
     from greenmine.server.config import load_server_config
 
     try:
-        return load_server_config(args.config)
+        cfg = load_server_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    return cfg.for_instance(getattr(args, "instance", None))
 
 
 def _run(args) -> int:
-    cfg = _load(args)
+    cfg = load_config(args)
     from greenmine.server.app import ROLES, run
     from greenmine.server.errors import ServerError
 
     args.role = args.role or ["all"]
     roles = ROLES if "all" in args.role else tuple(dict.fromkeys(args.role))
-    cfg = cfg.for_instance(args.instance)
     if args.http_port is not None:
-        cfg = _with(cfg, http_port=args.http_port)
+        cfg = cfg.model_copy(update={"http_port": args.http_port})
     sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
     if args.partition is not None:
         from greenmine.server.monitor.config import parse_partition
@@ -44,12 +53,6 @@ def _run(args) -> int:
     except ServerError as exc:
         print(f"greenmine server: {exc}", file=sys.stderr)
         return 1
-
-
-def _with(cfg, **update):
-    out = cfg.model_copy(update=update)
-    object.__setattr__(out, "_path", cfg._path)
-    return out
 
 
 def _open_spool(cfg):
@@ -71,7 +74,7 @@ def _ms(ms: int) -> str:
 def _status(args) -> int:
     import json
 
-    cfg = _load(args)
+    cfg = load_config(args)
     spool = _open_spool(cfg)
     try:
         batches, readings, nbytes = spool.queue.depth()
@@ -102,7 +105,7 @@ def _status(args) -> int:
 
 
 def _dead_letters(args) -> int:
-    cfg = _load(args)
+    cfg = load_config(args)
     spool = _open_spool(cfg)
     try:
         rows = spool.dead_letters.newest(args.limit, args.reason)
@@ -134,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  greenmine server run --config server.toml --role monitor --partition 0/2 --instance m0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    config_arguments(run, instance=False)
     run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "all"), default=None,
                      help="role to run; repeat for several (default: all)")
     run.add_argument("--instance", metavar="NAME",
@@ -146,12 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run, role=None)
 
     st = ssub.add_parser("status", help="spool depth, dead letters by reason and agent states, from the spool file")
-    st.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    config_arguments(st)
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_status)
 
     dl = ssub.add_parser("dead-letters", help="list the newest rejected messages")
-    dl.add_argument("--config", required=True, metavar="FILE", help="server config (TOML)")
+    config_arguments(dl)
     dl.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     dl.add_argument("--reason", help="only this reason, e.g. not_json")
     dl.set_defaults(func=_dead_letters)

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from greenmine.clock import ClockConfig
+from greenmine.schemas import WireLimits
 from greenmine.configbase import IDENT, ConfigModel, FileConfig
 from greenmine.configfile import load_model
 from greenmine.server.uplink.hj212.config import PointConfig, check_points
@@ -75,6 +76,12 @@ class IngestConfig(ConfigModel):
     shutdown_flush_timeout_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM, how long to keep draining the spool into the store before exiting"
     )
+
+
+    def wire_limits(self) -> WireLimits:
+        """The bounds every consumer of the stream (ingest, monitor, uplink) validates messages with."""
+        return WireLimits(max_payload_bytes=self.max_payload_bytes, max_readings=self.max_readings_per_batch,
+                          max_future_skew_s=self.max_future_skew_s)
 
 
 class SqliteStoreConfig(ConfigModel):
@@ -214,9 +221,9 @@ class ServerConfig(FileConfig):
         return next((s for s in self.sites if s.id == site_id), None)
 
     def for_instance(self, instance: str | None) -> ServerConfig:
-        """This config for one of several processes of a role sharing it (`server run --instance NAME`): the MQTT
-        client ids and every state file get a `-NAME` suffix, so each process has its own session, spool and
-        monitor state. None: unchanged."""
+        """This config for one of several processes sharing it (`server run --instance NAME`): every MQTT client id
+        and every state file (spool, alert and KPI state, the monitor's and the uplink's replicas) get a `-NAME`
+        suffix, so each process has its own sessions and files. None: unchanged."""
         if not instance:
             return self
 
@@ -224,18 +231,18 @@ class ServerConfig(FileConfig):
             p = Path(path)
             return str(p.with_name(f"{p.stem}-{instance}{p.suffix}"))
 
-        base = self.mqtt.client_id
-        cfg = self.model_copy(update={
-            "mqtt": self.mqtt.model_copy(update={"client_id": f"{base}-{instance}"}),
+        def role(section):
+            # a role's own client id follows mqtt.client_id unless configured; a configured one is suffixed too
+            cid = section.client_id and f"{section.client_id}-{instance}"
+            return section.model_copy(update={"client_id": cid, "replica_path": suffixed(section.replica_path)})
+
+        return self.model_copy(update={
+            "mqtt": self.mqtt.model_copy(update={"client_id": f"{self.mqtt.client_id}-{instance}"}),
             "ingest": self.ingest.model_copy(update={"spool_path": suffixed(self.ingest.spool_path)}),
             "alerts": self.alerts.model_copy(update={"db_path": suffixed(self.alerts.db_path)}),
-            "monitor": self.monitor.model_copy(update={
-                "replica_path": suffixed(self.monitor.replica_path),
-                "client_id": f"{self.monitor.client_id or base + '-monitor'}-{instance}",
-            }),
+            "monitor": role(self.monitor),
+            "uplink": role(self.uplink),
         })
-        object.__setattr__(cfg, "_path", self._path)
-        return cfg
 
     @property
     def monitor_client_id(self) -> str:

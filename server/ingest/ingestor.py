@@ -30,10 +30,11 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 
+from greenmine.backoff import Backoff
+from greenmine.latch import Latch
 from greenmine.schemas import (
     TopicKind,
     WireError,
-    WireLimits,
     WireRejectReason,
     parse_status,
     parse_topic,
@@ -68,11 +69,8 @@ class Ingestor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`sites`: the configured site ids; `queue_size`: the most deliveries held before paho's thread waits."""
-        self.limits = WireLimits(
-            max_payload_bytes=cfg.max_payload_bytes,
-            max_readings=cfg.max_readings_per_batch,
-            max_future_skew_s=cfg.max_future_skew_s,
-        )
+        self.limits = cfg.wire_limits()
+        self._spool_latch = Latch(log)
         self.sites = frozenset(sites)
         self.accept_unknown = cfg.unknown_site is UnknownSitePolicy.ACCEPT
         self.max_group = cfg.spool_commit_max_messages
@@ -220,19 +218,14 @@ class Ingestor:
         return True
 
     def _commit(self, entries, dead, infos) -> bool:
-        delay = 0.1
-        failing = False
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 self.spool.commit(entries, dead, infos)
-                if failing:
-                    log.info("ingest: spool writable again")
+                self._spool_latch.ok("ingest: spool writable again")
                 return True
             except SpoolError as exc:
-                if not failing:
-                    log.error("ingest: %s; holding messages unacknowledged and retrying", exc)
-                    failing = True
+                self._spool_latch.fail("ingest: %s; holding messages unacknowledged and retrying", exc)
                 if self._abort or self._stopping:
                     return False
-                time.sleep(delay)  # a disk problem: back off (bounded), the broker keeps the messages meanwhile
-                delay = min(delay * 2, 5.0)
+                time.sleep(backoff.next())  # a disk problem: the broker keeps the messages meanwhile

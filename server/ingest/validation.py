@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from greenmine.schemas import WireError, WireLimits, WireRejectReason, parse_telemetry
+from greenmine.schemas import TelemetryBatch, WireError, WireLimits, WireRejectReason, parse_telemetry
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
@@ -29,9 +29,16 @@ def validate_telemetry(site: str, agent: str, payload: bytes, limits: WireLimits
     """(seq, rows) of a telemetry payload published on `site`/`agent`'s topic. Raises WireError."""
     batch = parse_telemetry(payload, limits=limits, now=now)
     check_topic(site, agent, batch.site, batch.agent)
+    return batch.seq, reading_rows(batch)
+
+
+def reading_rows(batch: TelemetryBatch) -> list[tuple]:
+    """A valid batch's readings as plain tuples in StoredReading's field order (site, agent, device, metric,
+    ts_ms, value, unit, quality): what the spool stores, and what the monitor and uplink roles keep."""
+    site, agent = batch.site, batch.agent
     ms: dict[datetime, int] = {}  # the readings of one poll share a timestamp: convert it once
-    return batch.seq, [
-        (site, agent, r.device, r.metric, ms.get(r.ts) or ms.setdefault(r.ts, (r.ts - _EPOCH) // _MS),
+    return [
+        (site, agent, r.device, r.metric, ms[r.ts] if r.ts in ms else ms.setdefault(r.ts, (r.ts - _EPOCH) // _MS),
          r.value, r.unit, r.quality.value)
         for r in batch.readings
     ]

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from greenmine.latch import Latch
-from greenmine.schemas import AgentStatus, TelemetryBatch, WireLimits
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.monitor.alerts.api import AlertsApi
 from greenmine.server.monitor.alerts.service import Monitor
@@ -50,12 +50,9 @@ class MonitorRole:
         self.tick_s = tick_s
         self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock)
         self.api = AlertsApi(self.monitor.alerts)
-        ing = cfg.ingest
-        limits = WireLimits(max_payload_bytes=ing.max_payload_bytes, max_readings=ing.max_readings_per_batch,
-                            max_future_skew_s=ing.max_future_skew_s)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS
         self.consumer = StreamConsumer(
-            cfg.mqtt, limits, self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
+            cfg.mqtt, cfg.ingest.wire_limits(), self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
             accept=self.site_ids.__contains__, clock=clock, name="monitor",
         )
         self._lock = threading.Lock()

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from greenmine import sqlite as state
 from greenmine.server.errors import SpoolError
 from greenmine.server.spool.agents import SCHEMA as _AGENTS_SCHEMA
 from greenmine.server.spool.agents import AgentInfo, AgentStates, AgentTable
@@ -93,7 +94,7 @@ class Spool:
             # commits do not wait for an fsync (the next ingest commit syncs the WAL anyway).
             self._out = self._connect("normal")
             self.queue = BatchQueue(self._out, max_bytes=max_bytes, where=str(self.path))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, state.StateError) as exc:
             self.close()
             raise SpoolError(f"spool {self.path}: {exc}") from exc
         self.dead_letters = DeadLetterTable(self._out, keep_bytes=keep_bytes, max_rows=dead_letter_max_rows)
@@ -112,11 +113,8 @@ class Spool:
         self._lock_fd = fd
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        con.execute("PRAGMA journal_mode=WAL")
         # see the module docstring for why FULL is the default
-        con.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        return con
+        return state.connect(self.path, synchronous="full" if synchronous == "full" else "normal")
 
     def commit(self, entries: Sequence[SpoolEntry], dead: Sequence[DeadLetter] = (), infos: Sequence[AgentInfo] = ()) -> None:
         """Store accepted batches, dead letters and agent states in one durable transaction. Raises SpoolError."""
@@ -140,18 +138,13 @@ class Spool:
 
     @contextlib.contextmanager
     def _transaction(self, con: sqlite3.Connection, what: str):
-        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError."""
-        with self._wlock:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: {what}: {exc}") from exc
+        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError, also for
+        a value SQLite cannot hold (greenmine.sqlite maps every failure channel)."""
+        try:
+            with state.transaction(con, f"spool {self.path}: {what}", lock=self._wlock):
+                yield con
+        except state.StateError as exc:
+            raise SpoolError(str(exc)) from exc
 
     def close(self) -> None:
         if self.queue is not None:

@@ -25,7 +25,6 @@ thread (one connection each, WAL).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -49,23 +48,17 @@ class SeriesReplica:
         self.path = Path(path)
         self.metrics = frozenset(metrics) if metrics is not None else None
         self.retention_ms = int(retention_days * 86_400_000)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cons = sqlite_state.PerThread(self._open)
         self._con().executescript(_SCHEMA)
 
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return sqlite_state.connect(self.path, synchronous="full")
+        except sqlite_state.StateError as exc:
+            raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
+
     def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            try:
-                con = sqlite_state.connect(self.path, synchronous="full")
-            except sqlite_state.StateError as exc:
-                raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
-            self._local.con = con
-            with self._lock:
-                self._all.append(con)
-        return con
+        return self._cons.get()
 
     def wants(self, metric: str) -> bool:
         return self.metrics is None or metric in self.metrics
@@ -130,8 +123,4 @@ class SeriesReplica:
         return self._con().execute("SELECT count(*) FROM series_replica").fetchone()[0]
 
     def close(self) -> None:
-        with self._lock:
-            cons, self._all = self._all, []
-        for con in cons:
-            con.close()
-        self._local = threading.local()
+        self._cons.close()

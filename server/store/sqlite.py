@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from greenmine.sqlite import PerThread
 from greenmine.server.errors import StoreRejected, StoreUnavailable
 from greenmine.server.store.base import StoredReading
 
@@ -319,18 +320,10 @@ class SqliteReader:
     def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._cons = PerThread(lambda: _connect(self.path, self._busy_timeout_ms))
 
     def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = _connect(self.path, self._busy_timeout_ms)
-            self._local.con = con
-            with self._lock:
-                self._all.append(con)
-        return con
+        return self._cons.get()
 
     def query_series(
         self, site: str, device: str, metric: str, start: datetime | int, end: datetime | int
@@ -388,11 +381,7 @@ class SqliteReader:
         return self._con().execute("SELECT count(*) FROM samples").fetchone()[0]
 
     def close(self) -> None:
-        with self._lock:
-            cons, self._all = self._all, []
-        for con in cons:
-            con.close()
-        self._local = threading.local()
+        self._cons.close()
 
 
 class SqliteStore(SqliteReader):

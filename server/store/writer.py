@@ -7,7 +7,7 @@ transaction per reading, and a store outage keeps the data in the spool
 (never in the broker: ingest keeps acknowledging until the spool bound).
 
 - StoreUnavailable (or any unexpected error): the same batches are retried
-  after a backoff doubling from `writer_retry_min_s` to `writer_retry_max_s`.
+  after a back-off doubling from `writer_retry_min_s` to `writer_retry_max_s` (greenmine.backoff, with jitter).
   The failure is logged once and the recovery once.
 - StoreRejected: the data itself is refused. The culprit batches are found by
   writing them one at a time and dead-lettered with reason `store_rejected`,
@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from greenmine.backoff import Backoff
 from greenmine.schemas import telemetry_topic
 from greenmine.server.config import IngestConfig
 from greenmine.server.errors import ServerError, StoreRejected
@@ -56,8 +57,7 @@ class Writer:
         self.sink = sink
         self.metrics = metrics
         self.batch_readings = cfg.writer_batch_readings
-        self.retry_min_s = cfg.writer_retry_min_s
-        self.retry_max_s = cfg.writer_retry_max_s
+        self._backoff = Backoff(cfg.writer_retry_min_s, cfg.writer_retry_max_s)
         self._clock = clock
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
@@ -160,7 +160,7 @@ class Writer:
                 log.exception("writer: unexpected error; keeping data in the spool and retrying")
         else:
             log.debug("writer: still failing (%d): %s", self._failures, exc)
-        delay = min(self.retry_max_s, self.retry_min_s * 2 ** min(self._failures - 1, 30))
+        delay = self._backoff.delay_s(self._failures - 1)
         if self._draining:
             delay = min(delay, max(0.0, self._deadline - time.monotonic()))
         self._stop.wait(delay)

@@ -18,9 +18,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from greenmine.schemas import AgentStatus, TelemetryBatch, WireLimits
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.spool.agents import AgentRegistry
+from greenmine.server.ingest.validation import reading_rows
 from greenmine.server.store.base import StoredReading
 from greenmine.server.store.replica import SeriesReplica
 from greenmine.server.uplink.hj212.service import Hj212Service
@@ -36,11 +37,8 @@ class UplinkRole:
         self.replica = SeriesReplica(cfg.resolve(cfg.uplink.replica_path), metrics=metrics,
                                      retention_days=cfg.uplink.replica_retention_days)
         self.hj212 = Hj212Service(cfg, self.agents, self.replica, client_options=client_options)
-        ing = cfg.ingest
-        limits = WireLimits(max_payload_bytes=ing.max_payload_bytes, max_readings=ing.max_readings_per_batch,
-                            max_future_skew_s=ing.max_future_skew_s)
         self.sites = frozenset(p.site for p in cfg.hj212)
-        self.consumer = StreamConsumer(cfg.mqtt, limits, self, client_id=cfg.uplink_client_id, sites=self.sites,
+        self.consumer = StreamConsumer(cfg.mqtt, cfg.ingest.wire_limits(), self, client_id=cfg.uplink_client_id, sites=self.sites,
                                        accept=self.sites.__contains__, clock=clock, name="uplink")
         self._next_prune = 0.0
 
@@ -49,11 +47,7 @@ class UplinkRole:
         return self.consumer.connected
 
     def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
-        rows = [
-            StoredReading(b.site, b.agent, r.device, r.metric, round(r.ts.timestamp() * 1000), r.value, r.unit,
-                          r.quality.value)
-            for b in batches for r in b.readings
-        ]
+        rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         with self.replica.transaction() as con:
             self.replica.add(rows, con)
         self.hj212.on_stored(rows)

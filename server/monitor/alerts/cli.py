@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from greenmine.server.cli import config_arguments, load_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("alerts", help="list and acknowledge alerts, send a test email")
@@ -15,52 +17,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="alerts_command", metavar="ACTION")
 
     ls = asub.add_parser("list", help="list open alerts (or all with --all)")
-    ls.add_argument("--config", required=True, help="server config file")
+    config_arguments(ls)
     ls.add_argument("--all", action="store_true", help="include resolved alerts")
     ls.add_argument("--site", help="only this site id")
     ls.set_defaults(func=_list)
 
     ack = asub.add_parser("ack", help="acknowledge an alert: no more reminders")
     ack.add_argument("id", type=int, help="alert id, as shown in emails and by 'alerts list'")
-    ack.add_argument("--config", required=True, help="server config file")
+    config_arguments(ack)
     ack.add_argument("--by", default="", help="who acknowledges (recorded)")
     ack.set_defaults(func=_ack)
 
     ob = asub.add_parser("outbox", help="emails not sent: queued, failed (rejected by the relay) and dead (cannot be built), with the reason")
-    ob.add_argument("--config", required=True, help="server config file")
+    config_arguments(ob)
     ob.add_argument("--all", action="store_true", help="include sent emails")
     ob.set_defaults(func=_outbox)
 
     te = asub.add_parser("test-email", help="render a sample alert and send it now through the configured relay")
-    te.add_argument("--config", required=True, help="server config file")
+    config_arguments(te)
     te.add_argument("--to", required=True, help="recipient address")
     te.set_defaults(func=_test_email)
 
 
 def _engine(args):
     from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
-    from greenmine.server.config import load_server_config
 
-    cfg = load_server_config(args.config)
+    cfg = load_config(args)
     return cfg, AlertEngine(cfg.alerts, cfg.sites, open_db(cfg.resolve(cfg.alerts.db_path)),
                             default_recipients=cfg.default_recipients)
 
 
-def _config_error(exc) -> int:
-    import sys
-
-    print(exc, file=sys.stderr)
-    return 2
-
-
 def _list(args) -> int:
-    from greenmine.configfile import ConfigError
     from greenmine.server.monitor.kpi.periods import fmt_local
 
-    try:
-        cfg, eng = _engine(args)
-    except ConfigError as exc:
-        return _config_error(exc)
+    cfg, eng = _engine(args)
     states = ("pending", "firing", "resolved") if args.all else ("pending", "firing")
     rows = eng.alerts(states, site=args.site)
     eng.db.close()
@@ -79,12 +69,7 @@ def _list(args) -> int:
 
 
 def _ack(args) -> int:
-    from greenmine.configfile import ConfigError
-
-    try:
-        _, eng = _engine(args)
-    except ConfigError as exc:
-        return _config_error(exc)
+    _, eng = _engine(args)
     ok = eng.ack(args.id, by=args.by)
     eng.db.close()
     if not ok:
@@ -95,16 +80,11 @@ def _ack(args) -> int:
 
 
 def _outbox(args) -> int:
-    from greenmine.configfile import ConfigError
-    from greenmine.server.config import load_server_config
     from greenmine.server.monitor.alerts.engine import open_db
     from greenmine.server.notify.outbox import outbox_rows
     from greenmine.server.notify.templates import escape
 
-    try:
-        cfg = load_server_config(args.config)
-    except ConfigError as exc:
-        return _config_error(exc)
+    cfg = load_config(args)
     db = open_db(cfg.resolve(cfg.alerts.db_path))
     rows = outbox_rows(db, None if args.all else ("queued", "failed", "dead"))
     db.close()
@@ -122,17 +102,13 @@ def _outbox(args) -> int:
 def _test_email(args) -> int:
     import time
 
-    from greenmine.configfile import ConfigError
-    from greenmine.server.config import Limits, load_server_config
+    from greenmine.server.config import Limits
     from greenmine.server.notify.eml import EmlDirTransport
     from greenmine.server.notify.errors import NotifyError
     from greenmine.server.notify.outbox import build_message
     from greenmine.server.notify.templates import Templates
 
-    try:
-        cfg = load_server_config(args.config)
-    except ConfigError as exc:
-        return _config_error(exc)
+    cfg = load_config(args)
     if cfg.smtp is not None:
         from greenmine.server.notify.smtp import SmtpTransport
 

@@ -22,6 +22,7 @@ from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
 from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.config import SiteConfig, SmtpConfig
+from greenmine.server.ingest.validation import reading_rows
 from greenmine.server.store.base import StoredReading
 from greenmine.server.store.replica import SeriesReplica
 from greenmine.server.monitor.kpi.config import KpiConfig
@@ -107,11 +108,7 @@ class Monitor:
         marked dirty first (idempotent), so a crash between the two commits cannot leave a reading in the
         replica whose periods were never recomputed."""
         now = self.clock()
-        rows = [
-            StoredReading(b.site, b.agent, r.device, r.metric, round(r.ts.timestamp() * 1000), r.value, r.unit,
-                          r.quality.value)
-            for b in batches for r in b.readings
-        ]
+        rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         kpi_metrics = self.kpis.metrics
         by_site: dict[str, dict[str, list[float]]] = {}
         seen: dict[tuple[str, str], dict[str, float]] = {}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from greenmine.server.cli import config_arguments, load_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kpi", help="recompute and show green-mine KPIs")
@@ -20,20 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     ksub = p.add_subparsers(dest="kpi_command", metavar="ACTION")
 
     rc = ksub.add_parser("recompute", help="recompute every KPI of local days FROM..TO from the readings")
-    rc.add_argument("--config", required=True, help="server config file")
+    config_arguments(rc)
     rc.add_argument("--site", required=True, help="site id")
     rc.add_argument("--from", dest="start", required=True, help="first local date, YYYY-MM-DD")
     rc.add_argument("--to", dest="end", help="last local date, YYYY-MM-DD (default: --from)")
-    rc.add_argument("--instance", help="the monitor's --instance, if it runs with one")
     rc.set_defaults(func=_recompute)
 
     sh = ksub.add_parser("show", help="print stored KPI values")
-    sh.add_argument("--config", required=True, help="server config file")
+    config_arguments(sh)
     sh.add_argument("--site", required=True, help="site id")
     sh.add_argument("--kpi", default="water_reuse_daily", help="KPI name (default: water_reuse_daily)")
     sh.add_argument("--from", dest="start", help="first local date, YYYY-MM-DD")
     sh.add_argument("--to", dest="end", help="last local date, YYYY-MM-DD")
-    sh.add_argument("--instance", help="the monitor's --instance, if it runs with one")
     sh.set_defaults(func=_show)
 
 
@@ -45,14 +45,7 @@ def _err(msg) -> int:
 
 
 def _load(args):
-    from greenmine.configfile import ConfigError
-    from greenmine.server.config import load_server_config
-
-    try:
-        cfg = load_server_config(args.config)
-    except ConfigError as exc:
-        return None, None, str(exc)
-    cfg = cfg.for_instance(getattr(args, "instance", None))
+    cfg = load_config(args)
     site = cfg.site(args.site)
     if site is None:
         return None, None, f'site "{args.site}" is not in {args.config}'
