@@ -1,9 +1,10 @@
 """Where KPIs read from and write to.
 
-- `ReadingSource` is the one thing the KPI engine needs from the time-series
-  store: the readings of one metric at one site over a time window. The ingest
-  store is adapted to it (`server.monitor`); `MemorySource` is a plain
-  in-memory implementation for tests and the demo.
+- `ReadingSource` is the one thing the KPI engine needs from stored readings:
+  the readings of one metric at one site over a time window. `StoreSource`
+  adapts a reader with the SQLite store's read API to it: the monitor's
+  replica (`server.store.replica`) or, for `kpi recompute`, the SQLite store;
+  `MemorySource` is a plain in-memory implementation for tests.
 - `KpiStore` (SQLite) keeps the KPI values and counter increments as their own
   series, upserted on (site, kpi, subject, period kind, period start), so a
   past period can be recomputed and simply overwrites its old value. It also
