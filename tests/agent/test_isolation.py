@@ -109,8 +109,9 @@ def test_failing_devices_do_not_stall_healthy_ones_and_recover(tmp_path, mosquit
                 await until(lambda: all(states().get(n) == "offline" for n in FAILING), 5,
                             "the failing devices to be reported offline")
                 marks["offline"] = time.time()
-                await until(lambda: len([t for t in collector.ts_of("good_a", "power_kw") if t > marks["offline"]]) >= 8,
-                            5, "healthy readings while the others are down")
+                # enough healthy slots for a 95th percentile that one stalled fsync on a busy disk cannot decide
+                await until(lambda: len([t for t in collector.ts_of("good_a", "power_kw") if t > marks["offline"]]) >= 24,
+                            15, "healthy readings while the others are down")
                 scraped["down"] = await scrape()
                 for name in FAILING:
                     sim.clear(name)
