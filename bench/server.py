@@ -159,7 +159,7 @@ def server_config(tmp: Path, port: int, name: str, store: dict, synchronous: str
 def register_server(cfg) -> None:
     from greenmine.server.app import App
 
-    app = App(cfg)
+    app = App(cfg, roles=("ingest",))
     app.start()
     wait_for(lambda: app.mqtt.subscribed, 10, what="server subscribed")
     app.stop()
@@ -168,7 +168,7 @@ def register_server(cfg) -> None:
 def drain_server(cfg, n_readings_total: int) -> float:
     from greenmine.server.app import App
 
-    app = App(cfg)
+    app = App(cfg, roles=("ingest",))
     written = [0]
     done = threading.Event()
 

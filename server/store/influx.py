@@ -7,12 +7,16 @@ errors, OSError) is translated into StoreUnavailable or StoreRejected here.
 Line protocol is built directly: building `Point` objects is several times
 slower. One line per reading:
 
-    <metric>,device=<device>,site=<site> value=<float>,quality=<code>i <ts>
+    <metric>,device=<device>,site=<site>,unit=<unit> value=<float>,quality=<code>i <ts>
 
-- The measurement is the metric, tags are exactly the rest of the reading's
-  identity (device, site; sorted as InfluxDB prefers), so (measurement, tags,
-  ts) identifies a reading and a rewrite overwrites it: idempotent. The agent
-  and the unit are not tags, since either changing would split the series.
+- The measurement is the metric; the tags are the rest of the reading's
+  identity (device, site) and its unit, sorted as InfluxDB prefers. A reading
+  is re-sent with the same unit, so (measurement, tags, ts) identifies it and a
+  rewrite overwrites it: idempotent. The unit is a tag so that a query (and
+  Grafana) sees it beside the value; a device whose unit changes starts a new
+  series, which is what a changed unit means. A reading without a unit has no
+  `unit` tag (line protocol has no empty tag values). The agent is not a tag:
+  moving a meter to another gateway must not split its series.
 - `quality` is an integer field (`QUALITY_CODES`: good 0, bad 1, stale 2,
   out_of_range 3) because VictoriaMetrics keeps numeric fields only.
 - VictoriaMetrics maps this to the metrics `<metric>_value` and
@@ -57,15 +61,18 @@ def build_lines(readings: Sequence[StoredReading], precision: str = "ms") -> tup
     div = 1000 if precision == "s" else 1
     lines: list[str] = []
     bad: list[tuple[StoredReading, str]] = []
-    cache: dict[tuple[str, str, str], str] = {}
+    cache: dict[tuple[str, str, str, str], str] = {}
     for r in readings:
-        key = (r.metric, r.device, r.site)
+        key = (r.metric, r.device, r.site, r.unit)
         head = cache.get(key)
         if head is None:
             if not (r.metric and r.device and r.site):
                 bad.append((r, "empty metric, device or site"))
                 continue
-            head = cache[key] = f"{escape_measurement(r.metric)},device={escape_tag(r.device)},site={escape_tag(r.site)}"
+            head = f"{escape_measurement(r.metric)},device={escape_tag(r.device)},site={escape_tag(r.site)}"
+            if r.unit:
+                head += f",unit={escape_tag(r.unit)}"
+            cache[key] = head
         lines.append(f"{head} value={float(r.value)!r},quality={QUALITY_CODES.get(r.quality, 1)}i {r.ts_ms // div}")
     return lines, bad
 

@@ -12,18 +12,38 @@ from tests.support.services import free_port
 TS = 1_767_600_000_123  # ms
 
 
-def reading(site="gs-demo", device="m1", metric="power_kw", value=1.5, quality="good") -> StoredReading:
-    return StoredReading(site, "gw1", device, metric, TS, value, "kW", quality)
+def reading(site="gs-demo", device="m1", metric="power_kw", value=1.5, quality="good", unit="kW") -> StoredReading:
+    return StoredReading(site, "gw1", device, metric, TS, value, unit, quality)
 
 
 def test_line_shape_and_precision():
     lines, bad = build_lines([reading(), reading(device="m2", value=2, quality="stale")])
     assert bad == []
     assert lines == [
-        f"power_kw,device=m1,site=gs-demo value=1.5,quality=0i {TS}",
-        f"power_kw,device=m2,site=gs-demo value=2.0,quality=2i {TS}",
+        f"power_kw,device=m1,site=gs-demo,unit=kW value=1.5,quality=0i {TS}",
+        f"power_kw,device=m2,site=gs-demo,unit=kW value=2.0,quality=2i {TS}",
     ]
     assert build_lines([reading()], "s")[0][0].endswith(f" {TS // 1000}")
+
+
+def test_unit_is_a_tag_escaped_and_omitted_when_empty():
+    lines, bad = build_lines([reading(unit="m3/h"), reading(unit="mg/m3 (std)"), reading(unit="")])
+    assert bad == []
+    assert lines[0].startswith("power_kw,device=m1,site=gs-demo,unit=m3/h value=")
+    assert lines[1].startswith(r"power_kw,device=m1,site=gs-demo,unit=mg/m3\ (std) value=")
+    assert lines[2].startswith("power_kw,device=m1,site=gs-demo value=")
+
+
+def test_unit_reaches_victoriametrics_as_a_label(victoria_dedup):
+    sink = InfluxSink(url=victoria_dedup.url, precision="ms")
+    try:
+        sink.write([StoredReading("gs-demo", "gw1", "n1", "noise_laeq_db", TS, 55.2, "dB", "good")])
+        series = victoria_dedup.export('{__name__="noise_laeq_db_value"}')
+    finally:
+        sink.close()
+    assert [s["metric"] for s in series] == [
+        {"__name__": "noise_laeq_db_value", "device": "n1", "site": "gs-demo", "unit": "dB"}]
+    assert series[0]["values"] == [55.2]
 
 
 @pytest.mark.parametrize(
