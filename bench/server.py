@@ -25,11 +25,25 @@ What it does, all on loopback:
    2-core machine the two processes, the broker and this script share the
    cores.
 
-The server is `server.app.App`, wired as `greenmine server run` wires it:
-the KPI engine, alert monitor and email outbox are attached as writer and
-agent listeners, and the bench site is a configured site, so they see every
-reading (KPI inputs among them: totalizers, dust, noise). No HJ 212 points
-are configured (they need a platform to connect to).
+6. the monitor keeps up: a monitor role (`server.monitor.role.MonitorRole`,
+   its own session and replica) on an accelerated clock (`--monitor-speed`
+   simulated seconds per real second, from 21:58 to 00:02 site-local, so the
+   hours, the noise day and the day close), while this script publishes live
+   batches stamped with the simulated "now" at the SQLite ingest rate just
+   measured. The clock runs `speed` times faster than the data: a simulated
+   hour holds 3600 / speed seconds of the ingest rate, and its KPIs must be
+   computed in 60 / speed real seconds, so this is stricter than real time
+   for the closing work and equal to it for the stream. For every KPI
+   period that ends in the window, the lag is the simulated time from the
+   period's end to when its value first appeared in the monitor's KPI store
+   (polled every 20 ms). Target: `monitor.max_lag_sim_s` <= 60 (periods
+   close within one simulated minute of their end). The tick runs every
+   0.1 s real, so the floor is 0.1 x speed simulated seconds.
+
+Steps 1-4 time one ingest process (`App(cfg, roles=("ingest",))`, what
+`greenmine server run --role ingest` runs): the per-process figure. The
+monitor is timed on its own in step 6. No HJ 212 points are configured
+(they need a platform to connect to).
 
 Draining a backlog measures what a consumer sustains, independent of how
 fast one Python publisher can publish. Prints one JSON line; the figures
@@ -44,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import signal
 import sys
 import tempfile
@@ -249,11 +264,104 @@ def drain_shared(tmp: Path, port: int, msgs: list[tuple[str, bytes]], n_readings
             stop_process(proc)
 
 
+def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readings: int) -> dict:
+    """Step 6: publish live batches at `rate_msgs_s` on an accelerated clock; how late KPI periods close."""
+    from zoneinfo import ZoneInfo
+
+    from greenmine.server.config import load_server_config
+    from greenmine.server.monitor.alerts.service import kpi_db_path
+    from greenmine.server.monitor.role import MonitorRole
+
+    tz = ZoneInfo("Asia/Shanghai")
+    base = datetime(2026, 11, 20, 21, 58, tzinfo=tz).timestamp()
+    end = datetime(2026, 11, 21, 0, 2, tzinfo=tz).timestamp()
+    real0 = [None]
+
+    def clock() -> float:
+        return base if real0[0] is None else base + (time.time() - real0[0]) * speed
+
+    doc = server_doc(tmp, port, "monitor", {"kind": "sqlite", "path": str(tmp / "monitor-unused.sqlite")}, "full")
+    doc["monitor"] = {"replica_path": str(tmp / "monitor-replica.sqlite")}
+    doc["alerts"]["tick_interval_s"] = 0.1
+    doc["notify"] = {"eml_dir": str(tmp / "monitor-mail")}
+    cfg = load_server_config(tmp / "monitor.toml", doc=doc)
+    role = MonitorRole(cfg, clock=clock, tick_s=0.1)
+    kpi_db = kpi_db_path(cfg)
+    role.start()
+    first_seen: dict[tuple, float] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        db = None
+        while not stop.wait(0.02):
+            try:
+                db = db or sqlite3.connect(f"file:{kpi_db}?mode=ro", uri=True, timeout=1)
+                rows = db.execute("SELECT kpi, subject, period_kind, period_start, period_end FROM kpi_values").fetchall()
+            except sqlite3.Error:
+                continue
+            now = clock()
+            for r in rows:
+                first_seen.setdefault(r[:4], (r[4], now))
+
+    poller = threading.Thread(target=poll, daemon=True)
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-monitor-pub")
+    pub.max_inflight_messages_set(1000)
+    published = 0
+    try:
+        wait_for(lambda: role.consumer.mqtt.subscribed, 10, what="monitor subscribed")
+        pub.connect("127.0.0.1", port, 30)
+        pub.loop_start()
+        poller.start()
+        real0[0] = t0 = time.time()
+        counters = [0.0] * 10
+        while clock() < end:
+            agent = published % 10
+            now = clock()
+            ts = datetime.fromtimestamp(now, timezone.utc).isoformat()
+            counters[agent] += 1.0
+            doc_ = {
+                "schema": "greenmine.telemetry.v1", "site": SITE, "agent": f"gw{agent}", "seq": published, "sent_at": ts,
+                "readings": [
+                    {"device": f"gw{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts,
+                     "value": counters[agent] + i if METRICS[i % 10][0].endswith("_total") else 0.5 + (i % 3) / 10,
+                     "unit": METRICS[i % 10][1], "quality": "good"}
+                    for i in range(n_readings)
+                ],
+            }
+            pub.publish(f"greenmine/v1/{SITE}/gw{agent}/telemetry", json.dumps(doc_), qos=1)
+            published += 1
+            ahead = t0 + published / rate_msgs_s - time.time()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the publisher to the target rate
+        real_s = time.time() - t0
+        wait_for(lambda: role.consumer.messages >= published, 120, what="monitor consumed every batch")
+        behind_s = time.time() - t0 - real_s
+        # the last periods (00:00 hour, the day) close at 00:00 / 01:00; wait for what ended in the window
+        wait_for(lambda: sum(1 for k, (pend, _) in list(first_seen.items()) if base < pend <= end) >= 4, 30,
+                 what="KPI periods closed")
+    finally:
+        stop.set()
+        pub.disconnect()
+        pub.loop_stop()
+        role.stop()
+    lags: dict[str, float] = {}
+    for (kpi, subject, kind, start), (pend, seen) in first_seen.items():
+        if base < pend <= end and kind != "rolling24h":  # rolling 24 h is recomputed every rolling_every_s, not closed
+            lags[kind] = max(lags.get(kind, 0.0), seen - pend)
+    return {
+        "speed": speed, "target_msgs_per_s": round(rate_msgs_s), "published_msgs_per_s": round(published / real_s),
+        "consumed_behind_s": round(behind_s, 2), "max_lag_sim_s_by_period": {k: round(v, 1) for k, v in sorted(lags.items())},
+        "max_lag_sim_s": round(max(lags.values()), 1) if lags else None,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--readings", type=int, default=20, help="readings per message")
     ap.add_argument("--synchronous", choices=["full", "normal"], default="full", help="spool durability mode")
+    ap.add_argument("--monitor-speed", type=float, default=120.0,
+                    help="step 6: simulated seconds per real second (default 120: 21:58-00:02 in about 62 s)")
     args = ap.parse_args()
     n, r = args.messages, args.readings
     with tempfile.TemporaryDirectory(prefix="greenmine-bench-") as d:
@@ -281,6 +389,7 @@ def main() -> int:
             vm_s = drain_server(vm_cfg, n * r)
             raw_last_s = drain_raw(broker.port, n, "bench-raw-2")
             shared_s = drain_shared(tmp, broker.port, msgs, n * r, args.synchronous)
+            monitor = monitor_lag(tmp, broker.port, n / sqlite_s, args.monitor_speed, r)
         finally:
             vm.stop()
             broker.stop()
@@ -298,6 +407,7 @@ def main() -> int:
         "sqlite_2_processes": {"msgs_per_s": round(n / shared_s), "readings_per_s": round(n * r / shared_s),
                                "seconds": round(shared_s, 2)},
         "scale_2_processes": round(sqlite_s / shared_s, 3),
+        "monitor": monitor,
     }
     print(json.dumps(result))
     return 0

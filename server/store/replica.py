@@ -24,6 +24,7 @@ thread (one connection each, WAL).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
@@ -41,6 +42,18 @@ CREATE TABLE IF NOT EXISTS series_replica (
     PRIMARY KEY (site, device, metric, ts_ms)
 ) WITHOUT ROWID;
 """
+
+
+#: readings per INSERT statement: 8 parameters each, under SQLite's default limit of 32,766
+_ROWS_PER_INSERT = 4000
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    # `WHERE true` keeps SQLite's parser from reading ON CONFLICT as part of the SELECT's join
+    return ("INSERT INTO series_replica (site, device, metric, ts_ms, value, unit, quality, agent) "
+            "SELECT * FROM (VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * n) + ") WHERE true "
+            "ON CONFLICT DO NOTHING RETURNING site, device, metric, ts_ms")
 
 
 class SeriesReplica:
@@ -65,19 +78,28 @@ class SeriesReplica:
 
     # --- write side (one thread) -------------------------------------------
 
-    def add(self, readings: Iterable[StoredReading], con: sqlite3.Connection | None = None) -> list[StoredReading]:
-        """Insert the readings of kept metrics; return the ones that were new. Runs in the caller's
-        transaction if `con` is this thread's connection inside one (see `transaction`)."""
-        rows = [r for r in readings if self.wants(r.metric)]
+    def add(self, readings: Iterable[StoredReading | tuple], con: sqlite3.Connection | None = None) -> list:
+        """Insert the readings of kept metrics (StoredReading or plain tuples in its field order); return the
+        ones that were new, as they were given. Runs in the caller's transaction if `con` is this thread's connection
+        inside one (see `transaction`).
+
+        One multi-row `INSERT ... ON CONFLICT DO NOTHING RETURNING` per `_ROWS_PER_INSERT` readings: the
+        returned keys are the new rows (a reading repeated within one call counts once)."""
+        wants = self.wants
+        rows = [r for r in readings if wants(r[3])]
         if not rows:
             return []
         c = con or self._con()
-        new: list[StoredReading] = []
-        sql = ("INSERT INTO series_replica VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-               "ON CONFLICT DO NOTHING RETURNING 1")
-        for r in rows:
-            if c.execute(sql, (r.site, r.device, r.metric, r.ts_ms, r.value, r.unit, r.quality, r.agent)).fetchone():
-                new.append(r)
+        new: list = []
+        for i in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[i:i + _ROWS_PER_INSERT]
+            args = [x for r in chunk for x in (r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[1])]
+            keys = {tuple(k) for k in c.execute(_insert_sql(len(chunk)), args)}
+            for r in chunk:
+                key = (r[0], r[2], r[3], r[4])
+                if key in keys:
+                    keys.discard(key)
+                    new.append(r)
         return new
 
     def transaction(self):

@@ -23,7 +23,6 @@ from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
 from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.config import SiteConfig, SmtpConfig
 from greenmine.server.ingest.validation import reading_rows
-from greenmine.server.store.base import StoredReading
 from greenmine.server.store.replica import SeriesReplica
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.monitor.kpi.engine import KpiEngine
@@ -108,24 +107,29 @@ class Monitor:
         marked dirty first (idempotent), so a crash between the two commits cannot leave a reading in the
         replica whose periods were never recomputed."""
         now = self.clock()
-        rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
+        # plain tuples in StoredReading's field order (site, agent, device, metric, ts_ms, value, unit,
+        # quality), as the replica takes and returns them
+        rows = [t for b in batches for t in reading_rows(b)]
         kpi_metrics = self.kpis.metrics
         by_site: dict[str, dict[str, list[float]]] = {}
         seen: dict[tuple[str, str], dict[str, float]] = {}
-        for r in rows:
-            if r.metric in kpi_metrics:
-                by_site.setdefault(r.site, {}).setdefault(r.metric, []).append(r.ts_ms / 1000.0)
-            devices = seen.setdefault((r.site, r.agent), {})
-            if r.ts_ms / 1000.0 > devices.get(r.device, float("-inf")):
-                devices[r.device] = r.ts_ms / 1000.0
+        for site, agent, device, metric, ts_ms, *_ in rows:
+            ts = ts_ms / 1000.0
+            if metric in kpi_metrics:
+                by_site.setdefault(site, {}).setdefault(metric, []).append(ts)
+            devices = seen.get((site, agent))
+            if devices is None:
+                devices = seen[(site, agent)] = {}
+            if ts > devices.get(device, float("-inf")):
+                devices[device] = ts
         for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
         with self.replica.transaction() as con:
             new = self.replica.add(rows, con)
         rule_metrics = self.alerts.metric_rule_metrics
-        for r in new:
-            if r.metric in rule_metrics:
-                self.alerts.observe_metric(r.site, r.device, r.metric, r.ts_ms / 1000.0, r.value, r.unit, now=now)
+        for site, _agent, device, metric, ts_ms, value, unit, _quality in new:
+            if metric in rule_metrics:
+                self.alerts.observe_metric(site, device, metric, ts_ms / 1000.0, value, unit, now=now)
         if seen:
             self.alerts.observe_seen_many(seen, now=now)
         for st in statuses:
