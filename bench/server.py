@@ -40,6 +40,14 @@ What it does, all on loopback:
    close within one simulated minute of their end). The tick runs every
    0.1 s real, so the floor is 0.1 x speed simulated seconds.
 
+7. VictoriaMetrics' own capacity on this machine, for the sizing table:
+   pre-built, gzip-compressed line-protocol bodies (10,000 readings each,
+   1,000 series, as ingest writes them) posted to /api/v2/write from two
+   threads for `--vm-seconds`; `victoriametrics_capacity.samples_per_s`
+   counts the two samples (value, quality) of each line. The client does
+   nothing but post, so this is the single node's rate with this script's
+   posting beside it on the same cores.
+
 Steps 1-4 time one ingest process (`App(cfg, roles=("ingest",))`, what
 `greenmine server run --role ingest` runs): the per-process figure. The
 monitor is timed on its own in step 6. No HJ 212 points are configured
@@ -355,6 +363,46 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readin
     }
 
 
+def vm_capacity(vm, seconds: float) -> dict:
+    """Step 7: how many samples per second a single VictoriaMetrics node takes from pre-built bodies."""
+    import gzip
+
+    import urllib3
+
+    from greenmine.server.store.base import StoredReading
+    from greenmine.server.store.influx import build_lines
+
+    t0_ms = int((time.time() - 86400) * 1000)
+    bodies = []
+    for b in range(20):
+        rows = [StoredReading(f"cap-site{i % 10}", "gw1", f"m{i % 100:03d}", METRICS[i % 10][0], t0_ms + (b * 10 + i // 1000) * 1000,
+                              float(i), METRICS[i % 10][1], "good") for i in range(10_000)]
+        bodies.append(gzip.compress("\n".join(build_lines(rows)[0]).encode()))
+    http = urllib3.PoolManager(maxsize=4)
+    url = f"{vm.url}/api/v2/write?precision=ms"
+    posted = [0, 0]
+    stop_at = time.perf_counter() + seconds
+
+    def post(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop_at:
+            r = http.request("POST", url, body=bodies[i % len(bodies)], headers={"Content-Encoding": "gzip"})
+            if r.status != 204:
+                raise SystemExit(f"VictoriaMetrics answered {r.status}: {r.data[:200]!r}")
+            posted[k] += 10_000
+            i += 2
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    lines = sum(posted)
+    return {"lines_per_s": round(lines / dt), "samples_per_s": round(2 * lines / dt), "seconds": round(dt, 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=30000)
@@ -362,6 +410,7 @@ def main() -> int:
     ap.add_argument("--synchronous", choices=["full", "normal"], default="full", help="spool durability mode")
     ap.add_argument("--monitor-speed", type=float, default=120.0,
                     help="step 6: simulated seconds per real second (default 120: 21:58-00:02 in about 62 s)")
+    ap.add_argument("--vm-seconds", type=float, default=8.0, help="step 7: how long to post to VictoriaMetrics")
     args = ap.parse_args()
     n, r = args.messages, args.readings
     with tempfile.TemporaryDirectory(prefix="greenmine-bench-") as d:
@@ -390,6 +439,7 @@ def main() -> int:
             raw_last_s = drain_raw(broker.port, n, "bench-raw-2")
             shared_s = drain_shared(tmp, broker.port, msgs, n * r, args.synchronous)
             monitor = monitor_lag(tmp, broker.port, n / sqlite_s, args.monitor_speed, r)
+            capacity = vm_capacity(vm, args.vm_seconds)
         finally:
             vm.stop()
             broker.stop()
@@ -408,6 +458,7 @@ def main() -> int:
                                "seconds": round(shared_s, 2)},
         "scale_2_processes": round(sqlite_s / shared_s, 3),
         "monitor": monitor,
+        "victoriametrics_capacity": capacity,
     }
     print(json.dumps(result))
     return 0
