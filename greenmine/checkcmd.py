@@ -6,7 +6,6 @@ Exit 0 when the file is good; 2 with every problem, each naming its place.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,19 +27,9 @@ def detect_kind(doc: dict) -> str | None:
     return None
 
 
-class _UnsetIsEmpty(dict):
-    """The environment, where an unset variable reads as "": lets validation go on past it."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
 def load_any(path: Path, kind: str | None = None):
     """Load a config of any kind. Returns (kind, model). Raises ConfigError with every problem:
-    unset environment variables, then the type and cross-reference errors of the same file."""
+    unset environment variables and missing credentials, then the type and cross-reference errors of the same file."""
     from greenmine.configfile import ConfigError, read_toml
 
     try:
@@ -48,7 +37,7 @@ def load_any(path: Path, kind: str | None = None):
         unset: list[str] = []
     except ConfigError as exc:
         try:
-            doc = read_toml(path, env=_UnsetIsEmpty(os.environ))
+            doc = read_toml(path, missing_ok=True)
         except ConfigError:
             raise exc from None  # not (only) a variable: a file that cannot be read or parsed
         unset = exc.messages
