@@ -46,7 +46,9 @@ class KpiEngine:
     # --- which periods a reading touches ------------------------------------
 
     def _counter_metrics(self) -> set[str]:
-        return {water.REUSED, water.FRESH, self.cfg.ore_metric, *self.cfg.energy_metrics}
+        from greenmine.server.monitor.kpi.vocabulary import counter_metrics
+
+        return counter_metrics(self.cfg)
 
     def periods_for(self, site: SiteConfig, metric: str, ts: float) -> list[Period]:
         tz = site.timezone
