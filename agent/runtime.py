@@ -21,8 +21,7 @@ import time
 from datetime import datetime
 
 from greenmine.agent.acquisition import Bus, DevicePoller
-from greenmine.agent.codec import DataType
-from greenmine.agent.config import AgentConfig
+from greenmine.agent.config import AgentConfig, counter_widths
 from greenmine.agent.errors import OutboxError
 from greenmine.agent.forwarder import Forwarder
 from greenmine.agent.metrics import AgentMetrics
@@ -33,7 +32,7 @@ from greenmine import __version__
 from greenmine.clock import Clock
 from greenmine.latch import Latch
 from greenmine.sdnotify import Notifier, Watchdog
-from greenmine.schemas import AgentState, AgentStatus, CounterWidth, Reading, status_topic, telemetry_topic
+from greenmine.schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +45,6 @@ def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[s
         timeouts = [(d.timeout_ms or bus_cfg.timeout_ms) / 1000 for d in cfg.devices if d.bus == bus_cfg.name]
         buses[bus_cfg.name] = Bus(bus_cfg, ModbusLink(bus_cfg, max_timeout_s=max(timeouts or [bus_cfg.timeout_ms / 1000])), metrics)
     return buses
-
-
-_UNSIGNED_BITS = {DataType.UINT16: 16, DataType.UINT32: 32, DataType.UINT64: 64}
-
-
-def counter_widths(cfg: AgentConfig) -> list[CounterWidth]:
-    """The totals the status message announces with their register widths: every unsigned integer register
-    of an enabled device whose metric ends in `_total` (the vocabulary's totals). Float totals do not wrap."""
-    out = []
-    for dev in cfg.devices:
-        if dev.enabled:
-            for reg in dev.resolved_registers:
-                bits = _UNSIGNED_BITS.get(reg.data_type)
-                if bits and reg.metric_name.endswith("_total"):
-                    out.append(CounterWidth(device=dev.name, metric=reg.metric_name, width_bits=bits, scale=reg.scale))
-    return out
 
 
 class Agent:

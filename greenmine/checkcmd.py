@@ -82,18 +82,22 @@ def cross_warnings(loaded: list[tuple[str, str, object]]) -> list[str]:
         return []
     from greenmine.server.monitor.kpi.vocabulary import meter_warnings
 
+    from greenmine.agent.config import counter_widths
+
     published: dict[str, dict[str, set[str]]] = {}
+    widths: dict[tuple[str, str, str], tuple[int, float]] = {}
     for _, kind, model in loaded:
         if kind == "agent":
             devices = published.setdefault(model.site, {})
             for dev in model.devices:
                 if dev.enabled:
                     devices.setdefault(dev.name, set()).update(r.metric_name for r in dev.resolved_registers)
+            widths.update({(model.site, c.device, c.metric): (c.width_bits, c.scale) for c in counter_widths(model)})
     any_device = {r.metric_name for _, kind, model in loaded if kind == "profile" for r in model.registers}
     out = []
     for file, cfg in servers:
         site_ids = [s.id for s in cfg.sites]
-        out += [f"{file}: warning: {w}" for w in meter_warnings(cfg.kpi, site_ids, published, any_device)]
+        out += [f"{file}: warning: {w}" for w in meter_warnings(cfg.kpi, site_ids, published, any_device, widths)]
         if cfg.ingest.unknown_site.value == "reject":
             for afile, kind, model in loaded:
                 if kind == "agent" and model.site not in site_ids:

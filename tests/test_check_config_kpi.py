@@ -38,7 +38,7 @@ def test_a_meter_no_agent_publishes_or_no_kpi_reads_is_warned_about(tmp_path):
     server = _server(tmp_path, [
         {"device": "fresh-intake", "metric": "water_fresh_m3_total", "width_bits": 32, "scale": 0.001},  # right
         {"device": "fresh-intak", "metric": "water_fresh_m3_total", "width_bits": 32},  # a typo'd device
-        {"device": "reuse-return", "metric": "water_reused_m3_total", "width_bits": 16},  # right
+        {"device": "reuse-return", "metric": "water_reused_m3_total", "width_bits": 32, "scale": 0.001},  # right
         {"device": "crusher-meter", "metric": "power_kw", "width_bits": 32},  # not a total any KPI reads
         {"site": "gs-nowhere", "device": "x", "metric": "energy_kwh_total", "width_bits": 32},
         {"site": "gs-other", "device": "y", "metric": "energy_kwh_total", "width_bits": 32},  # no agent given: unknown
@@ -55,6 +55,17 @@ def test_a_meter_no_agent_publishes_or_no_kpi_reads_is_warned_about(tmp_path):
     # the server config alone: only what it can know by itself
     status, alone = _check(server)
     assert status == 0 and len(alone) == 2 and "power_kw" in alone[0] and "gs-nowhere" in alone[1]
+
+
+def test_a_width_that_disagrees_with_the_agents_profile_is_warned_about(tmp_path):
+    server = _server(tmp_path, [
+        {"device": "fresh-intake", "metric": "water_fresh_m3_total", "width_bits": 16, "scale": 0.001},
+        {"device": "reuse-return", "metric": "water_reused_m3_total", "max_rate_per_h": 400},  # no width: the profile's
+    ])
+    status, warnings = _check(server, AGENT)
+    assert status == 0 and [w.split(": warning: ", 1)[1] for w in warnings] == [
+        'kpi.meters[0] "fresh-intake" water_fresh_m3_total: width_bits 16 x scale 0.001 disagrees with the profile at '
+        "gs-jinchang-cu01 (32 bits x 0.001); the configured width is used"]
 
 
 def test_an_agent_of_a_site_the_server_rejects_is_warned_about(tmp_path):

@@ -41,15 +41,19 @@ def counter_metrics(cfg: KpiConfig) -> set[str]:
 
 
 def meter_warnings(cfg: KpiConfig, site_ids: list[str], published: dict[str, dict[str, set[str]]] | None = None,
-                   any_device: set[str] | None = None) -> list[str]:
+                   any_device: set[str] | None = None,
+                   widths: dict[tuple[str, str, str], tuple[int, float]] | None = None) -> list[str]:
     """Warnings about `[[kpi.meters]]` entries that can never apply (a config that loads may still say nothing).
 
     published: site -> device -> metrics, from the agent configs given beside the server config;
     a site with no agent config given is not judged (what it sends cannot be known).
     any_device: metrics of device profiles given alone (no site, no device name): a meter with one of
     these metrics is not warned about.
+    widths: (site, device, metric) -> (width_bits, scale) the agents will report from their profiles: a
+    `width_bits` in the meter that disagrees is warned about (the configured one wins at run time).
     """
     published = published or {}
+    widths = widths or {}
     any_device = any_device or set()
     counters = counter_metrics(cfg)
     out = []
@@ -70,4 +74,11 @@ def meter_warnings(cfg: KpiConfig, site_ids: list[str], published: dict[str, dic
             hint = f"; {m.metric} comes from {', '.join(devices)}" if devices else f"; no device there publishes {m.metric}"
             out.append(f"{where}: no agent config given for {', '.join(known)} publishes {m.metric} from a device "
                        f"named {m.device!r}{hint}")
+            continue
+        if m.width_bits:
+            for s in known:
+                reported = widths.get((s, m.device, m.metric))
+                if reported and reported != (m.width_bits, m.scale):
+                    out.append(f"{where}: width_bits {m.width_bits} x scale {m.scale:g} disagrees with the profile at "
+                               f"{s} ({reported[0]} bits x {reported[1]:g}); the configured width is used")
     return out

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from greenmine.agent.config import load_agent_config
-from greenmine.agent.runtime import counter_widths
+from greenmine.agent.config import counter_widths
 from greenmine.schemas import AgentState, AgentStatus, WireError, parse_status
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi import periods
