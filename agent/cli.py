@@ -29,6 +29,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    from greenmine.ports import PortError, port_override
+
+    try:
+        metrics_port = port_override("--metrics-port", args.metrics_port, "GREENMINE_METRICS_PORT")
+        mqtt_port = port_override("--mqtt-port", args.mqtt_port, "GREENMINE_MQTT_PORT", minimum=1)
+    except PortError as exc:
+        print(f"greenmine agent: {exc}", file=sys.stderr)
+        return 2
+    if metrics_port is not None:
+        cfg = cfg.model_copy(update={"metrics_port": metrics_port})
+    if mqtt_port is not None:
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"port": mqtt_port})})
     from greenmine.agent.errors import AgentError
     from greenmine.agent.runtime import Agent
 
@@ -154,8 +166,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: p.print_help())
     asub = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
 
-    run = asub.add_parser("run", help="poll the configured meters and publish until SIGTERM")
+    run = asub.add_parser("run", help="poll the configured meters and publish until SIGTERM",
+                          epilog="The ports can also come from the environment (the flag wins): GREENMINE_METRICS_PORT, "
+                          "GREENMINE_MQTT_PORT.")
     run.add_argument("--config", required=True, metavar="FILE", help="agent config (TOML)")
+    run.add_argument("--metrics-port", type=int, metavar="N",
+                     help="serve /metrics on this port, overriding metrics_port (0: any free port)")
+    run.add_argument("--mqtt-port", type=int, metavar="N", help="the broker's port, overriding mqtt.port")
     run.set_defaults(func=cmd_run)
 
     read = asub.add_parser("read", help="one-shot read and decode of one device, for commissioning")

@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, model_validator
 
-from greenmine.agent.codec import WordOrder
+from greenmine.agent.codec import DataType, WordOrder
 from greenmine.agent.registermap import Register, check_register_layout, load_profile, merge_registers
 from greenmine import PROFILES_DIR
 from greenmine.clock import ClockConfig
 from greenmine.configbase import IDENT, ConfigModel, FileConfig
 from greenmine.configfile import ConfigError, load_model, resolve_path
+from greenmine.schemas import CounterWidth
 
 
 class TlsConfig(ConfigModel):
@@ -274,6 +275,22 @@ class AgentConfig(FileConfig):
     def config_hash(self) -> str:
         doc = self.model_dump(mode="json", exclude={"mqtt": {"password"}})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_UNSIGNED_BITS = {DataType.UINT16: 16, DataType.UINT32: 32, DataType.UINT64: 64}
+
+
+def counter_widths(cfg: AgentConfig) -> list[CounterWidth]:
+    """The totals the status message announces with their register widths: every unsigned integer register
+    of an enabled device whose metric ends in `_total` (the vocabulary's totals). Float totals do not wrap."""
+    out = []
+    for dev in cfg.devices:
+        if dev.enabled:
+            for reg in dev.resolved_registers:
+                bits = _UNSIGNED_BITS.get(reg.data_type)
+                if bits and reg.metric_name.endswith("_total"):
+                    out.append(CounterWidth(device=dev.name, metric=reg.metric_name, width_bits=bits, scale=reg.scale))
+    return out
 
 
 def load_agent_config(path: str | Path, doc: dict | None = None) -> AgentConfig:

@@ -123,6 +123,13 @@ class MqttPublisher:
             raise PublishError(f"MQTT connect to {self.cfg.host}:{self.cfg.port}: {exc}") from exc
         self._client.loop_start()
 
+    @property
+    def alive(self) -> bool:
+        """paho's network thread is running (connected or reconnecting), for the systemd watchdog. paho has no
+        public accessor for the thread `loop_start` made; `_thread` is it (paho 2.x, reset to None when it ends)."""
+        thread = getattr(self._client, "_thread", None)
+        return not self._stopping and thread is not None and thread.is_alive()
+
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """Queue a QoS 1 publish. Returns its mid (PUBACK arrives via on_puback), or None if offline."""
         if not self.connected:

@@ -6,6 +6,11 @@
       -> Outbox.commit (WAL, fsync)                   <- never blocks polling: own thread, drop_oldest
       -> Forwarder.offer: published from memory at once when connected and next in line
       -> Forwarder (live at once, backlog at a rate) -> MqttPublisher (QoS 1) -> PUBACK -> Outbox.ack_many
+
+Under systemd (`Type=notify`, deploy/systemd/greenmine-agent.service) the agent says READY=1 once
+polling and publishing have started, and pings the watchdog only while the poll scheduler ticks,
+paho's network thread runs and the forwarder and status loops are alive (`stalled`); a broker
+outage is not a hang (the outbox keeps the data) and keeps the pings going.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from datetime import datetime
 
 from greenmine.agent.acquisition import Bus, DevicePoller
-from greenmine.agent.config import AgentConfig
+from greenmine.agent.config import AgentConfig, counter_widths
 from greenmine.agent.errors import OutboxError
 from greenmine.agent.forwarder import Forwarder
 from greenmine.agent.metrics import AgentMetrics
@@ -26,6 +31,7 @@ from greenmine.agent.schedule import GroupJob, PollScheduler
 from greenmine import __version__
 from greenmine.clock import Clock
 from greenmine.latch import Latch
+from greenmine.sdnotify import Notifier, Watchdog
 from greenmine.schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
@@ -42,8 +48,11 @@ def build_buses(cfg: AgentConfig, metrics: AgentMetrics | None = None) -> dict[s
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, *, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self.scheduler: PollScheduler | None = None
+        self._loops: list[asyncio.Task] = []
         self.clock = Clock(cfg.clock)  # stamps readings and status; schedules stay on real time
         self.metrics = AgentMetrics()
         self.buses = build_buses(cfg, self.metrics)
@@ -67,6 +76,7 @@ class Agent:
         self.telemetry_topic = telemetry_topic(cfg.site, cfg.agent_id)
         self.status_topic = status_topic(cfg.site, cfg.agent_id)
         self.config_hash = cfg.config_hash()
+        self.counters = counter_widths(cfg) or None
         self._pending: list[Reading] = []
         self._pending_since = 0.0
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -146,6 +156,7 @@ class Agent:
             outbox_depth=st.depth, outbox_bytes=st.bytes,
             dropped_batches=st.dropped_batches, dropped_readings=st.dropped_readings,
             devices=[p.status() for p in self.pollers.values()],
+            counters=self.counters if state is AgentState.ONLINE else None,
         )
 
     def publish_status(self) -> None:
@@ -189,6 +200,20 @@ class Agent:
                  len(self.pollers), len(self.buses), total, cfg.mqtt.host, cfg.mqtt.port,
                  " (TLS)" if cfg.mqtt.tls else "", cfg.resolve(cfg.outbox.path), st.depth)
 
+    # -- systemd watchdog ---------------------------------------------------------------------------
+    def stalled(self) -> list[str]:
+        """The loops that are not running (empty: healthy): what the watchdog pings on."""
+        problems = self.scheduler.stalled() if self.scheduler is not None else ["poll scheduler (not started)"]
+        if self.publisher is None or not self.publisher.alive:
+            problems.append("MQTT publisher (network thread)")
+        problems += [f"{t.get_name()} loop" for t in self._loops if t.done()]
+        return problems
+
+    async def _watchdog_loop(self, watchdog: Watchdog) -> None:
+        while True:
+            watchdog.tick()
+            await asyncio.sleep(min(watchdog.interval_s, 1.0))
+
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         from greenmine.agent.publisher import MqttPublisher
@@ -210,16 +235,24 @@ class Agent:
             max_inflight=cfg.mqtt.max_inflight, drain_batches_per_s=cfg.outbox.drain_batches_per_s, metrics=self.metrics,
         )
         self._update_outbox_metrics()
-        scheduler = PollScheduler(self.jobs)
+        scheduler = self.scheduler = PollScheduler(self.jobs)
         forward_task = loop.create_task(self.forwarder.run(), name="forwarder")
         status_task = loop.create_task(self._status_loop(), name="status")
+        self._loops = [forward_task, status_task]
         self.publisher.start()
         scheduler.start()
         self._log_summary()
+        watchdog = Watchdog(self.notifier, self.stalled)
+        watchdog_task = loop.create_task(self._watchdog_loop(watchdog), name="watchdog") if watchdog.enabled else None
+        self.notifier.ready(f"polling {len(self.pollers)} device(s), publishing to {cfg.mqtt.host}:{cfg.mqtt.port}")
         try:
             await stop.wait()
         finally:
             log.info("shutting down")
+            self.notifier.stopping()
+            if watchdog_task is not None:
+                watchdog_task.cancel()
+                await asyncio.gather(watchdog_task, return_exceptions=True)
             await scheduler.stop()
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
@@ -240,3 +273,4 @@ class Agent:
                 bus.close()
             await self.outbox.close()
             self.metrics.close()
+            self.notifier.close()

@@ -110,6 +110,7 @@ class PollScheduler:
         self._sched = AsyncIOScheduler(timezone=timezone.utc)
         # One apscheduler job per distinct interval, firing every GroupJob of that interval: with
         # hundreds of devices, one apscheduler job each costs tens of ms of lateness per tick.
+        self._last_tick: dict[float, float] = {}  # interval -> monotonic time of its last tick (the watchdog reads it)
         by_interval: dict[float, list[GroupJob]] = {}
         for job in jobs:
             by_interval.setdefault(job.interval_s, []).append(job)
@@ -119,7 +120,8 @@ class PollScheduler:
             trigger = IntervalTrigger(seconds=interval, start_date=datetime.fromtimestamp(first, timezone.utc),
                                       timezone=timezone.utc)
 
-            async def tick(group: list[GroupJob] = group) -> None:
+            async def tick(group: list[GroupJob] = group, interval: float = interval) -> None:
+                self._last_tick[interval] = time.monotonic()
                 now_s = self.clock()
                 for job in group:
                     job.fire(now_s)
@@ -130,7 +132,18 @@ class PollScheduler:
                                 misfire_grace_time=max(1, int(interval)))
 
     def start(self) -> None:
+        now = time.monotonic()
+        self._last_tick = {job.interval_s: now for job in self.jobs}  # the first tick is at most one interval away
         self._sched.start()
+
+    def stalled(self) -> list[str]:
+        """What keeps the scheduler from polling: stopped, or an interval that has not ticked for two of its
+        periods and a second (a hung event loop or scheduler). Empty: ticking. For the systemd watchdog."""
+        if not self._sched.running:
+            return ["poll scheduler (stopped)"]
+        now = time.monotonic()
+        return [f"poll scheduler (every {i:g} s: no tick for {now - t:.0f} s)"
+                for i, t in sorted(self._last_tick.items()) if now - t > 2 * i + 1]
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop ticking and wait (bounded) for runs in progress."""

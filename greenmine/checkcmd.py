@@ -6,7 +6,6 @@ Exit 0 when the file is good; 2 with every problem, each naming its place.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,19 +27,9 @@ def detect_kind(doc: dict) -> str | None:
     return None
 
 
-class _UnsetIsEmpty(dict):
-    """The environment, where an unset variable reads as "": lets validation go on past it."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
 def load_any(path: Path, kind: str | None = None):
     """Load a config of any kind. Returns (kind, model). Raises ConfigError with every problem:
-    unset environment variables, then the type and cross-reference errors of the same file."""
+    unset environment variables and missing credentials, then the type and cross-reference errors of the same file."""
     from greenmine.configfile import ConfigError, read_toml
 
     try:
@@ -48,7 +37,7 @@ def load_any(path: Path, kind: str | None = None):
         unset: list[str] = []
     except ConfigError as exc:
         try:
-            doc = read_toml(path, env=_UnsetIsEmpty(os.environ))
+            doc = read_toml(path, missing_ok=True)
         except ConfigError:
             raise exc from None  # not (only) a variable: a file that cannot be read or parsed
         unset = exc.messages
@@ -84,18 +73,55 @@ def _load_kind(path: Path, doc: dict, kind: str | None):
     raise ConfigError(path, ['cannot tell the config kind: add kind = "agent" | "server" | "sim", or pass --kind'])
 
 
+def cross_warnings(loaded: list[tuple[str, str, object]]) -> list[str]:
+    """Warnings across the files of one run: a server config's `[[kpi.meters]]` checked against the agent
+    configs (and device profiles) given with it. What a site sends is known only from its agent configs:
+    a site with none given is not judged. Warnings do not change the exit status."""
+    servers = [(f, m) for f, k, m in loaded if k == "server"]
+    if not servers:
+        return []
+    from greenmine.server.monitor.kpi.vocabulary import meter_warnings
+
+    from greenmine.agent.config import counter_widths
+
+    published: dict[str, dict[str, set[str]]] = {}
+    widths: dict[tuple[str, str, str], tuple[int, float]] = {}
+    for _, kind, model in loaded:
+        if kind == "agent":
+            devices = published.setdefault(model.site, {})
+            for dev in model.devices:
+                if dev.enabled:
+                    devices.setdefault(dev.name, set()).update(r.metric_name for r in dev.resolved_registers)
+            widths.update({(model.site, c.device, c.metric): (c.width_bits, c.scale) for c in counter_widths(model)})
+    any_device = {r.metric_name for _, kind, model in loaded if kind == "profile" for r in model.registers}
+    out = []
+    for file, cfg in servers:
+        site_ids = [s.id for s in cfg.sites]
+        out += [f"{file}: warning: {w}" for w in meter_warnings(cfg.kpi, site_ids, published, any_device, widths)]
+        if cfg.ingest.unknown_site.value == "reject":
+            for afile, kind, model in loaded:
+                if kind == "agent" and model.site not in site_ids:
+                    out.append(f"{file}: warning: site {model.site!r} of {afile} is not configured: its telemetry "
+                               "is rejected (unknown_site)")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from greenmine.configfile import ConfigError
 
     status = 0
+    loaded = []
     for file in args.file:
         try:
-            kind, _ = load_any(Path(file), args.kind)
+            kind, model = load_any(Path(file), args.kind)
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             status = 2
         else:
+            loaded.append((file, kind, model))
             print(f"{file}: ok ({kind} config)")
+    for warning in cross_warnings(loaded):
+        print(warning, file=sys.stderr)
     return status
 
 
@@ -105,7 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validate config files without connecting to anything",
         description="Load each FILE exactly as the matching 'run' command would, without connecting. "
         "Exits 0 if all are valid; otherwise prints every problem, naming file, device, register "
-        "and field, and exits 2.",
+        "and field, and exits 2. Given a server config with the agent configs (or device profiles) of its "
+        "sites, it also warns about a [[kpi.meters]] entry whose metric none of them publishes from that "
+        "device, or that no KPI reads; warnings do not change the exit status.",
+        epilog="example: greenmine check-config server.toml agents/*.toml",
     )
     p.add_argument("file", nargs="+", metavar="FILE", help="agent, server or simulated-site config, or a device profile (TOML)")
     p.add_argument("--kind", choices=KINDS, help="config kind; default: detected from the file")

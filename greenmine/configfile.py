@@ -5,6 +5,12 @@ Shared by the agent, server and simulator configs:
 - `${VAR}` anywhere in a string value is replaced by the environment variable
   VAR, so secrets need not live in the file (as Telegraf does). An unset
   variable is an error that names the place; `$${` escapes a literal `${`.
+- `${cred:NAME}` is replaced by the content of the systemd credential NAME: the
+  file `$CREDENTIALS_DIRECTORY/NAME` that a unit's `LoadCredential=NAME:/path`
+  (or `SetCredentialEncrypted=`) provides, with trailing newlines removed. The
+  secret then lives in a root-only file that the service reads through systemd,
+  never in the environment (which `systemctl show` and /proc/PID/environ expose).
+  No such credential, or no `$CREDENTIALS_DIRECTORY`, is an error naming the place.
 - Validation errors are rewritten to name the exact place, with the names of
   the list items on the way, e.g.
   `devices[3] "crusher-2": registers[0] "kwh_total": scale: Input should be a valid number`.
@@ -18,11 +24,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-_VAR = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: a credential reference that is not `${cred:NAME}` with a plain file name (no "/", not starting with ".")
+_BAD_CRED = re.compile(r"(?<!\$)\$\{cred:(?![A-Za-z0-9_][A-Za-z0-9_.@-]*\})")
+_VAR = re.compile(r"\$(\$)?\{(cred:)?([A-Za-z_][A-Za-z0-9_]*|(?<=cred:)[A-Za-z0-9_][A-Za-z0-9_.@-]*)\}")
 
 
 class ConfigError(ValueError):
@@ -67,28 +76,57 @@ def format_validation_error(exc: ValidationError, doc: Any) -> list[str]:
     return out
 
 
-def _expand(node: Any, where: str, env: dict[str, str], errors: list[str]) -> Any:
+def credential(name: str, env: Mapping[str, str]) -> str:
+    """The systemd credential NAME (`$CREDENTIALS_DIRECTORY/NAME`), trailing newlines removed. Raises LookupError."""
+    folder = env.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        raise LookupError(f"credential {name}: CREDENTIALS_DIRECTORY is not set (give the unit LoadCredential={name}:FILE)")
+    try:
+        return (Path(folder) / name).read_text(encoding="utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        raise LookupError(f"credential {name}: no such credential in $CREDENTIALS_DIRECTORY "
+                          f"(give the unit LoadCredential={name}:FILE)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LookupError(f"credential {name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _expand(node: Any, where: str, env: Mapping[str, str], errors: list[str], missing_ok: bool) -> Any:
     if isinstance(node, str):
+        if _BAD_CRED.search(node):
+            errors.append(f"{where}: not a credential reference: use ${{cred:NAME}}, NAME a file name in "
+                          "$CREDENTIALS_DIRECTORY (letters, digits, _ . @ -)")
+            return ""
 
         def sub(m: re.Match[str]) -> str:
+            cred, name = m.group(2), m.group(3)
             if m.group(1):  # $${VAR} -> literal ${VAR}
-                return "${" + m.group(2) + "}"
-            name = m.group(2)
+                return "${" + (cred or "") + name + "}"
+            if cred:
+                try:
+                    return credential(name, env)
+                except LookupError as exc:
+                    if not missing_ok:
+                        errors.append(f"{where}: {exc}")
+                    return ""
             if name not in env:
-                errors.append(f"{where}: environment variable {name} is not set")
+                if not missing_ok:
+                    errors.append(f"{where}: environment variable {name} is not set")
                 return ""
             return env[name]
 
         return _VAR.sub(sub, node)
     if isinstance(node, dict):
-        return {k: _expand(v, f"{where}.{k}" if where else k, env, errors) for k, v in node.items()}
+        return {k: _expand(v, f"{where}.{k}" if where else k, env, errors, missing_ok) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, f"{where}[{i}]", env, errors) for i, v in enumerate(node)]
+        return [_expand(v, f"{where}[{i}]", env, errors, missing_ok) for i, v in enumerate(node)]
     return node
 
 
-def read_toml(path: Path | str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Read a TOML file and expand `${VAR}` references. Raises ConfigError."""
+def read_toml(path: Path | str, env: Mapping[str, str] | None = None, *, missing_ok: bool = False) -> dict[str, Any]:
+    """Read a TOML file and expand `${VAR}` and `${cred:NAME}` references. Raises ConfigError.
+
+    missing_ok: an unset variable or a missing credential reads as "" instead of being an error
+    (check-config uses it to go on and report the file's other problems in the same run)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -101,7 +139,7 @@ def read_toml(path: Path | str, env: dict[str, str] | None = None) -> dict[str, 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"TOML syntax error: {exc}"]) from None
     errors: list[str] = []
-    doc = _expand(doc, "", dict(os.environ) if env is None else env, errors)
+    doc = _expand(doc, "", dict(os.environ) if env is None else env, errors, missing_ok)
     if errors:
         raise ConfigError(path, errors)
     return doc

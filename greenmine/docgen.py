@@ -101,7 +101,9 @@ def render() -> str:
         "# Configuration reference",
         "",
         "Generated from the config models by `python -m greenmine.docgen`; a test keeps it in step with the code.",
-        "Every file is TOML. `\"${ENV_VAR}\"` in a string is replaced by that environment variable.",
+        "Every file is TOML. `\"${ENV_VAR}\"` in a string is replaced by that environment variable, and "
+        "`\"${cred:NAME}\"` by the systemd credential NAME (`LoadCredential=NAME:FILE`, read from "
+        "`$CREDENTIALS_DIRECTORY`; see docs/operations.md).",
         "Relative paths are relative to the config file's folder. `greenmine check-config FILE` validates a file.",
         "",
     ]

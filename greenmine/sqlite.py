@@ -124,11 +124,12 @@ def mapped(what: str) -> Iterator[None]:
         raise state_error(exc, what) from exc
 
 
-def _create_private(path: Path) -> None:
+def create_private(path: Path | str) -> None:
     """Create the file with mode 0600 if it does not exist yet (SQLite would use 0644 less the umask).
 
     SQLite gives the -wal and -shm files the database file's mode, so they are private too.
     An existing file keeps its mode: tightening it is the operator's choice.
+    An SQLite file opened without `connect` (the store's own tuned connections) calls this first.
     """
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -158,7 +159,7 @@ def connect(
         if where != ":memory:":
             p = Path(path)
             p.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(p)
+            create_private(p)
         with mapped(f"{where}: open"):
             con = sqlite3.connect(where, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
             con.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

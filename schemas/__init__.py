@@ -8,7 +8,7 @@ A new field means a new schema version; the server accepts a known set.
 """
 
 from greenmine.schemas.errors import WireError, WireRejectReason
-from greenmine.schemas.status import AgentState, AgentStatus, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
+from greenmine.schemas.status import AgentState, AgentStatus, CounterWidth, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
 from greenmine.schemas.telemetry import (
     IDENTIFIER_PATTERN,
     METRICS,
@@ -29,6 +29,7 @@ __all__ = [
     "TELEMETRY_SCHEMA_V1",
     "AgentState",
     "AgentStatus",
+    "CounterWidth",
     "DeviceState",
     "DeviceStatus",
     "Quality",

@@ -30,6 +30,16 @@ class DeviceStatus(_Wire):
     last_error: str | None = Field(default=None, max_length=500)
 
 
+class CounterWidth(_Wire):
+    """A totalizer's register width, from the device profile: the server's KPIs need it to tell a
+    rollover (at 2^width_bits x scale) from a meter reset, without repeating it in [[kpi.meters]]."""
+
+    device: Identifier
+    metric: Identifier
+    width_bits: Literal[16, 32, 64] = Field(description="unsigned register width; the total wraps at 2^width_bits x scale")
+    scale: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="the register's scale (litres -> m3: 0.001)")
+
+
 class AgentStatus(_Wire):
     """Published retained on greenmine/v1/{site}/{agent}/status.
 
@@ -49,6 +59,12 @@ class AgentStatus(_Wire):
     dropped_batches: int | None = Field(default=None, ge=0, description="batches dropped by the outbox bound, ever")
     dropped_readings: int | None = Field(default=None, ge=0)
     devices: list[DeviceStatus] = Field(default_factory=list)
+    # Optional, added within v1: absent from older agents' messages (and from the will). Servers before
+    # it reject a status that carries it (extra="forbid"): upgrade the servers before the agents.
+    counters: list[CounterWidth] | None = Field(
+        default=None, max_length=10_000,
+        description="the unsigned integer totals (metric ending in _total) this agent publishes, with their widths",
+    )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -152,6 +152,21 @@ class App:
             ok = ok and self.uplink.connected
         return {"status": "ok" if ok else "degraded", **doc}
 
+    def stalled(self) -> list[str]:
+        """The role threads that are not running (empty: healthy); the systemd watchdog pings only on empty."""
+        out = []
+        if self.ingestor is not None:
+            out += [what for what, ok in (("ingest (validator thread)", self.ingestor.alive),
+                                          ("ingest (store writer thread)", self.writer.alive),
+                                          ("ingest (MQTT network thread)", self.mqtt.alive)) if not ok]
+        if self.monitor is not None:
+            out += self.monitor.stalled()
+        if self.uplink is not None:
+            out += self.uplink.stalled()
+        if self.http is not None and not self.http.alive:
+            out.append("HTTP endpoint")
+        return out
+
     def start(self) -> None:
         if self.writer is not None:
             self.writer.start()
@@ -220,11 +235,18 @@ def run(cfg: ServerConfig, *, roles: Iterable[str] = ROLES, sites: list[str] | N
     clock = Clock(cfg.clock)
     if clock.accelerated:
         log.warning("server: %s (for demos and tests only; now %s)", clock.describe(), clock.now_datetime().isoformat())
+    from greenmine.sdnotify import Notifier, Watchdog
+
+    notifier = Notifier.from_env()  # under systemd (Type=notify): READY=1, WATCHDOG=1 while every role thread runs
     app = App(cfg, roles=roles, clock=clock.now, sites=sites, partition=partition)
     app.start()
+    watchdog = Watchdog(notifier, app.stalled)
+    notifier.ready("running " + ", ".join(r for r in ROLES if r in app.roles))
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(min(watchdog.interval_s or 1.0, 1.0)):
+            watchdog.tick()
     finally:
+        notifier.stopping()
         app.stop()
+        notifier.close()
     return 0

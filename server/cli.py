@@ -1,6 +1,6 @@
 """`greenmine server ...` subcommands.
 
-    server run --config FILE [--role R] [--instance NAME] [--sites A,B | --partition I/N] [--http-port N]
+    server run --config FILE [--role R] [--instance NAME] [--sites A,B | --partition I/N] [--http-port N] [--mqtt-port N]
                                         run roles (ingest, monitor, uplink; default all) until SIGTERM
     server status --config FILE         spool depth, dead letters by reason, agents (from the spool file)
     server dead-letters --config FILE   the newest rejected messages, with reason and payload
@@ -37,8 +37,18 @@ def _run(args) -> int:
 
     args.role = args.role or ["all"]
     roles = ROLES if "all" in args.role else tuple(dict.fromkeys(args.role))
-    if args.http_port is not None:
-        cfg = cfg.model_copy(update={"http_port": args.http_port})
+    from greenmine.ports import PortError, port_override
+
+    try:
+        http_port = port_override("--http-port", args.http_port, "GREENMINE_HTTP_PORT")
+        mqtt_port = port_override("--mqtt-port", args.mqtt_port, "GREENMINE_MQTT_PORT", minimum=1)
+    except PortError as exc:
+        print(f"greenmine server: {exc}", file=sys.stderr)
+        return 2
+    if http_port is not None:
+        cfg = cfg.model_copy(update={"http_port": http_port})
+    if mqtt_port is not None:
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"port": mqtt_port})})
     sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
     if args.partition is not None:
         from greenmine.server.monitor.config import parse_partition
@@ -145,7 +155,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "files (spool, alert and KPI state, replica) with -NAME")
     run.add_argument("--sites", metavar="A,B", help="monitor: judge only these sites (overrides monitor.sites)")
     run.add_argument("--partition", metavar="I/N", help="monitor: judge the sites whose hash modulo N is I")
-    run.add_argument("--http-port", type=int, metavar="N", help="serve /metrics and /health on this port (0: any free)")
+    run.add_argument("--http-port", type=int, metavar="N",
+                     help="serve /metrics and /health on this port, overriding http_port (0: any free); "
+                     "or GREENMINE_HTTP_PORT")
+    run.add_argument("--mqtt-port", type=int, metavar="N", help="the broker's port, overriding mqtt.port; or GREENMINE_MQTT_PORT")
     run.set_defaults(func=_run, role=None)
 
     st = ssub.add_parser("status", help="spool depth, dead letters by reason and agent states, from the spool file")

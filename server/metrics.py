@@ -154,6 +154,11 @@ class HttpEndpoint:
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="greenmine-http", kwargs={"poll_interval": 0.2})
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is running (for the systemd watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -111,6 +111,11 @@ class StreamConsumer:
             except queue.Full:
                 continue  # backpressure onto the TCP connection
 
+    def stalled(self) -> list[str]:
+        """Its threads that are not running (for the systemd watchdog)."""
+        out = [] if self._thread is not None and self._thread.is_alive() else [f"{self.name} (consumer thread)"]
+        return out + ([] if self.mqtt.alive else [f"{self.name} (MQTT network thread)"])
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"greenmine-{self.name}", daemon=True)
         self._thread.start()

@@ -98,6 +98,11 @@ class Ingestor:
 
     # --- lifecycle ---------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is running (for the systemd watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

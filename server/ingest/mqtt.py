@@ -116,6 +116,13 @@ class MqttSubscriber:
             raise BrokerError(f"mqtt {self.cfg.host}:{self.cfg.port}: {exc}") from exc
         self._client.loop_start()
 
+    @property
+    def alive(self) -> bool:
+        """paho's network thread is running (connected or reconnecting), for the systemd watchdog. paho has no
+        public accessor for the thread `loop_start` made; `_thread` is it (paho 2.x, reset to None when it ends)."""
+        thread = getattr(self._client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
     def ack(self, delivery: Delivery) -> bool:
         """Acknowledge a QoS 1 message. False if it arrived on an earlier connection (it will be redelivered)."""
         if delivery.qos == 0:

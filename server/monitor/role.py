@@ -77,6 +77,11 @@ class MonitorRole:
     def connected(self) -> bool:
         return self.consumer.connected
 
+    def stalled(self) -> list[str]:
+        """Its threads that are not running (for the systemd watchdog)."""
+        tick = [] if self._thread is not None and self._thread.is_alive() else ["monitor (tick thread)"]
+        return tick + self.consumer.stalled()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="greenmine-monitor-tick", daemon=True)
         self._thread.start()

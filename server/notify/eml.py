@@ -21,7 +21,10 @@ class EmlDirTransport:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / (name + ".tmp")
-            tmp.write_bytes(bytes(msg))
+            # 0600, like the state files: an email names the officers and the site's readings
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(msg))
             os.replace(tmp, self.folder / name)
         except OSError as exc:
             raise TransientSendError(f"cannot write {self.folder / name}: {exc}") from exc

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from greenmine.sqlite import PerThread
+from greenmine.sqlite import PerThread, create_private
 from greenmine.server.errors import StoreRejected, StoreUnavailable
 from greenmine.server.store.base import StoredReading
 
@@ -267,6 +267,8 @@ class Rollup(NamedTuple):
 
 
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    if str(path) != ":memory:":
+        create_private(path)  # mode 0600, as every state file (greenmine.sqlite.connect)
     con = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
     con.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return con

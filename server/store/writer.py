@@ -74,6 +74,11 @@ class Writer:
         """Call `fn(readings)` after every write the store has taken (on the writer thread: keep it short)."""
         self._listeners.append(fn)
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is running (for the systemd watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -67,6 +67,10 @@ class UplinkRole:
     def on_connection(self, up: bool) -> None:
         pass  # real-time frames flag stale values themselves (realtime_stale_s)
 
+    def stalled(self) -> list[str]:
+        """Its threads that are not running (for the systemd watchdog)."""
+        return ([] if self.hj212.alive else ["uplink (HJ 212 loop thread)"]) + self.consumer.stalled()
+
     def start(self) -> None:
         self.hj212.start()
         self.consumer.start()

@@ -134,6 +134,9 @@ class Monitor:
             self.alerts.observe_seen_many(seen, now=now)
         for st in statuses:
             self.alerts.observe_agent_status(st.site, st.agent, st.state.value == "online", now=now)
+            if st.counters:
+                self.kpis.note_counters(st.site, st.agent, [(c.device, c.metric, c.width_bits, c.scale)
+                                                            for c in st.counters], now)
 
     @property
     def replica_metrics(self) -> frozenset[str]:

@@ -33,8 +33,12 @@ class MeterConfig(_Model):
     site: str | None = Field(default=None, description="site id; absent: this device name at any site")
     device: str = Field(description="device name as the agent publishes it")
     metric: str = Field(description="cumulative metric, e.g. energy_kwh_total")
-    width_bits: int | None = Field(default=None, description="register width for rollover: 16, 32 or 64; absent: no rollover (float totals)")
-    scale: float = Field(default=1.0, gt=0, description="the register's scale: the wrap in engineering units is 2^width_bits x scale (litres -> m3: 0.001)")
+    width_bits: int | None = Field(
+        default=None,
+        description="register width for rollover: 16, 32 or 64; absent: the width the agent's status reports from the "
+        "device profile, else no rollover (float totals). Given, it wins over the reported one (a disagreement is logged)",
+    )
+    scale: float = Field(default=1.0, gt=0, description="the register's scale: the wrap in engineering units is 2^width_bits x scale (litres -> m3: 0.001); with width_bits only")
     max_rate_per_h: float | None = Field(
         default=None, gt=0, description="largest plausible consumption per hour (max kW, m3/h, t/h); faster increments are spikes"
     )
@@ -67,7 +71,9 @@ class KpiConfig(_Model):
     reset_ratio: float = Field(default=0.9, gt=0, lt=1, description="a drop below this share of the previous total is a meter reset")
     rolling_every_s: float = Field(default=900.0, gt=0, description="how often the rolling 24 h reuse rate is recomputed")
     counter_lookback_s: float = Field(default=86400.0, ge=0, description="reads before a period that are replayed to find the counter baseline")
-    meters: list[MeterConfig] = Field(default_factory=list, description="per-meter width and max rate")
+    meters: list[MeterConfig] = Field(
+        default_factory=list, description="per-meter width and max rate; the width can come from the agents' status instead"
+    )
     kgce_per_unit: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_KGCE_PER_UNIT), description="standard coal coefficient per energy type (kgce per the meter's unit)"
     )
@@ -91,12 +97,25 @@ class KpiConfig(_Model):
             seen.add(key)
         return self
 
-    def counter_spec(self, site: str, device: str, metric: str) -> CounterSpec:
+    def meter(self, site: str, device: str, metric: str) -> MeterConfig | None:
+        """The [[kpi.meters]] entry for this meter: the one naming the site, else the one for any site."""
         best = None
         for m in self.meters:
             if m.device == device and m.metric == metric and m.site in (None, site):
                 if best is None or m.site is not None:
                     best = m
-        width = float(2**best.width_bits) * best.scale if best and best.width_bits else None
+        return best
+
+    def counter_spec(self, site: str, device: str, metric: str,
+                     reported: tuple[int, float] | None = None) -> CounterSpec:
+        """reported: (width_bits, scale) from the agent's status (the device profile). A width in
+        [[kpi.meters]] wins over it; without one, the reported width is used."""
+        best = self.meter(site, device, metric)
+        if best and best.width_bits:
+            width = float(2**best.width_bits) * best.scale
+        elif reported is not None:
+            width = float(2 ** reported[0]) * reported[1]
+        else:
+            width = None
         rate = best.max_rate_per_h / 3600.0 if best and best.max_rate_per_h else None
         return CounterSpec(width=width, reset_ratio=self.reset_ratio, max_rate_per_s=rate)

@@ -42,11 +42,49 @@ class KpiEngine:
         self._noisy = frozenset({noise.LAEQ, cfg.noise.lmax_metric})
         self._hourly = frozenset({dust.TSP, dust.PM10, *self._noisy})
         self.metrics = frozenset({*self._counters, dust.TSP, dust.PM10, noise.LAEQ, cfg.noise.lmax_metric})
+        #: (site, device, metric) -> (width_bits, scale) the agents reported; loaded from the store on first use
+        self._widths: dict[tuple[str, str, str], tuple[int, float]] | None = None
+        self._disagreed: set[tuple[str, str, str]] = set()
+
+    # --- counter widths from the agents' status -------------------------------
+
+    def _reported(self) -> dict[tuple[str, str, str], tuple[int, float]]:
+        if self._widths is None:
+            self._widths = self.store.counter_widths() if self.store is not None else {}
+        return self._widths
+
+    def note_counters(self, site_id: str, agent: str, widths: Iterable[tuple[str, str, int, float]], now: float) -> None:
+        """The totals an agent's status announced, (device, metric, width_bits, scale); stored when new or changed,
+        so a restart and `kpi recompute` know them too."""
+        known = self._reported()
+        changed = [w for w in widths if w[1] in self._counters and known.get((site_id, w[0], w[1])) != (w[2], w[3])]
+        if not changed:
+            return
+        if self.store is not None:
+            self.store.put_counter_widths(site_id, agent, changed, now)
+        for device, metric, bits, scale in changed:
+            known[(site_id, device, metric)] = (bits, scale)
+            log.info("site %s meter %s %s: %d-bit total (scale %g), as agent %s reports it", site_id, device, metric,
+                     bits, scale, agent)
+
+    def counter_spec(self, site_id: str, device: str, metric: str):
+        """The counter rules' spec: [[kpi.meters]], with the width the agent reported where the config gives none."""
+        reported = self._reported().get((site_id, device, metric))
+        meter = self.cfg.meter(site_id, device, metric)
+        key = (site_id, device, metric)
+        if (reported and meter and meter.width_bits and (meter.width_bits, meter.scale) != reported
+                and key not in self._disagreed):
+            self._disagreed.add(key)
+            log.warning("site %s meter %s %s: kpi.meters says %d bits x %g, the agent's profile %d bits x %g; "
+                        "using kpi.meters", site_id, device, metric, meter.width_bits, meter.scale, *reported)
+        return self.cfg.counter_spec(site_id, device, metric, reported=reported)
 
     # --- which periods a reading touches ------------------------------------
 
     def _counter_metrics(self) -> set[str]:
-        return {water.REUSED, water.FRESH, self.cfg.ore_metric, *self.cfg.energy_metrics}
+        from greenmine.server.monitor.kpi.vocabulary import counter_metrics
+
+        return counter_metrics(self.cfg)
 
     def periods_for(self, site: SiteConfig, metric: str, ts: float) -> list[Period]:
         tz = site.timezone
@@ -198,7 +236,7 @@ class KpiEngine:
         out = []
         for dev, pts in sorted(by_dev.items()):
             pts.sort(key=lambda p: p.ts)
-            tr = CounterTracker(self.cfg.counter_spec(site_id, dev, metric))
+            tr = CounterTracker(self.counter_spec(site_id, dev, metric))
             incs, events = [], []
             for p in pts:
                 i, e = tr.feed(p.ts, p.value)

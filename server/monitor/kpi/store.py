@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS increments (
 CREATE TABLE IF NOT EXISTS counter_events (
     site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
     prev REAL NOT NULL, new REAL NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (site, device, metric, ts, kind));
+CREATE TABLE IF NOT EXISTS counter_widths (
+    site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, width_bits INTEGER NOT NULL, scale REAL NOT NULL,
+    agent TEXT NOT NULL, reported_at REAL NOT NULL, PRIMARY KEY (site, device, metric));
 CREATE TABLE IF NOT EXISTS kpi_dirty (
     site TEXT NOT NULL, period_kind TEXT NOT NULL, period_start REAL NOT NULL, period_end REAL NOT NULL,
     label TEXT NOT NULL, PRIMARY KEY (site, period_kind, period_start));
@@ -142,6 +145,17 @@ class KpiStore:
             return self._db.execute(
                 "SELECT device, metric, ts, kind, prev, new, detail FROM counter_events WHERE site=? ORDER BY ts",
                 (site,)).fetchall()
+
+    def put_counter_widths(self, site: str, agent: str, widths: Iterable[tuple[str, str, int, float]], now: float) -> None:
+        """(device, metric, width_bits, scale) of totals as an agent's status reported them (the latest wins)."""
+        self._tx("INSERT OR REPLACE INTO counter_widths VALUES (?,?,?,?,?,?,?)",
+                 [(site, device, metric, bits, scale, agent, now) for device, metric, bits, scale in widths])
+
+    def counter_widths(self) -> dict[tuple[str, str, str], tuple[int, float]]:
+        """(site, device, metric) -> (width_bits, scale), every total any agent reported."""
+        with self._lock:
+            rows = self._db.execute("SELECT site, device, metric, width_bits, scale FROM counter_widths").fetchall()
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
 
     def mark_dirty(self, site: str, ps: Iterable[Period]) -> None:
         self._tx("INSERT OR IGNORE INTO kpi_dirty VALUES (?,?,?,?,?)",

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -61,6 +62,11 @@ from greenmine.backoff import Backoff
 from greenmine.latch import Latch
 
 log = logging.getLogger(__name__)
+
+
+def _no_pw(frame: bytes) -> bytes:
+    """A frame's text for a log line, with the access password (PW=) masked: secrets are never logged."""
+    return re.sub(rb"PW=[^;&]*", b"PW=***", frame)
 
 T = TypeVar("T")
 
@@ -428,7 +434,7 @@ class Hj212Client:
                 line = await reader.readuntil(b"\r\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    log.warning("hj212 %s: connection closed mid-frame: %r", self.point.name, exc.partial[:64])
+                    log.warning("hj212 %s: connection closed mid-frame: %r", self.point.name, _no_pw(exc.partial[:64]))
                 return
             try:
                 packet = decode_frame(line)

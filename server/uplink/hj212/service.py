@@ -303,6 +303,11 @@ class Hj212Service:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is running (for the systemd watchdog)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._seed()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greenmine-hj212-history")
