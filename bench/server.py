@@ -272,8 +272,9 @@ def drain_shared(tmp: Path, port: int, msgs: list[tuple[str, bytes]], n_readings
             stop_process(proc)
 
 
-def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readings: int) -> dict:
-    """Step 6: publish live batches at `rate_msgs_s` on an accelerated clock; how late KPI periods close."""
+def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readings: int) -> dict:
+    """Step 6: `n_sites` sites of 10 gateways, each sending a batch per simulated minute, on a clock
+    accelerated so that the stream is `rate_msgs_s`; how late, in real seconds, each KPI period closes."""
     from zoneinfo import ZoneInfo
 
     from greenmine.server.config import load_server_config
@@ -283,20 +284,24 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readin
     tz = ZoneInfo("Asia/Shanghai")
     base = datetime(2026, 11, 20, 21, 58, tzinfo=tz).timestamp()
     end = datetime(2026, 11, 21, 0, 2, tzinfo=tz).timestamp()
+    agents = [(f"bench-site{i:03d}", f"gw{k}") for i in range(n_sites) for k in range(10)]
+    interval = 60.0  # simulated seconds between one gateway's batches
+    speed = rate_msgs_s * interval / len(agents)
     real0 = [None]
 
     def clock() -> float:
         return base if real0[0] is None else base + (time.time() - real0[0]) * speed
 
     doc = server_doc(tmp, port, "monitor", {"kind": "sqlite", "path": str(tmp / "monitor-unused.sqlite")}, "full")
+    doc["sites"] = [{"id": site, "timezone": "Asia/Shanghai", "recipients": ["officer@example.test"]}
+                    for site in dict.fromkeys(s for s, _ in agents)]
     doc["monitor"] = {"replica_path": str(tmp / "monitor-replica.sqlite")}
-    doc["alerts"]["tick_interval_s"] = 0.1
     doc["notify"] = {"eml_dir": str(tmp / "monitor-mail")}
     cfg = load_server_config(tmp / "monitor.toml", doc=doc)
     role = MonitorRole(cfg, clock=clock, tick_s=0.1)
     kpi_db = kpi_db_path(cfg)
     role.start()
-    first_seen: dict[tuple, float] = {}
+    first_seen: dict[tuple, tuple[float, float]] = {}
     stop = threading.Event()
 
     def poll() -> None:
@@ -304,48 +309,47 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readin
         while not stop.wait(0.02):
             try:
                 db = db or sqlite3.connect(f"file:{kpi_db}?mode=ro", uri=True, timeout=1)
-                rows = db.execute("SELECT kpi, subject, period_kind, period_start, period_end FROM kpi_values").fetchall()
+                rows = db.execute("SELECT site, kpi, subject, period_kind, period_start, period_end FROM kpi_values").fetchall()
             except sqlite3.Error:
                 continue
-            now = clock()
+            now = time.time()
             for r in rows:
-                first_seen.setdefault(r[:4], (r[4], now))
+                first_seen.setdefault(r[:5], (r[5], now))
 
     poller = threading.Thread(target=poll, daemon=True)
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-monitor-pub")
     pub.max_inflight_messages_set(1000)
     published = 0
     try:
-        wait_for(lambda: role.consumer.mqtt.subscribed, 10, what="monitor subscribed")
+        wait_for(lambda: role.consumer.mqtt.subscribed, 30, what="monitor subscribed")
         pub.connect("127.0.0.1", port, 30)
         pub.loop_start()
         poller.start()
         real0[0] = t0 = time.time()
-        counters = [0.0] * 10
-        while clock() < end:
-            agent = published % 10
-            now = clock()
-            ts = datetime.fromtimestamp(now, timezone.utc).isoformat()
-            counters[agent] += 1.0
-            doc_ = {
-                "schema": "greenmine.telemetry.v1", "site": SITE, "agent": f"gw{agent}", "seq": published, "sent_at": ts,
-                "readings": [
-                    {"device": f"gw{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts,
-                     "value": counters[agent] + i if METRICS[i % 10][0].endswith("_total") else 0.5 + (i % 3) / 10,
-                     "unit": METRICS[i % 10][1], "quality": "good"}
-                    for i in range(n_readings)
-                ],
-            }
-            pub.publish(f"greenmine/v1/{SITE}/gw{agent}/telemetry", json.dumps(doc_), qos=1)
-            published += 1
-            ahead = t0 + published / rate_msgs_s - time.time()
-            if ahead > 0:
-                time.sleep(ahead)  # pacing the publisher to the target rate
+        j = 0
+        while base + j * interval < end:
+            for k, (site, agent) in enumerate(agents):
+                t = base + j * interval + k * interval / len(agents)
+                ahead = (t - base) / speed - (time.time() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the publisher to the stream's schedule
+                ts = datetime.fromtimestamp(t, timezone.utc).isoformat()
+                doc_ = {
+                    "schema": "greenmine.telemetry.v1", "site": site, "agent": agent, "seq": j, "sent_at": ts,
+                    "readings": [
+                        {"device": f"{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts,
+                         "value": 1000.0 + j * (1 + i) if METRICS[i % 10][0].endswith("_total") else 0.5 + (i % 3) / 10,
+                         "unit": METRICS[i % 10][1], "quality": "good"}
+                        for i in range(n_readings)
+                    ],
+                }
+                pub.publish(f"greenmine/v1/{site}/{agent}/telemetry", json.dumps(doc_), qos=1)
+                published += 1
+            j += 1
         real_s = time.time() - t0
-        wait_for(lambda: role.consumer.messages >= published, 120, what="monitor consumed every batch")
+        wait_for(lambda: role.consumer.messages >= published, 300, what="monitor consumed every batch")
         behind_s = time.time() - t0 - real_s
-        # the last periods (00:00 hour, the day) close at 00:00 / 01:00; wait for what ended in the window
-        wait_for(lambda: sum(1 for k, (pend, _) in list(first_seen.items()) if base < pend <= end) >= 4, 30,
+        wait_for(lambda: len({first_seen[k][0] for k in list(first_seen) if base < first_seen[k][0] <= end}) >= 2, 60,
                  what="KPI periods closed")
     finally:
         stop.set()
@@ -353,13 +357,14 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, speed: float, n_readin
         pub.loop_stop()
         role.stop()
     lags: dict[str, float] = {}
-    for (kpi, subject, kind, start), (pend, seen) in first_seen.items():
+    for (site, kpi, subject, kind, start), (pend, seen) in first_seen.items():
         if base < pend <= end and kind != "rolling24h":  # rolling 24 h is recomputed every rolling_every_s, not closed
-            lags[kind] = max(lags.get(kind, 0.0), seen - pend)
+            lags[kind] = max(lags.get(kind, 0.0), seen - (t0 + (pend - base) / speed))
     return {
-        "speed": speed, "target_msgs_per_s": round(rate_msgs_s), "published_msgs_per_s": round(published / real_s),
-        "consumed_behind_s": round(behind_s, 2), "max_lag_sim_s_by_period": {k: round(v, 1) for k, v in sorted(lags.items())},
-        "max_lag_sim_s": round(max(lags.values()), 1) if lags else None,
+        "sites": n_sites, "gateways": len(agents), "speed": round(speed, 1), "target_msgs_per_s": round(rate_msgs_s),
+        "published_msgs_per_s": round(published / real_s), "consumed_behind_s": round(behind_s, 2),
+        "max_lag_real_s_by_period": {k: round(v, 2) for k, v in sorted(lags.items())},
+        "max_lag_real_s": round(max(lags.values()), 2) if lags else None,
     }
 
 
@@ -408,8 +413,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--readings", type=int, default=20, help="readings per message")
     ap.add_argument("--synchronous", choices=["full", "normal"], default="full", help="spool durability mode")
-    ap.add_argument("--monitor-speed", type=float, default=120.0,
-                    help="step 6: simulated seconds per real second (default 120: 21:58-00:02 in about 62 s)")
+    ap.add_argument("--monitor-sites", type=int, default=50,
+                    help="step 6: sites of 10 gateways each, one batch per gateway per simulated minute (default 50)")
     ap.add_argument("--vm-seconds", type=float, default=8.0, help="step 7: how long to post to VictoriaMetrics")
     args = ap.parse_args()
     n, r = args.messages, args.readings
@@ -438,7 +443,7 @@ def main() -> int:
             vm_s = drain_server(vm_cfg, n * r)
             raw_last_s = drain_raw(broker.port, n, "bench-raw-2")
             shared_s = drain_shared(tmp, broker.port, msgs, n * r, args.synchronous)
-            monitor = monitor_lag(tmp, broker.port, n / sqlite_s, args.monitor_speed, r)
+            monitor = monitor_lag(tmp, broker.port, n / sqlite_s, args.monitor_sites, r)
             capacity = vm_capacity(vm, args.vm_seconds)
         finally:
             vm.stop()
