@@ -65,14 +65,19 @@ class Endpoint:
     key_file: str | None = None
 
 
-def connect(ep: Endpoint, client_id: str, timeout_s: float = 10.0):
-    """A connected paho client (MQTT 5, clean start) or DynsecError naming why not."""
+def connect(ep: Endpoint, client_id: str, timeout_s: float = 10.0, context: ssl.SSLContext | None = None,
+            anonymous: bool = False):
+    """A connected paho client (MQTT 5, clean start) or DynsecError naming why not. `context`: TLS with this
+    context (else TLS when the endpoint says so); `anonymous`: send no user name."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
-    c.username_pw_set(ep.username, ep.password)
-    if ep.tls or ep.ca_file:
+    if not anonymous:
+        c.username_pw_set(ep.username, ep.password)
+    if context is not None:
+        c.tls_set_context(context)
+    elif ep.tls or ep.ca_file:
         ctx = ssl.create_default_context(cafile=ep.ca_file)
         if ep.cert_file:
             ctx.load_cert_chain(ep.cert_file, ep.key_file)
@@ -95,7 +100,8 @@ def connect(ep: Endpoint, client_id: str, timeout_s: float = 10.0):
         raise DynsecError(f"the broker at {ep.host}:{ep.port} did not answer CONNECT within {timeout_s:g} s")
     if result["rc"].is_failure:
         c.loop_stop()
-        raise DynsecError(f"the broker at {ep.host}:{ep.port} refused {ep.username!r}: {result['rc']}")
+        who = "an anonymous client" if anonymous else repr(ep.username)
+        raise DynsecError(f"the broker at {ep.host}:{ep.port} refused {who}: {result['rc']}")
     return c
 
 
