@@ -518,8 +518,6 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     exe = [sys.executable, "-m", "greenmine"]
     tz = site_timezone()
-    clock_cfg = demo_clock(tz)
-    clock = Clock(clock_cfg)
     zone = ZoneInfo(tz)
     emails_dir = run_dir / "emails"
     try:
@@ -527,6 +525,9 @@ def run(args: argparse.Namespace) -> int:
         if broker_mqtt is None:
             return 2 if find_mosquitto() is None else 1
         agent_mqtt, server_mqtt = broker_mqtt
+        # the simulated clock starts once the broker is up: provisioning it (keys, clients) is no part of the script
+        clock_cfg = demo_clock(tz)
+        clock = Clock(clock_cfg)
         cfg = build_configs(run_dir, agent_mqtt, server_mqtt, clock_cfg)
         sim_start = clock_cfg.sim_start.astimezone(zone)
         print(f"  clock      simulated, x{SPEED:g} (a simulated minute per real second) from "

@@ -26,10 +26,11 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_ca(folder: Path, name: str = "greenmine test CA", days: int = 3650) -> tuple[Path, Path]:
-    """`ca.pem` and `ca.key` (mode 0600) in `folder`."""
+    """`ca.pem` and `ca.key` (mode 0600) in `folder`. Keys are EC P-256: quick to make, and every TLS 1.2
+    client and Mosquitto take them."""
     folder.mkdir(parents=True, exist_ok=True)
     key, crt = folder / "ca.key", folder / "ca.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", str(days),
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-sha256", "-days", str(days),
              "-keyout", str(key), "-out", str(crt), "-subj", f"/CN={name}",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              cwd=folder)
@@ -44,7 +45,7 @@ def make_cert(folder: Path, stem: str, ca: tuple[Path, Path], names: list[str], 
     folder.mkdir(parents=True, exist_ok=True)
     key, csr, crt, ext = (folder / f"{stem}.key", folder / f"{stem}.csr", folder / f"{stem}.pem",
                           folder / f"{stem}.ext")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout", str(key), "-out", str(csr),
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-sha256", "-keyout", str(key), "-out", str(csr),
              "-subj", f"/CN={names[0]}", cwd=folder)
     os.chmod(key, 0o600)
     sans = []

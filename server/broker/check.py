@@ -19,9 +19,6 @@ unreachable or refusing the server).
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
-import pwd
 import sys
 import threading
 import time
@@ -31,7 +28,8 @@ from pathlib import Path
 
 from greenmine.mqtttls import ssl_context
 from greenmine.schemas import TopicKind, subscription
-from greenmine.server.broker.conf import LOCAL_ADDRESSES, MOSQUITTO_DEFAULT_QUEUE, ParsedConf, Sizing, parse_conf
+from greenmine.server.broker.conf import (LOCAL_ADDRESSES, MOSQUITTO_DEFAULT_QUEUE, ParsedConf, Sizing, parse_conf,
+                                          writable_by)
 from greenmine.server.broker.dynsec import DynsecError, Endpoint, connect
 
 
@@ -108,21 +106,9 @@ def check_conf(conf: ParsedConf, sizing: Sizing) -> list[Finding]:
 
 
 def _not_writable(folder: Path, user: str) -> str | None:
-    if not folder.is_dir():
-        return f"persistence_location {folder} does not exist: Mosquitto cannot save, and loses everything at restart"
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        pw = None
-    if pw is None or pw.pw_uid == os.geteuid() or user == getpass.getuser():
-        ok = os.access(folder, os.W_OK | os.X_OK)
-    else:
-        st = folder.stat()
-        mode = st.st_mode
-        ok = (st.st_uid == pw.pw_uid and mode & 0o300 == 0o300) or (st.st_gid == pw.pw_gid and mode & 0o030 == 0o030) \
-            or mode & 0o003 == 0o003 or pw.pw_uid == 0
-    return None if ok else (f"persistence_location {folder} is not writable by {user!r}, the user Mosquitto runs as: "
-                            "it cannot save, and loses everything at restart")
+    problem = writable_by(folder, user)
+    return None if problem is None else (f"persistence_location {problem}: Mosquitto cannot save, and loses "
+                                         "everything at restart")
 
 
 def check_live(cfg, timeout_s: float) -> tuple[list[Finding], str | None]:
@@ -170,29 +156,26 @@ def check_live(cfg, timeout_s: float) -> tuple[list[Finding], str | None]:
 
 def _subscriptions(client, m, timeout_s: float) -> list[Finding]:
     filters = [subscription(TopicKind.TELEMETRY, shared_group=m.shared_group), subscription(TopicKind.STATUS)]
-    done = threading.Event()
-    granted: dict[str, str] = {}
-    pending: dict[int, str] = {}
+    answers: dict[int, list] = {}  # mid -> reason codes; the SUBACK may come before subscribe() returns
+    cond = threading.Condition()
 
     def on_subscribe(c, userdata, mid, reason_codes, props=None):
-        flt = pending.get(mid)
-        if flt is not None:
-            granted[flt] = str(reason_codes[0])
-            if len(granted) == len(filters):
-                done.set()
+        with cond:
+            answers[mid] = list(reason_codes)
+            cond.notify_all()
 
     client.on_subscribe = on_subscribe
-    for flt in filters:
-        _, mid = client.subscribe(flt, qos=1)
-        pending[mid] = flt
-    done.wait(timeout_s)
+    _, mid = client.subscribe([(flt, 1) for flt in filters])
+    with cond:
+        cond.wait_for(lambda: mid in answers, timeout_s)
+        codes = answers.get(mid) or []
     out = []
-    for flt in filters:
-        rc = granted.get(flt, "no answer")
+    for i, flt in enumerate(filters):
+        rc = str(codes[i]) if i < len(codes) else "no answer"
         ok = rc.startswith("Granted QoS 1")
         out.append(Finding(not ok, "server subscription",
                            f"{flt}: {rc}" + ("" if ok else ": the server would receive nothing of it")))
-    # unsubscribe is not needed: the session was clean and ends with the connection
+    # no unsubscribe: the session is clean and ends with the connection
     return out
 
 

@@ -126,7 +126,6 @@ def _init(args) -> int:
 
 
 def _add(args, kind: str) -> int:
-    from greenmine.configfile import dump_toml
     from greenmine.server.broker.dynsec import DynsecError
     from greenmine.server.broker.provision import ProvisionError, add_agent, add_server, admin_endpoint
 

@@ -18,8 +18,11 @@ Why these settings (Mosquitto's defaults lose data for greenmine):
 
 from __future__ import annotations
 
+import getpass
+import grp
 import math
-import re
+import os
+import pwd
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -134,7 +137,7 @@ def render(s: BrokerSettings) -> str:
         f"user {s.user}",
         "",
         "# Sessions and queued messages survive a restart. Mosquitto writes its database every",
-        f"# autosave_interval seconds and at a clean shutdown; a crash (kill -9, power) loses what arrived",
+        "# autosave_interval seconds and at a clean shutdown; a crash (kill -9, power) loses what arrived",
         "# since the last save.",
         "persistence true",
         f"persistence_location {s.persistence_dir}/",
@@ -150,7 +153,7 @@ def render(s: BrokerSettings) -> str:
         "log_dest stdout",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S%z",
         "",
-        f"# MQTT over TLS for agents and servers on the network.",
+        "# MQTT over TLS for agents and servers on the network.",
         f"listener {L.tls_port} {L.tls_bind}",
         f"certfile {L.certfile}",
         f"keyfile {L.keyfile}",
@@ -168,6 +171,37 @@ def render(s: BrokerSettings) -> str:
     else:
         lines.append("# No plain listener (--local-port 0).")
     return "\n".join(lines) + "\n"
+
+
+def writable_by(folder: Path, user: str) -> str | None:
+    """None if `user` can create files in `folder` (every parent searchable, the folder writable); else why not."""
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return f"{folder}: user {user!r} does not exist"
+    if pw.pw_uid == 0:
+        return None
+    if user == getpass.getuser():
+        return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable by {user!r}"
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allows(path: Path, bits: int) -> bool:  # bits: 0o1 search, 0o3 write+search, as for "other"
+        st = path.stat()
+        if st.st_uid == pw.pw_uid:
+            return st.st_mode & (bits << 6) == bits << 6
+        if st.st_gid in groups:
+            return st.st_mode & (bits << 3) == bits << 3
+        return st.st_mode & bits == bits
+
+    folder = folder.resolve()
+    for parent in reversed(folder.parents):
+        if not allows(parent, 0o1):
+            return f"{folder} is out of reach of {user!r}: it may not enter {parent}"
+    if not allows(folder, 0o3):
+        return f"{folder} is not writable by {user!r}, the user Mosquitto runs as"
+    return None
 
 
 # --- reading a mosquitto.conf (for `broker check`) ----------------------------------------------
@@ -253,9 +287,3 @@ def _parse_into(conf: ParsedConf, path: Path, depth: int) -> None:
         # no listener at all: Mosquitto 2 listens on 1883, local only, and refuses network clients
         conf.listeners.append(ConfListener(port=1883, bind="127.0.0.1", line=0))
 
-
-def conf_summary_bytes(conf: ParsedConf) -> int:
-    return conf.number("max_queued_bytes", 0)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

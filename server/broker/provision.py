@@ -32,8 +32,8 @@ from typing import Any
 
 from greenmine.configfile import ConfigError, dump_toml, read_toml
 from greenmine.server.broker import certs
-from greenmine.server.broker.conf import BrokerSettings, Listeners, Sizing, find_dynsec_plugin, render
-from greenmine.server.broker.dynsec import (SERVER_ROLE, Admin, DynsecError, Endpoint, agent_acls, agent_username,
+from greenmine.server.broker.conf import BrokerSettings, Listeners, Sizing, find_dynsec_plugin, render, writable_by
+from greenmine.server.broker.dynsec import (SERVER_ROLE, Admin, Endpoint, agent_acls, agent_username,
                                             server_acls)
 
 IDENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -100,6 +100,9 @@ def init(folder: Path, opt: InitOptions) -> dict[str, Any]:
         pwd.getpwnam(user)
     except KeyError:
         raise ProvisionError(f"user {user!r} does not exist on this machine (--user)") from None
+    if user != getpass.getuser() and os.geteuid() != 0:
+        raise ProvisionError(f"--user {user}: only root can give the data folder to another user; run init as root "
+                             "(sudo), or without --user to run Mosquitto as yourself")
     plugin = find_dynsec_plugin()
     if plugin is None:
         raise ProvisionError("mosquitto_dynamic_security.so not found: install Mosquitto 2 with "
@@ -137,6 +140,10 @@ def init(folder: Path, opt: InitOptions) -> dict[str, Any]:
     data.mkdir(exist_ok=True)
     os.chmod(data, 0o700)
     _chown(data, user)
+    problem = writable_by(data, user)
+    if problem is not None:
+        raise ProvisionError(f"persistence: {problem}; Mosquitto could not save its sessions. Choose a DIR that "
+                             f"{user!r} can reach (e.g. under /var/lib or /etc), or run Mosquitto as another --user")
 
     # the dynamic-security file with its admin (only when there is none yet)
     dynsec = folder / "dynamic-security.json"

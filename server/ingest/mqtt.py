@@ -1,4 +1,5 @@
-"""The server's MQTT subscriber: the only server module that imports paho.
+"""The server's MQTT subscriber: the only module of the server's roles that imports paho
+(`server/broker`, the provisioning tool, has its own admin client).
 
 - paho-mqtt 2.x, callback API version 2, MQTT 5 by default with
   clean_start=false and a session expiry (or 3.1.1 with clean_session=false),

@@ -104,6 +104,56 @@ def test_init_writes_secrets_0600_and_a_queue_bound_with_its_arithmetic(tmp_path
     assert "password" not in out.stdout
 
 
+def test_init_refuses_a_folder_the_broker_user_cannot_reach(tmp_path):
+    """Mosquitto as user 'mosquitto' under a folder only root may enter could not save anything."""
+    from greenmine.server.broker.provision import InitOptions, ProvisionError, init
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: only root can give the data folder to another user")
+    os.chmod(tmp_path.parent, 0o700)
+    with pytest.raises(ProvisionError, match="out of reach of 'mosquitto'"):
+        init(tmp_path / "b", InitOptions(sizing=Sizing(), make_ca=True, hostnames=("localhost",), user="mosquitto"))
+
+
+def test_as_user_mosquitto_sessions_survive_a_restart(tmp_path):
+    """The production set-up: started as root, Mosquitto drops to 'mosquitto', which owns the data folder
+    and the dynamic-security file; what it queued for the server is still there after a restart."""
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: Mosquitto switches to the user 'mosquitto' only when started as root")
+    pwd.getpwnam("mosquitto")  # Debian's package makes it
+    base = Path(tempfile.mkdtemp(prefix="greenmine-broker-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        b = ProvisionedMosquitto(base, user="mosquitto")
+        assert os.stat(b.dir / "data").st_uid == pwd.getpwnam("mosquitto").pw_uid
+        b.start()
+        try:
+            cfg = server_config(tmp_path, b, *b.add_server())
+            creds = b.add_agent(SITE, "gw1")
+            with running(cfg):
+                pass
+            agent = Agent(b, *creds)
+            agent.publish_many((topic(), dumps(batch(i, n=1))) for i in range(50))
+            agent.close()
+            b.restart()
+            wait_for(lambda: (b.dir / "data" / "mosquitto.db").exists(), 10, what="the database saved by 'mosquitto'")
+            reader = SqliteReader(cfg.resolve(cfg.store.path))
+            try:
+                with running(cfg):
+                    wait_for(lambda: _stored(reader) == 50, 20, what="the 50 batches queued before the restart")
+            finally:
+                reader.close()
+        finally:
+            b.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_site_a_agent_cannot_publish_on_site_b_and_nothing_reaches_the_server(tmp_path, broker):
     cfg = server_config(tmp_path, broker, *broker.add_server())
     agent = Agent(broker, *broker.add_agent(SITE, "gw1"), v5=True)
@@ -171,12 +221,12 @@ def test_tls_with_the_test_ca_works_and_a_broker_certificate_of_another_ca_is_re
             connect(endpoint(b, user, password), "test-tls", context=tls_ctx(trusted[0]))
         # the CA that did sign it works
         connect(endpoint(b, user, password), "test-tls-ok", context=tls_ctx(other[0])).loop_stop()
-        # insecure = true connects without verifying, and says so at warning
-        with caplog.at_level(logging.WARNING):
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-insecure")
-            from greenmine.mqtttls import apply_tls
-
-            apply_tls(c, TlsConfig(ca_file=str(trusted[0]), insecure=True), logging.getLogger("t"), "mqtt.tls")
+        # insecure = true: the server connects without verifying (the CA it names did not sign the broker's
+        # certificate), and says so at warning when it starts
+        cfg = server_config(tmp_path, b, user, password, tls={"ca_file": str(trusted[0]), "insecure": True})
+        with caplog.at_level(logging.WARNING, logger="greenmine.server.ingest.mqtt"):
+            with running(cfg) as app:
+                assert app.mqtt.subscribed
         assert "insecure = true" in caplog.text and "NOT verified" in caplog.text
     finally:
         b.stop()
@@ -248,3 +298,49 @@ def test_broker_restart_resumes_sessions_and_loses_nothing(tmp_path, broker):
             wait_for(lambda: _stored(reader) == 1200, 30, what="all 600 batches, from before and after the restart")
     finally:
         reader.close()
+
+
+def test_real_agent_over_tls_stores_with_its_own_credentials_and_another_sites_are_refused(tmp_path, broker):
+    """The agent process itself ([mqtt.tls] with the test CA, the add-agent credentials): its readings
+    reach the store; the same credentials in a config for another site publish nothing the server sees."""
+    from tests.agent.helpers import write_config
+    from tests.agent.mbserver import ModbusTestServer, ServerThread, Unit
+    from tests.support.processes import spawn_greenmine, stop_process
+
+    cfg = server_config(tmp_path, broker, *broker.add_server())
+    user, password = broker.add_agent(SITE, "gw1")
+    mqtt = {"host": "localhost", "port": broker.port, "username": user, "password": password,
+            "tls": {"ca_file": str(broker.ca_file)}}
+    regs = [{"name": "r0", "address": 0, "data_type": "uint16", "poll_group": "fast"}]
+    reader = SqliteReader(cfg.resolve(cfg.store.path))
+    with ServerThread(ModbusTestServer({1: Unit(holding={0: 7})})) as meter:
+        def agent_config(name: str, site: str):
+            (tmp_path / name).mkdir()
+            path = write_config(tmp_path / name / "agent.toml", broker_port=broker.port, mqtt_extra=mqtt,
+                                buses=[{"name": "gw", "transport": "tcp", "host": "127.0.0.1", "port": meter.port}],
+                                devices=[{"name": "m1", "bus": "gw", "unit_id": 1, "registers": regs,
+                                          "poll_groups": {"fast": 0.5}}])
+            path.write_text(path.read_text().replace('site = "s1"', f'site = "{site}"'))
+            return path
+
+        own, other = agent_config("own", SITE), agent_config("other", OTHER)
+        with running(cfg) as app:
+            intruder = spawn_greenmine(["agent", "run", "--config", str(other)], tmp_path / "other.log")
+            try:
+                wait_for(lambda: "connected to broker" in (tmp_path / "other.log").read_text(), 20,
+                         what="the misconfigured agent connected")
+                agent = spawn_greenmine(["agent", "run", "--config", str(own)], tmp_path / "own.log")
+                try:
+                    wait_for(lambda: _stored(reader) >= 3, 20, what="the agent's readings stored")
+                finally:
+                    assert stop_process(agent) == 0, (tmp_path / "own.log").read_text()[-3000:]
+            finally:
+                stop_process(intruder)
+            assert "(TLS)" in (tmp_path / "own.log").read_text()
+            con = sqlite3.connect(cfg.resolve(cfg.store.path))
+            try:
+                assert [r[0] for r in con.execute("SELECT DISTINCT site FROM series")] == [SITE]
+            finally:
+                con.close()
+            assert app.spool.dead_letters.counts() == {}
+    reader.close()
