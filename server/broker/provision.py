@@ -149,7 +149,7 @@ def init(folder: Path, opt: InitOptions) -> dict[str, Any]:
     dynsec = folder / "dynamic-security.json"
     admin_file = folder / "admin.secret"
     if not dynsec.exists():
-        ctrl = _find("mosquitto_ctrl", "mosquitto-clients")
+        ctrl = _find("mosquitto_ctrl", "mosquitto")  # Debian ships it in mosquitto
         password = secrets.token_urlsafe(24)
         out = subprocess.run([ctrl, "dynsec", "init", str(dynsec), ADMIN_USER, password],
                              capture_output=True, text=True, timeout=30)
