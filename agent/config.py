@@ -23,18 +23,7 @@ from greenmine.clock import ClockConfig
 from greenmine.configbase import IDENT, ConfigModel, FileConfig
 from greenmine.configfile import ConfigError, load_model, resolve_path
 from greenmine.schemas import CounterWidth
-
-
-class TlsConfig(ConfigModel):
-    ca_file: str | None = Field(default=None, description="CA bundle to verify the broker (PEM); default: system CAs")
-    cert_file: str | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
-    key_file: str | None = Field(default=None, description="client private key (PEM), for mutual TLS")
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
+from greenmine.mqtttls import TlsConfig  # the [mqtt.tls] section, shared with the server
 
 
 class MqttConfig(ConfigModel):

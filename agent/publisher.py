@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from greenmine.agent.config import MqttConfig
 from greenmine.agent.errors import PublishError
 from greenmine.latch import Latch
+from greenmine.mqtttls import apply_tls
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,7 @@ class MqttPublisher:
             c.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         if cfg.tls is not None:
             try:
-                c.tls_set(
-                    ca_certs=resolve_path(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                    certfile=resolve_path(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                    keyfile=resolve_path(cfg.tls.key_file) if cfg.tls.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
+                apply_tls(c, cfg.tls, log, "mqtt.tls", resolve_path)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise PublishError(f"MQTT TLS set-up failed: {exc}") from exc
         c.will_set(will_topic, will_payload, qos=1, retain=True)

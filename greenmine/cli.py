@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     checkcmd.register(sub)
     hj212_cli.register(sub)
+    __import__("greenmine.server.broker.cli", fromlist=["register"]).register(sub)  # greenmine broker init|add-agent|add-server|check
     return parser
 
 

@@ -113,7 +113,7 @@ class App:
         self.metrics = Metrics(self.sink.name)
         self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full)
         self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
-        self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection)
+        self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection, resolve=cfg.resolve)
         self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
                                  queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock)
         self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock)

@@ -18,6 +18,7 @@ from greenmine.clock import ClockConfig
 from greenmine.schemas import WireLimits
 from greenmine.configbase import IDENT, ConfigModel, FileConfig
 from greenmine.configfile import load_model
+from greenmine.mqtttls import TlsConfig
 from greenmine.server.uplink.hj212.config import PointConfig, check_points
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.config import MonitorConfig
@@ -33,7 +34,10 @@ class ServerMqttConfig(ConfigModel):
     client_id: str = Field(default="greenmine-server-1", description="MQTT client id; the persistent session is keyed on it, so each server process needs its own")
     username: str | None = Field(default=None, description="user name, if the broker requires one")
     password: SecretStr | None = Field(default=None, description='password; use "${ENV_VAR}"')
-    ca_file: str | None = Field(default=None, description="enable TLS, verifying the broker with this CA bundle")
+    ca_file: str | None = Field(default=None, description="enable TLS, verifying the broker with this CA bundle (short for [mqtt.tls] ca_file)")
+    tls: TlsConfig | None = Field(
+        default=None, description="enable TLS with these files (CA, client certificate and key); absent: plain TCP"
+    )
     shared_group: str | None = Field(
         default=None, pattern=IDENT, description="subscribe as $share/<group>/...: N servers split one stream"
     )
@@ -47,6 +51,16 @@ class ServerMqttConfig(ConfigModel):
         description="MQTT 5: most unacknowledged messages the broker may send us at once; bounds ingest memory",
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnect attempts")
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> ServerMqttConfig:
+        if self.ca_file is not None and self.tls is not None:
+            raise ValueError("give ca_file or [mqtt.tls], not both")
+        return self
+
+    def tls_settings(self) -> TlsConfig | None:
+        """The TLS settings in effect: [mqtt.tls], or ca_file alone; None: plain TCP."""
+        return self.tls if self.tls is not None else (TlsConfig(ca_file=self.ca_file) if self.ca_file else None)
 
 
 class UnknownSitePolicy(str, Enum):

@@ -3,8 +3,11 @@
 It composes every part (the one module allowed to import all of them), each as its own
 process, exactly as they run in production:
 
-    broker      mosquitto on a free port with its own config, or the in-process
-                demo broker when mosquitto is not installed
+    broker      Mosquitto 2, provisioned exactly as in production by `greenmine broker
+                init` (a test CA made with openssl, a TLS listener, the dynamic-security
+                plugin, no anonymous access), then `add-server` and `add-agent`: the
+                agent may publish only its own topics, the server only subscribe. When
+                mosquitto is not installed the demo prints the command and stops.
     sim run     the example site's meters (config/site.example.toml), on free ports
     server run  ingest into an embedded SQLite store, KPIs, alerts, .eml emails
     agent run   polls the simulated meters and publishes (config/agent.example.toml)
@@ -32,7 +35,6 @@ API (GET /alerts).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import math
 import os
@@ -87,20 +89,17 @@ BACKOFF_MAX_S = 5.0
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run a simulated mine site, the agent, a broker and the server together",
-        description="Start a simulated mine site (real Modbus servers), an MQTT broker, the server and the "
-        "agent, all on this machine and on free loopback ports, and show what flows. Needs no internet and "
-        "no config. Everything the run writes (generated configs, stores, logs, emails) goes into a new "
+        help="run a simulated mine site, the agent, Mosquitto (TLS, ACL) and the server together",
+        description="Start a simulated mine site (real Modbus servers), Mosquitto (provisioned by 'greenmine broker "
+        "init': TLS with a demo CA, one client for the agent and one for the server, ACLs), the server and the "
+        "agent, all on this machine and on free loopback ports, and show what flows. Needs mosquitto installed, "
+        "no internet and no config. Everything the run writes (generated configs, stores, logs, emails) goes into a new "
         "folder that is printed at start.",
     )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds and exit 0")
     p.add_argument(
         "--data-dir", type=Path, default=Path("greenmine-data"), metavar="DIR",
         help="parent folder of the run's data folder (default: ./greenmine-data)",
-    )
-    p.add_argument(
-        "--broker", choices=["auto", "mosquitto", "builtin"], default="auto",
-        help="auto: mosquitto if installed, else the in-process demo broker (default: auto)",
     )
     p.set_defaults(func=run)
 
@@ -116,6 +115,53 @@ def find_mosquitto() -> str | None:
         if cand and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+#: What the user runs when mosquitto is missing (the demo never falls back to a home-made broker).
+INSTALL_MOSQUITTO = "sudo apt-get install -y mosquitto"
+
+
+def start_broker(run_dir: Path, children: list) -> tuple[dict, dict] | None:
+    """Provision and start Mosquitto in run_dir/broker, as `greenmine broker init --make-ca`, `add-server`
+    and `add-agent` do. Returns the agent's and the server's [mqtt] sections, or None (after printing why)."""
+    from greenmine.server.broker.certs import CertError
+    from greenmine.server.broker.conf import Sizing
+    from greenmine.server.broker.dynsec import DynsecError
+    from greenmine.server.broker.provision import InitOptions, ProvisionError, add_agent, add_server, init
+
+    mosq = find_mosquitto()
+    if mosq is None:
+        print("error: the demo runs on Mosquitto, which is not installed. Install it with:\n"
+              f"    {INSTALL_MOSQUITTO}\n(or run 'bash scripts/demo.sh', which installs it)", file=sys.stderr)
+        return None
+    folder = run_dir / "broker"
+    tls_port, local_port = free_port(), free_port()
+    try:
+        done = init(folder, InitOptions(sizing=Sizing(outage_hours=1), tls_port=tls_port, tls_bind="127.0.0.1",
+                                        local_port=local_port, hostnames=("localhost",), make_ca=True))
+    except (ProvisionError, CertError, OSError) as exc:
+        print(f"error: broker init: {exc}", file=sys.stderr)
+        return None
+    broker = Child("broker", [mosq, "-c", done["conf"]], run_dir / "mosquitto.log")
+    children.append(broker)
+    if not (wait_port(tls_port, 10, broker) and wait_port(local_port, 10, broker)):
+        print(f"error: mosquitto did not start:\n{broker.tail()}", file=sys.stderr)
+        return None
+    site, agent_id = agent_identity()
+    try:
+        sections = []
+        for make in (lambda: add_agent(folder, site, agent_id), lambda: add_server(folder)):
+            _, _, path = make()
+            from greenmine.configfile import read_toml
+
+            sections.append(read_toml(path)["mqtt"])
+    except (ProvisionError, DynsecError, OSError) as exc:
+        print(f"error: broker add-agent/add-server: {exc}\n{broker.tail()}", file=sys.stderr)
+        return None
+    print(f"  broker     mosquitto, TLS on localhost:{tls_port} (demo CA {folder / 'tls' / 'ca.pem'}), "
+          f"dynamic security: client {sections[0]['username']} may publish greenmine/v1/{site}/{agent_id}/# only, "
+          f"{sections[1]['username']} may subscribe (config {done['conf']}; 'greenmine broker init' wrote it)")
+    return sections[0], sections[1]
 
 
 def new_run_dir(parent: Path) -> Path:
@@ -146,9 +192,18 @@ def site_timezone() -> str:
     return sites[0].get("timezone", "Asia/Shanghai")
 
 
-def build_configs(run_dir: Path, broker_port: int, clock: ClockConfig | None = None) -> dict[str, Path]:
-    """Rewrite the example configs for this run: free ports, data paths inside run_dir; with `clock`,
-    the shared accelerated clock, the script's scenarios and the demo's rules and poll cadence."""
+def agent_identity() -> tuple[str, str]:
+    """(site, agent_id) of the example agent: the broker client the demo creates for it."""
+    from greenmine.configfile import read_toml
+
+    doc = read_toml(CONFIG_DIR / "agent.example.toml")
+    return doc["site"], doc["agent_id"]
+
+
+def build_configs(run_dir: Path, agent_mqtt: dict, server_mqtt: dict, clock: ClockConfig | None = None) -> dict[str, Path]:
+    """Rewrite the example configs for this run: free ports, data paths inside run_dir, the broker
+    connections (`[mqtt]` sections from `broker add-agent` / `add-server`); with `clock`, the shared
+    accelerated clock, the script's scenarios and the demo's rules and poll cadence."""
     from greenmine.configfile import dump_toml, read_toml
 
     site = read_toml(CONFIG_DIR / "site.example.toml")
@@ -170,12 +225,12 @@ def build_configs(run_dir: Path, broker_port: int, clock: ClockConfig | None = N
         if bus.get("port") in port_map:
             bus["port"] = port_map[bus["port"]]
             bus["host"] = "127.0.0.1"
-    agent.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker_port)
+    agent.setdefault("mqtt", {}).update(agent_mqtt)
     agent.setdefault("outbox", {})["path"] = str(run_dir / "agent-outbox.sqlite")
     agent["metrics_port"] = free_port()
     agent["profile_dirs"] = [str(CONFIG_DIR / "profiles")]
 
-    server.setdefault("mqtt", {}).update(host="127.0.0.1", port=broker_port)
+    server.setdefault("mqtt", {}).update(server_mqtt)
     server.setdefault("ingest", {})["spool_path"] = str(run_dir / "server-spool.sqlite")
     server["store"] = {"kind": "sqlite", "path": str(run_dir / "greenmine.sqlite")}
     server.setdefault("alerts", {})["db_path"] = str(run_dir / "alerts.sqlite")  # alert state + email outbox
@@ -257,8 +312,11 @@ def wait_port(port: int, timeout_s: float, child: Child | None = None) -> bool:
 class FlowWatcher:
     """Subscribes to the site's telemetry and status to show what is flowing."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, mqtt_cfg: dict) -> None:
+        """`mqtt_cfg`: the server's [mqtt] section (the watcher reads what the server may read)."""
         import paho.mqtt.client as mqtt
+
+        from greenmine.mqtttls import TlsConfig, ssl_context
 
         from greenmine.schemas import TopicKind, WireError, parse_telemetry, parse_topic, subscription
 
@@ -277,7 +335,9 @@ class FlowWatcher:
             c.subscribe(subscription(TopicKind.TELEMETRY)),
             c.subscribe(subscription(TopicKind.STATUS)),
         )
-        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.username_pw_set(mqtt_cfg["username"], mqtt_cfg["password"])
+        self.client.tls_set_context(ssl_context(TlsConfig(**mqtt_cfg["tls"])))
+        self.client.connect(mqtt_cfg["host"], mqtt_cfg["port"], keepalive=30)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -449,7 +509,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(args.data_dir)
     print(f"greenmine demo: writing everything under {run_dir}")
     children: list[Child] = []
-    broker_thread = None
     watcher = None
     stop = threading.Event()
 
@@ -459,41 +518,17 @@ def run(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     exe = [sys.executable, "-m", "greenmine"]
     tz = site_timezone()
-    clock_cfg = demo_clock(tz)
-    clock = Clock(clock_cfg)
     zone = ZoneInfo(tz)
     emails_dir = run_dir / "emails"
     try:
-        broker_port = free_port()
-        mosq = find_mosquitto() if args.broker in ("auto", "mosquitto") else None
-        if args.broker == "mosquitto" and not mosq:
-            print("error: --broker mosquitto, but mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
-            return 2
-        if mosq:
-            conf = run_dir / "mosquitto.conf"
-            (run_dir / "mosquitto").mkdir()
-            conf.write_text(
-                f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                # as root, mosquitto would drop to a user that cannot write our folder
-                f"user {getpass.getuser()}\n"
-                f"persistence_location {run_dir / 'mosquitto'}/\nlog_dest stdout\n"
-            )
-            broker = Child("broker", [mosq, "-c", str(conf)], run_dir / "mosquitto.log")
-            children.append(broker)
-            if not wait_port(broker_port, 10, broker):
-                print(f"error: mosquitto did not start:\n{broker.tail()}", file=sys.stderr)
-                return 1
-            print(f"  broker     mosquitto on 127.0.0.1:{broker_port} (config {conf})")
-        else:
-            from greenmine.simulators.broker import DemoBrokerThread
-
-            broker_thread = DemoBrokerThread(port=broker_port)
-            broker_thread.__enter__()
-            print(f"  broker     in-process demo broker on 127.0.0.1:{broker_port}")
-            print("             WARNING: mosquitto is not installed; this built-in broker is for demos only "
-                  "(install mosquitto for anything real)")
-
-        cfg = build_configs(run_dir, broker_port, clock_cfg)
+        broker_mqtt = start_broker(run_dir, children)
+        if broker_mqtt is None:
+            return 2 if find_mosquitto() is None else 1
+        agent_mqtt, server_mqtt = broker_mqtt
+        # the simulated clock starts once the broker is up: provisioning it (keys, clients) is no part of the script
+        clock_cfg = demo_clock(tz)
+        clock = Clock(clock_cfg)
+        cfg = build_configs(run_dir, agent_mqtt, server_mqtt, clock_cfg)
         sim_start = clock_cfg.sim_start.astimezone(zone)
         print(f"  clock      simulated, x{SPEED:g} (a simulated minute per real second) from "
               f"{sim_start:%Y-%m-%d %H:%M} {tz}; the simulator, server and agent share it")
@@ -510,7 +545,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  simulator  {devices} meters on {len(site_doc['servers'])} Modbus endpoints, scenarios "
               f"{', '.join(SITE_SCENARIOS)} (log {sim.log_path.name})")
 
-        watcher = FlowWatcher(broker_port)
+        watcher = FlowWatcher(server_mqtt)
         # The agent starts first and the server once data flows, so the server's deadman grace
         # (counted from its start) never sees the agent's own start-up as silence.
         agent = Child("agent", [*exe, "agent", "run", "--config", str(cfg["agent"])], run_dir / "agent.log")
@@ -575,8 +610,6 @@ def run(args: argparse.Namespace) -> int:
             watcher.close()
         for child in reversed(children):
             child.stop()
-        if broker_thread is not None:
-            broker_thread.__exit__(None, None, None)
         for s, h in old.items():
             signal.signal(s, h)
         files = sorted(emails_dir.glob("*.eml")) if emails_dir.is_dir() else []

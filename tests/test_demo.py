@@ -35,22 +35,38 @@ def stored(run_dir: Path) -> int:
         con.close()
 
 
-@pytest.mark.parametrize("broker", ["mosquitto", "builtin"])
-def test_demo_runs_and_stores_readings(tmp_path, broker):
-    if broker == "mosquitto":
-        need_binary("mosquitto", "mosquitto")
-    out, run_dir = run_demo(tmp_path, "--broker", broker)
+def test_demo_runs_on_provisioned_mosquitto_and_stores_readings(tmp_path):
+    need_binary("mosquitto", "mosquitto")
+    out, run_dir = run_demo(tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "demo finished" in out.stdout
     m = re.search(r"demo finished: (\d+) readings flowed", out.stdout)
     assert m and int(m.group(1)) > 0
     assert stored(run_dir) > 0, "readings flowed but none reached the server's store"
-    if broker == "builtin":
-        assert "for demos only" in out.stdout
     # A second run writes to a different folder.
     assert run_dir.parent == tmp_path and run_dir.name.startswith("demo-")
-    for name in ("site.toml", "agent.toml", "server.toml", "server.log", "agent.log"):
+    for name in ("site.toml", "agent.toml", "server.toml", "server.log", "agent.log", "broker/mosquitto.conf"):
         assert (run_dir / name).exists(), name
+    # The broker is the production provisioning: TLS, no anonymous access, one client per part.
+    from greenmine.configfile import read_toml
+
+    conf = (run_dir / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "mosquitto_dynamic_security.so" in conf and "certfile" in conf
+    agent, server = read_toml(run_dir / "agent.toml")["mqtt"], read_toml(run_dir / "server.toml")["mqtt"]
+    assert agent["username"] == "agent.gs-jinchang-cu01.gw01" and agent["tls"]["ca_file"].endswith("ca.pem")
+    assert server["username"] == "greenmine-server" and server["tls"]["ca_file"] == agent["tls"]["ca_file"]
+    assert agent["port"] == server["port"] and "may publish greenmine/v1/gs-jinchang-cu01/gw01/# only" in out.stdout
+
+
+def test_without_mosquitto_the_demo_prints_the_install_command_and_stops(tmp_path, monkeypatch, capsys):
+    from greenmine.simulators import demo
+
+    monkeypatch.setattr(demo, "find_mosquitto", lambda: None)  # our own lookup, as on a machine without it
+    children: list = []
+    assert demo.start_broker(tmp_path, children) is None
+    assert children == []
+    err = capsys.readouterr().err
+    assert "sudo apt-get install -y mosquitto" in err and "not installed" in err
 
 
 def test_demo_breaches_reuse_and_night_noise_takes_a_meter_offline_and_emails(tmp_path):

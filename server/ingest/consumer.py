@@ -83,6 +83,7 @@ class StreamConsumer:
         max_group: int = 500,
         clock: Callable[[], float] = time.time,
         name: str = "consumer",
+        resolve: Callable[[str], object] = str,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -97,7 +98,7 @@ class StreamConsumer:
         self._thread: threading.Thread | None = None
         self._latch = Latch(log)
         self.mqtt = MqttSubscriber(mqtt, self._submit, handler.on_connection, client_id=client_id,
-                                   subscriptions=subscriptions_for(sites))
+                                   subscriptions=subscriptions_for(sites), resolve=resolve)
 
     @property
     def connected(self) -> bool:

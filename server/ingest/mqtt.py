@@ -1,4 +1,5 @@
-"""The server's MQTT subscriber: the only server module that imports paho.
+"""The server's MQTT subscriber: the only module of the server's roles that imports paho
+(`server/broker`, the provisioning tool, has its own admin client).
 
 - paho-mqtt 2.x, callback API version 2, MQTT 5 by default with
   clean_start=false and a session expiry (or 3.1.1 with clean_session=false),
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from greenmine.mqtttls import apply_tls
 from greenmine.schemas import TopicKind, subscription
 from greenmine.server.config import ServerMqttConfig
 from greenmine.server.errors import BrokerError
@@ -53,10 +55,11 @@ class MqttSubscriber:
         *,
         client_id: str | None = None,
         subscriptions: list[str] | None = None,
+        resolve: Callable[[str], object] = str,
     ) -> None:
         """`client_id` and `subscriptions` default to the ingest role's (cfg.client_id; telemetry, shared if
         cfg.shared_group is set, and status); the monitor and uplink roles pass their own
-        (`server.ingest.consumer`)."""
+        (`server.ingest.consumer`). `resolve` makes the TLS files' paths relative to the config file."""
         self.cfg = cfg
         self.client_id = client_id or cfg.client_id
         self._on_delivery = on_delivery
@@ -79,8 +82,9 @@ class MqttSubscriber:
             )
             if cfg.username is not None:
                 self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
-            if cfg.ca_file:
-                self._client.tls_set(ca_certs=cfg.ca_file)
+            tls = cfg.tls_settings()
+            if tls is not None:
+                apply_tls(self._client, tls, log, "mqtt.tls", resolve)
         except (ValueError, OSError) as exc:
             raise BrokerError(f"mqtt: cannot set up the client: {exc}") from exc
         self._client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(cfg.reconnect_max_s)))

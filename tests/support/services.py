@@ -180,3 +180,54 @@ class VictoriaMetrics(Service):
         q = urllib.parse.urlencode({"match[]": match, "start": "0"})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as r:
             return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+
+class ProvisionedMosquitto(Service):
+    """Mosquitto exactly as `greenmine broker init` configures it (TLS with a test CA made by --make-ca, the
+    dynamic-security plugin, no anonymous access), on free loopback ports: `port` is the TLS listener,
+    `local_port` the plain one on 127.0.0.1. `add_server()` / `add_agent()` create clients through the
+    running broker's $CONTROL API, as `greenmine broker add-server/add-agent` do."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, sizing=None, **init_options) -> None:
+        super().__init__(workdir)
+        from greenmine.server.broker.conf import Sizing
+        from greenmine.server.broker.provision import InitOptions, init
+
+        self.binary = need_binary("mosquitto", "mosquitto")
+        need_binary("openssl", "openssl")
+        self.local_port = free_port()
+        self.dir = workdir / "broker"
+        opts = {"tls_port": self.port, "tls_bind": "127.0.0.1", "local_port": self.local_port,
+                "hostnames": ("localhost",), "make_ca": True, **init_options}
+        if opts.get("certfile"):
+            opts["make_ca"] = False
+        if opts["local_port"] is None:
+            self.local_port = None
+        init(self.dir, InitOptions(sizing=sizing or Sizing(), **opts))
+        self.conf = self.dir / "mosquitto.conf"
+        self.ca_file = self.dir / "tls" / "ca.pem"
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+    def ready(self) -> bool:
+        return port_open(self.port) and (self.local_port is None or port_open(self.local_port))
+
+    def add_server(self, name: str = "greenmine-server") -> tuple[str, str]:
+        from greenmine.server.broker.provision import add_server
+
+        user, password, _ = add_server(self.dir, name)
+        return user, password
+
+    def add_agent(self, site: str, agent: str) -> tuple[str, str]:
+        from greenmine.server.broker.provision import add_agent
+
+        user, password, _ = add_agent(self.dir, site, agent)
+        return user, password
+
+    def tls_mqtt(self, user: str, password: str, **extra) -> dict:
+        """A server config's [mqtt] section for this broker over TLS, verifying it with the test CA."""
+        return {"host": "localhost", "port": self.port, "username": user, "password": password,
+                "tls": {"ca_file": str(self.ca_file)}, **extra}
