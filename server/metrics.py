@@ -94,6 +94,30 @@ class Metrics:
 
         self.registry.register(Collector())
 
+    def bind_energy(self, snapshot: Callable[[], dict[str, dict]]) -> None:
+        """The energy uplink's queue per data centre (`EnergyService.snapshot`), read at scrape time."""
+
+        class Collector:
+            def collect(self):
+                snap = snapshot()
+                depth = GaugeMetricFamily("greenmine_energy_queue_depth", "records not yet acked, per data centre", labels=["centre"])
+                oldest = GaugeMetricFamily("greenmine_energy_oldest_unsent_age_seconds",
+                                           "age of the oldest record not yet acked, per data centre", labels=["centre"])
+                acked = CounterMetricFamily("greenmine_energy_records_acked", "records acked, per data centre", labels=["centre"])
+                rejected = CounterMetricFamily("greenmine_energy_records_rejected",
+                                               "records a centre answered with an error (kept, resent)", labels=["centre"])
+                failed = CounterMetricFamily("greenmine_energy_send_failures", "sends without a reply (refused, timeout, TLS)",
+                                             labels=["centre"])
+                for name, s in snap.items():
+                    depth.add_metric([name], s["depth"])
+                    oldest.add_metric([name], s["oldest_age_s"])
+                    acked.add_metric([name], s["acked"])
+                    rejected.add_metric([name], s["rejected"])
+                    failed.add_metric([name], s["failed"])
+                return [depth, oldest, acked, rejected, failed]
+
+        self.registry.register(Collector())
+
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if absent); for tests and `status`."""
         v = self.registry.get_sample_value(name, labels or None)
