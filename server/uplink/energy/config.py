@@ -203,32 +203,36 @@ class Paths(ConfigModel):
     dictionary: str = Field(default="/dictionary/version", description="B: the dictionary version")
 
 
+def _name(default: str):
+    return Field(default=default, min_length=1, description=f'JSON field name (default "{default}")')
+
+
 class Fields(ConfigModel):
     """JSON field names, so a province's casing (deviceId, DeviceID, device_id) is configuration."""
 
-    region: str = "region"
-    enterprise_code: str = "enterpriseCode"
-    device_id: str = "deviceId"
-    secret_key: str = "secretKey"
-    upload_time: str = "uploadTime"
-    data: str = "data"
-    data_code: str = "dataCode"
-    data_value: str = "dataValue"
-    input_type: str = "inputType"
-    stat_type: str = "statType"
-    stat_date: str = "statDate"
-    upload_date: str = "uploadDate"
-    scope: str = "scope"
-    valid: str = "valid"
-    response_code: str = "responseCode"
-    response_message: str = "responseMessage"
-    password: str = "password"
-    key: str = "key"
-    iv: str = "iv"
-    token: str = "token"
-    expires_in: str = "expiresIn"
-    version: str = "version"
-    name: str = "enterpriseName"
+    region: str = _name("region")
+    enterprise_code: str = _name("enterpriseCode")
+    device_id: str = _name("deviceId")
+    secret_key: str = _name("secretKey")
+    upload_time: str = _name("uploadTime")
+    data: str = _name("data")
+    data_code: str = _name("dataCode")
+    data_value: str = _name("dataValue")
+    input_type: str = _name("inputType")
+    stat_type: str = _name("statType")
+    stat_date: str = _name("statDate")
+    upload_date: str = _name("uploadDate")
+    scope: str = _name("scope")
+    valid: str = _name("valid")
+    response_code: str = _name("responseCode")
+    response_message: str = _name("responseMessage")
+    password: str = _name("password")
+    key: str = _name("key")
+    iv: str = _name("iv")
+    token: str = _name("token")
+    expires_in: str = _name("expiresIn")
+    version: str = _name("version")
+    name: str = _name("enterpriseName")
 
 
 class PlatformProfile(ConfigModel):
