@@ -152,6 +152,7 @@ class SimState:
     registrations: int = 0
     tokens_issued: int = 0
     unauthorized: int = 0
+    held_requests: int = 0
     errors: list = field(default_factory=list)  # (responseCode, message) of every error reply
     items_registered: set = field(default_factory=set)
 
@@ -326,6 +327,8 @@ class EnergyPlatformSim:
             return self._reply(h, 200, self.summary())
         fault = self._fault
         if fault == "timeout":
+            with self._lock:
+                self.state.held_requests += 1
             self._release.wait(self.timeout_hold_s)
             h.close_connection = True
             return  # no reply: the connection closes when the handler returns

@@ -145,6 +145,10 @@ class EnergyConfig(ConfigModel):
     state_dir: str = Field(default="energy", description="folder of the KPI store, each centre's queue and history; relative to the config file")
     history_days: float = Field(default=190, ge=183, description="how long sent records are kept, re-sendable by period (>= 6 months)")
     close_delay_s: float = Field(default=600.0, ge=0, description="wait after a period ends for its last reads before computing and sending it")
+    late_data_wait_s: float = Field(
+        default=3600.0, ge=0,
+        description="a closed period waits until the stream has brought a read after its end (after a restart, the broker's "
+        "backlog) for at most this long past close_delay_s; then it is produced with what arrived (flagged if incomplete)")
     tick_s: float = Field(default=1.0, gt=0, description="how often periods are checked and queues are served (real seconds)")
     month_day_tolerance_pct: float = Field(default=5.0, ge=0, le=100, description="the month total and the sum of its day records may differ by this much")
     centres: list[CentreConfig] = Field(default_factory=list, description="the data centres; every record goes to each (two or more in production)")

@@ -59,6 +59,12 @@ class EnergyRole:
         rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         with self.replica.transaction() as con:
             self.replica.add(rows, con)
+        newest: dict[str, int] = {}
+        for r in rows:
+            if r.ts_ms > newest.get(r.site, -1):
+                newest[r.site] = r.ts_ms
+        for site, ts_ms in newest.items():
+            self.service.seen(site, ts_ms / 1000.0)
         now_ms = int(self.clock() * 1000)
         if now_ms >= self._next_prune:
             self._next_prune = now_ms + 3_600_000

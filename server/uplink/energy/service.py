@@ -108,6 +108,11 @@ class EnergyService:
         self._wake = {c.name: threading.Event() for c in self.ecfg.centres}
         self._threads: list[threading.Thread] = []
         self._produce_latch = Latch(log)
+        #: per site, the newest reading time the stream has brought (the replica's newest at start)
+        self.watermark: dict[str, float] = {}
+        for site in self.enterprises:
+            ts = [p.ts_ms / 1000.0 for (_s, d, m) in replica.series(site) if (p := replica.latest(site, d, m))]
+            self.watermark[site] = max(ts, default=float("-inf"))
         self.interval_s = 60 * next(iter(self.profiles.values())).realtime_interval_min if self.profiles else 900
 
     def tz(self, site: str) -> str:
@@ -115,6 +120,19 @@ class EnergyService:
         return s.timezone if s else "Asia/Shanghai"
 
     # --- producing ----------------------------------------------------------
+
+    def seen(self, site: str, ts: float) -> None:
+        """The role's consumer committed readings of `site` up to `ts` to the replica."""
+        if ts > self.watermark.get(site, float("-inf")):
+            self.watermark[site] = ts
+
+    def _closed(self, site: str, p: Period, now: float) -> bool:
+        e = self.ecfg
+        if p.end + e.close_delay_s > now:
+            return False
+        # the read that closes the period's last interval has arrived, or we waited long enough for it
+        return (self.watermark.get(site, float("-inf")) >= p.end + self.cfg.kpi.counter_interval_s
+                or now >= p.end + e.close_delay_s + e.late_data_wait_s)
 
     def _stats(self, ent: EnterpriseConfig) -> list[StatType]:
         return [s for s in StatType if any(s in it.stat_types for it in ent.items)]
@@ -152,7 +170,7 @@ class EnergyService:
                 due = []
                 while len(due) < _MAX_PERIODS_PER_TICK:
                     p = self.period_at(stat, cur, tz)
-                    if p.end + self.ecfg.close_delay_s > now:
+                    if not self._closed(site, p, now):
                         break
                     due.append(p)
                     cur = p.end

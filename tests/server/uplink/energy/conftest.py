@@ -72,6 +72,9 @@ def meter_reads(device: str, start: float, end: float, *, step_s: float = 60.0, 
     return out
 
 
-def fill(replica, rows) -> None:
+def fill(replica, rows, svc=None) -> None:
+    """Readings into the replica, as the role's consumer commits them (and tells the service how far they reach)."""
     with replica.transaction() as con:
         replica.add(rows, con)
+    if svc is not None and rows:
+        svc.seen(rows[0].site, max(r.ts_ms for r in rows) / 1000.0)

@@ -45,9 +45,9 @@ def drain(svc: EnergyService, name: str) -> None:
         pass
 
 
-def day_of_reads(replica, **kw) -> None:
+def day_of_reads(svc, replica, **kw) -> None:
     fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY1 + 600, kw=120.0, **kw)
-         + meter_reads("meter-2", DAY0 - 3600, DAY1 + 600, kw=30.0, base=50.0, **kw))
+         + meter_reads("meter-2", DAY0 - 3600, DAY1 + 600, kw=30.0, base=50.0, **kw), svc)
 
 
 def test_day_of_15_min_day_and_month_records_at_two_centres(tmp_path, sims):
@@ -57,7 +57,7 @@ def test_day_of_15_min_day_and_month_records_at_two_centres(tmp_path, sims):
     svc, replica = build(tmp_path, [centre("dc1", a, "variant-a"), centre("dc2", b, "variant-a-sm4")], clock)
     try:
         svc.produce_due()  # the cursors start at the periods containing now
-        day_of_reads(replica)
+        day_of_reads(svc, replica)
         clock.t = DAY1 + 300  # every slot of the day closed and 120 s later; the day and month not yet
         svc.produce_due()
         clock.t = DAY1 + 1200
@@ -103,7 +103,7 @@ def test_incomplete_period_is_flagged_or_held_as_the_profile_says(tmp_path, sims
         svc.produce_due()
         # 80 % of the reads in the first 15 minutes (12 of 15), all of them afterwards
         fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 3600,
-                                  skip=lambda ts: DAY0 <= ts < DAY0 + 900 and int(ts - DAY0) // 60 in (3, 6, 9)))
+                                  skip=lambda ts: DAY0 <= ts < DAY0 + 900 and int(ts - DAY0) // 60 in (3, 6, 9)), svc)
         clock.t = DAY0 + 1800 + 300
         svc.produce_due()
         drain(svc, "flag")
@@ -128,7 +128,7 @@ def test_one_centre_down_the_other_is_not_delayed_and_gets_nothing_twice(tmp_pat
     svc.start()
     try:
         svc.produce_due()
-        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 7200))
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 7200), svc)
         down.down()
         clock.t = DAY0 + 3600 + 300  # a simulated hour of slots closes while "down" is down
         # 23:45 (the slot the cursor started in) to 00:45: five slots of two items, and Nov 29's three day items
@@ -152,7 +152,7 @@ def test_wrong_key_decryption_error_logged_once_record_kept(tmp_path, sims, capl
     svc, replica = build(tmp_path, [centre("dc", sim, "variant-a-sm4", secret_key=wrong)], clock)
     try:
         svc.produce_due()
-        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 3600))
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 3600), svc)
         clock.t = DAY0 + 1800 + 300
         svc.produce_due()
         with caplog.at_level(logging.DEBUG, logger="greenmine.server.uplink.energy.service"):
@@ -183,7 +183,7 @@ def test_variant_b_token_expiry_mid_stream_renews_and_resends(tmp_path, sims):
     svc, replica = build(tmp_path, [centre("yn", sim, "variant-b")], clock)
     try:
         svc.produce_due()
-        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 7200))
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 7200), svc)
         clock.t = DAY0 + 900 + 300
         svc.produce_due()
         drain(svc, "yn")
@@ -211,10 +211,10 @@ def test_day_month_mismatch_over_5_percent_is_a_consistency_failure(tmp_path, si
     svc, replica = build(tmp_path, [centre("dc", sim, "variant-a")], clock)
     try:
         svc.produce_due()
-        fill(replica, meter_reads("meter-1", prev - 3600, prev + 12 * 3600))
-        clock.t = DAY0 + 300
+        fill(replica, meter_reads("meter-1", prev - 3600, prev + 12 * 3600), svc)
+        clock.t = DAY0 + 120 + 3600  # close_delay_s + late_data_wait_s: the site has been silent since noon
         svc.produce_due()  # Nov 29's records, from the morning's reads only
-        fill(replica, meter_reads("meter-1", prev + 12 * 3600, DAY1 + 600, base=1000.0 + 120 * 13))
+        fill(replica, meter_reads("meter-1", prev + 12 * 3600, DAY1 + 600, base=1000.0 + 120 * 13), svc)
         clock.t = DAY1 + 300
         with caplog.at_level(logging.WARNING, logger="greenmine.server.uplink.energy.service"):
             svc.produce_due()
@@ -233,7 +233,7 @@ def test_month_matching_its_days_is_consistent(tmp_path, sims):
     svc, replica = build(tmp_path, [centre("dc", sim, "variant-a")], clock)
     try:
         svc.produce_due()
-        day_of_reads(replica)
+        day_of_reads(svc, replica)
         clock.t = DAY1 + 300
         svc.produce_due()
         assert svc.consistency_failures == 0
