@@ -176,13 +176,12 @@ class EnergyService:
                     cur = p.end
                 if not due:
                     continue
-                if stat is StatType.REALTIME and len(due) > 1:
-                    self.values.span(Period("slots", due[0].start, due[-1].end, "catch-up"))
+                self.values.span(True)
                 try:
                     for p in due:
                         made += self.produce_period(ent, stat, p)
                 finally:
-                    self.values.span(None)
+                    self.values.span(False)
         return made
 
     def build(self, ent: EnterpriseConfig, stat: StatType, p: Period) -> tuple[list[tuple[Record, list[str]]], list[tuple[str, str]]]:

@@ -6,16 +6,17 @@
 Day and month values are the KPI engine's KPIs for that period (`engine.compute`, the
 same code and configuration the monitor runs: `energy_kwh_daily` per meter and per site,
 `energy_kgce_daily`, ...). Real-time values (15, 30 or 60 minutes) are `energy_kpis`
-over that slot, from the same per-meter counter increments (`engine.meters`) the day
-KPI sums, prorated at the slot edges the same way (`periods.allocate`): so the 15-minute
-kWh of a day add up to the day's kWh, and to what `greenmine kpi show` prints.
+over that slot, from the same per-meter counter increments of the slot's local day
+(`engine.meters`) that the day KPI sums, prorated at the slot edges the same way
+(`periods.allocate`): so the 15-minute kWh of a day add up to the day's kWh, and to
+what `greenmine kpi show` prints.
 Ore and water totals are the same increments, allocated to the period. Nothing here
 reads a raw total.
 """
 
 from __future__ import annotations
 
-from greenmine.server.monitor.kpi import water
+from greenmine.server.monitor.kpi import periods, water
 from greenmine.server.monitor.kpi.energy import energy_kpis
 from greenmine.server.monitor.kpi.engine import KpiEngine
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData
@@ -29,26 +30,30 @@ _SUFFIX = {StatType.REALTIME: "slot", StatType.DAY: "daily", StatType.MONTH: "mo
 class ItemValues:
     def __init__(self, engine: KpiEngine) -> None:
         self.engine = engine
-        self._span: Period | None = None
-        self._cache: dict[tuple[str, str], list[MeterData]] = {}
+        self._batch = False
+        self._cache: dict[tuple[str, str, float], list[MeterData]] = {}
 
-    def span(self, span: Period | None) -> None:
-        """While set, real-time slots inside `span` read the meters once over the whole span (a catch-up of
-        many slots replays the counter reads once, not once per slot). None: per slot."""
-        self._span = span
+    def span(self, on: bool) -> None:
+        """While on (one batch of periods), each real-time slot's day of meter reads is replayed once, not once
+        per slot (a catch-up of many slots after downtime)."""
+        self._batch = on
         self._cache.clear()
 
     def meters(self, site: str, metric: str, period: Period) -> list[MeterData]:
-        sp = self._span
-        if sp is None or period.kind != "slot" or not (sp.start <= period.start and period.end <= sp.end):
+        """Per-meter increments for `period`. A real-time slot gets the increments of its whole local day (what the
+        day KPI replays, read up to now), so its share of an increment that spans the slot's edges (a late or
+        skipped read) is the same share the day KPI counts, and the day's slots add up to the day."""
+        if period.kind != "slot":
             return self.engine.meters(site, metric, period)
-        key = (site, metric)
-        if key not in self._cache:
-            self._cache[key] = self.engine.meters(site, metric, sp)
+        tz = self.engine.sites[site].timezone
+        d = periods.day(periods.local_date(period.start, tz), tz)
+        key = (site, metric, d.start)
+        if not self._batch or key not in self._cache:
+            # kind "slot-day": the engine stores increments only for its own "day" computations
+            self._cache[key] = self.engine.meters(site, metric, Period("slot-day", d.start, d.end, d.label))
         return self._cache[key]
 
     def _counter(self, meters: list[MeterData], period: Period) -> tuple[float, float] | None:
-        meters = [m for m in meters if any(period.start <= t < period.end for t in m.read_ts)]
         if not meters:
             return None
         interval = self.engine.cfg.counter_interval_s

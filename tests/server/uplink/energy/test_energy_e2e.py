@@ -76,7 +76,7 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
             "kpi": {"counter_interval_s": POLL_S * SPEED},
             "alerts": {"db_path": str(tmp_path / "alerts.sqlite")},
             "energy": {"state_dir": str(tmp_path / "energy"), "replica_path": str(tmp_path / "energy-replica.sqlite"),
-                       "close_delay_s": 1800, "tick_s": 0.05, "centres": centres,
+                       "close_delay_s": 1800, "late_data_wait_s": 12 * 3600, "tick_s": 0.05, "centres": centres,
                        "enterprises": [{"site": SITE, "enterprise_code": ENTERPRISE, "region": "620300", "items": items()}]},
         }
         (tmp_path / "agent.toml").write_text(dump_toml(agent_doc))
@@ -104,13 +104,16 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
             dc2_back = time.time()
             dc2.up()
 
-            # -- SIGKILL the energy process while dc1 holds an upload's reply
+            # -- SIGKILL the energy process while both centres hold an upload's reply (in flight, not yet accepted)
             wait_for(lambda: time.time() >= to_real(sim_ts("2026-11-30 12:00")), timeout_s=10, what="Nov 30 12:00")
             dc1.fault("timeout")
-            wait_for(lambda: dc1.state.held_requests >= 1, timeout_s=5, what="an upload in flight at dc1")
+            dc2.fault("timeout")
+            wait_for(lambda: dc1.state.held_requests >= 1 and dc2.state.held_requests >= 1, timeout_s=5,
+                     what="an upload in flight at each centre")
             procs["energy"].send_signal(signal.SIGKILL)
             procs["energy"].wait(5)
             dc1.fault(None)
+            dc2.fault(None)
             procs["energy"] = spawn_greenmine(energy_cmd, tmp_path / "energy.log")
 
             # -- everything of Nov 30 and the month of November at both centres
@@ -136,7 +139,8 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
             assert float(recs[(ENTERPRISE, CODE_KGCE, 1, "2026-11-30 00:00:00")].value) == pytest.approx(
                 float(day.value) * 0.1229 / 1000, abs=2e-6)
             assert float(day.value) > 0
-            assert platform.duplicates == 0, "a record accepted twice"
+            assert platform.duplicates == 0, ("a record accepted twice", platform.variant, platform.encrypted,
+                                              sorted((k, v.times) for k, v in recs.items() if v.times > 1))
             # every record the energy role produced arrived (one centre's outage, the SIGKILL: nothing lost)
         from greenmine.server.uplink.energy.queue import EnergyState
 
@@ -151,8 +155,9 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
                 assert set(platform.records) <= produced
         finally:
             state.close()
-        # dc1 was not held up by dc2's outage: the slots that closed during it reached dc1 before dc2 returned
-        during = [k for k in dc1.records if k[2] == 0 and "2026-11-30 05:45:00" <= k[3] < "2026-11-30 06:30:00"]
+        # dc1 was not held up by dc2's outage: the slots produced during it (a slot is produced close_delay_s = 30 min
+        # after it ends) reached dc1 before dc2 returned
+        during = [k for k in dc1.records if k[2] == 0 and "2026-11-30 05:30:00" <= k[3] < "2026-11-30 06:00:00"]
         assert during and all(dc1.records[k].received_at < dc2_back for k in during)
         assert all(dc2.records[k].received_at >= dc2_back for k in during)
         # the upload slot: dc1 assigned 01:00, so its day record came after Dec 1 01:00 (simulated); dc2's at 00:00
