@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     checkcmd.register(sub)
     hj212_cli.register(sub)
+    __import__("greenmine.server.uplink.energy.cli", fromlist=["register"]).register(sub)  # greenmine energy status|preview|resend|register
     return parser
 
 

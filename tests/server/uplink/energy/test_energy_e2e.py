@@ -49,7 +49,7 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
                 "servers": [{"name": "gw", "transport": "tcp", "port": 0, "devices": [
                     {"name": "meter-1", "unit_id": 1, "profile": "eastron-sdm630", "role": "crusher"}]}]}
     (tmp_path / "site.toml").write_text(dump_toml(site_doc))
-    dc1 = EnergyPlatformSim(profile="variant-a-sm4", tls_dir=tmp_path / "tls", secret_key=SECRET, upload_time="01:00:00")
+    dc1 = EnergyPlatformSim(profile="variant-a-sm4", tls_dir=tmp_path / "tls", secret_key=SECRET, upload_time="03:00:00")
     dc2 = EnergyPlatformSim(profile="variant-a", tls_dir=tmp_path / "tls", upload_time="00:00:00")
     procs: dict[str, subprocess.Popen] = {}
     with SiteRunner(load_sim_config(tmp_path / "site.toml")) as sim, dc1, dc2:
@@ -160,9 +160,10 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
         during = [k for k in dc1.records if k[2] == 0 and "2026-11-30 05:30:00" <= k[3] < "2026-11-30 06:00:00"]
         assert during and all(dc1.records[k].received_at < dc2_back for k in during)
         assert all(dc2.records[k].received_at >= dc2_back for k in during)
-        # the upload slot: dc1 assigned 01:00, so its day record came after Dec 1 01:00 (simulated); dc2's at 00:00
-        assert dc1.records[(ENTERPRISE, CODE_M1, 1, "2026-11-30 00:00:00")].received_at >= to_real(sim_ts("2026-12-01 01:00"))
-        assert dc2.records[(ENTERPRISE, CODE_M1, 1, "2026-11-30 00:00:00")].received_at < to_real(sim_ts("2026-12-01 01:00"))
+        # the upload slot: dc1 assigned 03:00, so its day record came after Dec 1 03:00 (simulated); dc2 assigned
+        # 00:00, so its came as soon as the day closed
+        assert dc1.records[(ENTERPRISE, CODE_M1, 1, "2026-11-30 00:00:00")].received_at >= to_real(sim_ts("2026-12-01 03:00"))
+        assert dc2.records[(ENTERPRISE, CODE_M1, 1, "2026-11-30 00:00:00")].received_at < to_real(sim_ts("2026-12-01 03:00"))
         # encrypted at dc1 (it decrypted them), plain at dc2: the same values
         assert dc1.records[(ENTERPRISE, CODE_M1, 1, "2026-11-30 00:00:00")].value == day.value
 
