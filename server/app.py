@@ -103,7 +103,7 @@ class App:
                     self.energy = EnergyRole(cfg, clock=clock)
                 except ValueError as exc:  # a platform profile that cannot be loaded names its place
                     raise ServerError(str(exc)) from None
-                self.metrics.bind_energy(self.energy.service.snapshot)
+                self.metrics.bind_energy(self.energy.service.snapshot, self.energy.service.totals)
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
                                      api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
         except BaseException:

@@ -355,6 +355,9 @@ class EnergyService:
 
     # --- status -------------------------------------------------------------
 
+    def totals(self) -> dict[str, int]:
+        return {"consistency_failures": self.consistency_failures, "held": self.held}
+
     def snapshot(self) -> dict[str, dict]:
         now = self._real()
         out = {}

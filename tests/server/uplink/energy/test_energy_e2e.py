@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from greenmine.configfile import dump_toml
 from greenmine.simulators.energy_platform import EnergyPlatformSim
 from tests.server.uplink.energy.conftest import CODE_KGCE, CODE_M1, CODE_SITE, ENTERPRISE, SECRET, SITE, TZ, items
 from tests.support.processes import spawn_greenmine, stop_process
-from tests.support.services import wait_for
+from tests.support.services import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[4]
 SPEED = 3600.0
@@ -82,7 +83,8 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
         (tmp_path / "agent.toml").write_text(dump_toml(agent_doc))
         cfg = tmp_path / "server.toml"
         cfg.write_text(dump_toml(server_doc))
-        energy_cmd = ["server", "run", "--config", str(cfg), "--role", "energy", "--instance", "e"]
+        http_port = free_port()
+        energy_cmd = ["server", "run", "--config", str(cfg), "--role", "energy", "--instance", "e", "--http-port", str(http_port)]
         try:
             procs["main"] = spawn_greenmine(["server", "run", "--config", str(cfg), "--role", "ingest", "--role", "monitor"],
                                             tmp_path / "server.log")
@@ -123,6 +125,12 @@ def test_meter_to_two_centres_with_outage_and_sigkill(tmp_path, mosquitto):
                     (ENTERPRISE, CODE_KGCE, 2, "2026-11-01 00:00:00")))
 
             wait_for(lambda: arrived(dc1) and arrived(dc2), timeout_s=40, what="the day and month records at both centres")
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+            for centre_name in ("dc1", "dc2"):
+                assert f'greenmine_energy_queue_depth{{centre="{centre_name}"}}' in metrics
+                assert f'greenmine_energy_oldest_unsent_age_seconds{{centre="{centre_name}"}}' in metrics
+                acked = re.search(rf'greenmine_energy_records_acked_total{{centre="{centre_name}"}} ([0-9.e+]+)', metrics)
+                assert acked and float(acked.group(1)) > 0, metrics
         finally:
             for name in ("agent", "energy", "main"):
                 if name in procs:
