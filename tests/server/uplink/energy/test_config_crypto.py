@@ -106,3 +106,20 @@ def test_shipped_profiles_load_and_the_body_follows_the_profile(tmp_path):
                                                                        "data_value": "DataValue"}})
     body = CentreClient(cfg.energy.centres[0], cased).body(ent, creds, [rec], 0.0)
     assert body["DeviceID"] == "D1" and body["data"][0]["DataValue"] == "30.50"
+
+
+def test_readme_and_doc_energy_snippets_are_valid_server_config(tmp_path):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from greenmine.server.config import load_server_config
+
+    root = Path(__file__).resolve().parents[4]
+    for doc, first in (("README.md", "[[energy.centres]]"), ("docs/energy-platform.md", "[energy]")):
+        text = (root / doc).read_text(encoding="utf-8")
+        m = re.search(r"```toml\n(" + re.escape(first) + r".*?)```", text, re.S)
+        assert m, f"{doc} lost its energy configuration example"
+        energy = tomllib.loads(m.group(1))["energy"]
+        sites = [{"id": e["site"]} for e in energy["enterprises"]]
+        load_server_config(tmp_path / "server.toml", doc={"kind": "server", "sites": sites, "energy": energy})
