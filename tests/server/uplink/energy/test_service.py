@@ -240,3 +240,55 @@ def test_month_matching_its_days_is_consistent(tmp_path, sims):
     finally:
         svc.close()
         replica.close()
+
+
+def test_a_closed_period_waits_for_the_streams_backlog(tmp_path, sims):
+    """After a restart the broker redelivers what the role missed: a closed slot is not produced until a read after
+    its end has arrived, or late_data_wait_s has passed (then it goes out with what arrived, flagged)."""
+    sim = sims("variant-a")
+    clock = Clock(DAY0 - 60)
+    svc, replica = build(tmp_path, [centre("dc", sim, "variant-a")], clock, late_data_wait_s=1800)
+    try:
+        svc.produce_due()
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 600), svc)  # the backlog stops at 00:10
+        clock.t = DAY0 + 900 + 300
+        svc.produce_due()  # Nov 29's day and its 23:45 slot, whose reads are all there
+        slot0 = lambda: [r for r in svc.state.records(SITE, DAY0, DAY0 + 1, stat_type=0)]  # noqa: E731
+        assert slot0() == []  # the 00:00 slot is closed, but its closing read has not come
+        fill(replica, meter_reads("meter-1", DAY0 + 660, DAY0 + 960, base=1000.0 + 120 * 4260 / 3600), svc)
+        assert svc.produce_due() == 2  # now it has: the slot's two items
+        clock.t = DAY0 + 1800 + 120 + 1800  # the 00:15 slot: no read after it, and late_data_wait_s is over
+        assert svc.produce_due() == 2
+        recs = {(r.code, r.period_start): r for r in svc.state.records(SITE, stat_type=0)}
+        assert recs[(CODE_M1, DAY0)].complete and recs[(CODE_M1, DAY0)].value == pytest.approx(30.0, abs=1e-3)
+        assert not recs[(CODE_M1, DAY0 + 900)].complete
+    finally:
+        svc.close()
+        replica.close()
+
+
+def test_timeouts_refusals_and_tls_verification(tmp_path, sims):
+    sim = sims("variant-a")
+    clock = Clock(DAY0 - 60)
+    svc, replica = build(tmp_path, [centre("dc", sim, "variant-a", read_timeout_s=0.3),
+                                    {"name": "nocaf", "url": sim.url, "profile": "variant-a"}], clock)
+    try:
+        svc.produce_due()
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 1200), svc)
+        clock.t = DAY0 + 900 + 300
+        svc.produce_due()
+        sim.fault("timeout")
+        assert svc.send_once("dc") == 0 and "timed out" in svc.snapshot()["dc"]["last_error"]
+        sim.fault("refuse")
+        svc.state.failed("dc", [r.id for r in svc.state.due("dc", 1e18, 100, (0, 1, 2))], 0.0, "reset", False)
+        assert svc.send_once("dc") == 0 and "HTTP 503" in svc.snapshot()["dc"]["last_error"]
+        sim.fault(None)
+        svc.state.failed("dc", [r.id for r in svc.state.due("dc", 1e18, 100, (0, 1, 2))], 0.0, "reset", False)
+        drain(svc, "dc")
+        assert svc.snapshot()["dc"]["depth"] == 0 and sim.duplicates == 0
+        # no ca_file: the system's CAs do not know the simulator's test CA, so verification refuses it
+        assert svc.send_once("nocaf") == 0
+        assert "TLS" in svc.snapshot()["nocaf"]["last_error"] and "CERTIFICATE_VERIFY_FAILED" in svc.snapshot()["nocaf"]["last_error"]
+    finally:
+        svc.close()
+        replica.close()
