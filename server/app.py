@@ -104,6 +104,8 @@ class App:
                 except ValueError as exc:  # a platform profile that cannot be loaded names its place
                     raise ServerError(str(exc)) from None
                 self.metrics.bind_energy(self.energy.service.snapshot, self.energy.service.totals)
+            elif "energy" in self.roles and self.roles != set(ROLES):
+                log.warning("server: --role energy, but [energy] has no centres and enterprises: the role does nothing")
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
                                      api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
         except BaseException:
