@@ -292,3 +292,51 @@ def test_timeouts_refusals_and_tls_verification(tmp_path, sims):
     finally:
         svc.close()
         replica.close()
+
+
+def _client_cert(folder):
+    """A client CA and a client certificate it signed (for mutual TLS)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test client CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1)).add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ENTERPRISE)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (folder / "client-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "client.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    return folder / "client-ca.pem", folder / "client.pem", folder / "client.key"
+
+
+def test_client_certificate_for_a_centre_that_requires_one(tmp_path, sims):
+    client_ca, cert, key = _client_cert(tmp_path / "client")
+    sim = sims("variant-a", client_ca=client_ca)
+    clock = Clock(DAY0 - 60)
+    svc, replica = build(tmp_path, [centre("mtls", sim, "variant-a", client_cert=str(cert), client_key=str(key)),
+                                    centre("nocert", sim, "variant-a")], clock)
+    try:
+        svc.produce_due()
+        fill(replica, meter_reads("meter-1", DAY0 - 3600, DAY0 + 1200), svc)
+        clock.t = DAY0 + 900 + 300
+        svc.produce_due()
+        drain(svc, "mtls")
+        assert svc.snapshot()["mtls"]["depth"] == 0 and sim.records
+        assert svc.send_once("nocert") == 0 and svc.snapshot()["nocert"]["depth"] > 0  # the centre refuses the handshake
+    finally:
+        svc.close()
+        replica.close()
