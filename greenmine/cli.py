@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkcmd.register(sub)
     hj212_cli.register(sub)
     __import__("greenmine.server.broker.cli", fromlist=["register"]).register(sub)  # greenmine broker init|add-agent|add-server|check
+    __import__("greenmine.server.uplink.energy.cli", fromlist=["register"]).register(sub)  # greenmine energy status|preview|resend|register
     return parser
 
 

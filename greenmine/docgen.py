@@ -120,6 +120,11 @@ def render() -> str:
     out += ["## Device profiles (`config/profiles/*.toml`)", ""]
     for model in _models(Profile):
         out.append(render_model(model))
+    from greenmine.server.uplink.energy.config import PlatformProfile
+
+    out += ["## Energy platform profiles (`config/energy-platforms/*.toml`)", ""]
+    for model in _models(PlatformProfile):
+        out.append(render_model(model))
     return "\n".join(out)
 
 

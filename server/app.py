@@ -14,6 +14,10 @@ the broker and their own files, never through in-process callbacks:
   (`--sites` / `--partition`): KPIs, alert rules, email.
 - **uplink** (`server.uplink.role`): its own session, for the sites its HJ 212
   points report.
+- **energy** (`server.uplink.energy.role`): its own session, for the sites of its
+  energy-platform enterprises: the KPI engine's code over its own replica, a
+  queue per data centre, HTTPS. Runs (also under `all`) when `[energy]` has
+  centres and enterprises.
 
 `run(cfg)` is `greenmine server run`: it starts the app and, on SIGTERM or
 SIGINT, shuts down gracefully. For ingest:
@@ -57,7 +61,7 @@ from greenmine.server.store.writer import Writer
 log = logging.getLogger(__name__)
 
 
-ROLES = ("ingest", "monitor", "uplink")
+ROLES = ("ingest", "monitor", "uplink", "energy")
 
 
 class App:
@@ -76,7 +80,7 @@ class App:
         if not self.roles or not self.roles <= set(ROLES):
             raise ServerError(f"roles must be some of {', '.join(ROLES)}, not {sorted(self.roles)}")
         self.spool = self.sink = self.ingestor = self.writer = self.mqtt = None
-        self.monitor = self.uplink = None
+        self.monitor = self.uplink = self.energy = None
         self.agents = AgentRegistry()
         try:
             if "ingest" in self.roles:
@@ -92,6 +96,16 @@ class App:
 
                 self.uplink = UplinkRole(cfg, clock=clock)
                 self.metrics.bind_hj212(self.uplink.hj212.snapshot)
+            if "energy" in self.roles and cfg.energy.enabled:
+                from greenmine.server.uplink.energy.role import EnergyRole
+
+                try:
+                    self.energy = EnergyRole(cfg, clock=clock)
+                except ValueError as exc:  # a platform profile that cannot be loaded names its place
+                    raise ServerError(str(exc)) from None
+                self.metrics.bind_energy(self.energy.service.snapshot, self.energy.service.totals)
+            elif "energy" in self.roles and self.roles != set(ROLES):
+                log.warning("server: --role energy, but [energy] has no centres and enterprises: the role does nothing")
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
                                      api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
         except BaseException:
@@ -150,6 +164,9 @@ class App:
         if self.uplink is not None:
             doc["uplink_connected"] = self.uplink.connected
             ok = ok and self.uplink.connected
+        if self.energy is not None:
+            doc["energy_connected"] = self.energy.connected
+            ok = ok and self.energy.connected
         return {"status": "ok" if ok else "degraded", **doc}
 
     def stalled(self) -> list[str]:
@@ -175,6 +192,8 @@ class App:
             self.monitor.start()
         if self.uplink is not None:
             self.uplink.start()
+        if self.energy is not None:
+            self.energy.start()
         if self.http is not None:
             self.http.start()
             log.info("server: /metrics and /health on http://%s:%d", self.cfg.http_host, self.http.port)
@@ -199,6 +218,8 @@ class App:
                 self.writer.stop(flush_timeout_s)
             if self.uplink is not None:
                 self.uplink.stop()
+            if self.energy is not None:
+                self.energy.stop()
             if self.monitor is not None:
                 self.monitor.stop()
             if self.http is not None:
@@ -208,6 +229,8 @@ class App:
                 self.monitor.monitor.close()
             if self.uplink is not None:
                 self.uplink.replica.close()
+            if self.energy is not None:
+                self.energy.close()
         self._close_files()
         self._started = False
         log.info("server: stopped")

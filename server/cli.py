@@ -1,7 +1,7 @@
 """`greenmine server ...` subcommands.
 
     server run --config FILE [--role R] [--instance NAME] [--sites A,B | --partition I/N] [--http-port N] [--mqtt-port N]
-                                        run roles (ingest, monitor, uplink; default all) until SIGTERM
+                                        run roles (ingest, monitor, uplink, energy; default all) until SIGTERM
     server status --config FILE         spool depth, dead letters by reason, agents (from the spool file)
     server dead-letters --config FILE   the newest rejected messages, with reason and payload
 """
@@ -139,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="run the server's roles (ingest, monitor, uplink) until SIGTERM",
         description="Run server roles, each a consumer of the broker: ingest (subscribe on the shared group, "
         "validate, spool, acknowledge, write to the store), monitor (KPIs, alerts, email for the sites it judges) "
-        "and uplink (HJ 212). /metrics and /health are served if http_port is set. SIGTERM stops consuming, "
+        "uplink (HJ 212) and energy (the provincial energy platform, when [energy] is configured). /metrics and /health are served if http_port is set. SIGTERM stops consuming, "
         "flushes the spool and exits. One config can serve every process: give each its own --instance.",
         epilog="examples:\n"
         "  greenmine server run --config server.toml                    # every role, one process\n"
@@ -148,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_arguments(run, instance=False)
-    run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "all"), default=None,
+    run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "energy", "all"), default=None,
                      help="role to run; repeat for several (default: all)")
     run.add_argument("--instance", metavar="NAME",
                      help="one of several processes sharing this config: suffixes the MQTT client ids and the state "

@@ -25,6 +25,7 @@ from greenmine.server.monitor.config import MonitorConfig
 from greenmine.server.monitor.kpi import dust, energy, noise, water
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.uplink.config import UplinkConfig
+from greenmine.server.uplink.energy.config import EnergyConfig
 from greenmine.server.notify.config import NotifyConfig
 
 
@@ -203,6 +204,10 @@ class ServerConfig(FileConfig):
         default_factory=MonitorConfig, description="the monitor role: which sites it judges, its replica (docs/server.md)"
     )
     uplink: UplinkConfig = Field(default_factory=UplinkConfig, description="the uplink role: its session and replica")
+    energy: EnergyConfig = Field(
+        default_factory=EnergyConfig,
+        description="the energy role: the provincial energy-consumption platform, its data centres and items (docs/energy-platform.md)",
+    )
     kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
@@ -226,6 +231,9 @@ class ServerConfig(FileConfig):
             except Exception:
                 raise ValueError(f'sites[{i}] "{site.id}": unknown timezone "{site.timezone}"') from None
         check_points(self.hj212, None if self.ingest.unknown_site is UnknownSitePolicy.ACCEPT else seen)
+        for i, ent in enumerate(self.energy.enterprises):
+            if ent.site not in seen:
+                raise ValueError(f'energy.enterprises[{i}] "{ent.site}": not a configured site')
         for i, site in enumerate(self.monitor.sites or []):
             if site not in seen:
                 raise ValueError(f'monitor.sites[{i}] "{site}": not a configured site')
@@ -256,6 +264,7 @@ class ServerConfig(FileConfig):
             "alerts": self.alerts.model_copy(update={"db_path": suffixed(self.alerts.db_path)}),
             "monitor": role(self.monitor),
             "uplink": role(self.uplink),
+            "energy": role(self.energy).model_copy(update={"state_dir": f"{self.energy.state_dir}-{instance}"}),
         })
 
     @property
@@ -265,6 +274,10 @@ class ServerConfig(FileConfig):
     @property
     def uplink_client_id(self) -> str:
         return self.uplink.client_id or f"{self.mqtt.client_id}-uplink"
+
+    @property
+    def energy_client_id(self) -> str:
+        return self.energy.client_id or f"{self.mqtt.client_id}-energy"
 
 
 def load_server_config(path: str | Path, doc: dict | None = None) -> ServerConfig:

@@ -18,6 +18,9 @@ instances can live in one process, as the tests run them.
     greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
     greenmine_hj212_connects_total{point}                links made to the platform
     greenmine_hj212_queued{point}, greenmine_hj212_connected{point}
+    greenmine_energy_queue_depth{centre}, greenmine_energy_oldest_unsent_age_seconds{centre}
+    greenmine_energy_records_acked_total{centre}, greenmine_energy_records_rejected_total{centre},
+    greenmine_energy_send_failures_total{centre}, greenmine_energy_check_failures_total{check}
 """
 
 from __future__ import annotations
@@ -91,6 +94,37 @@ class Metrics:
                     queued.add_metric([point], c["queued"])
                     connected.add_metric([point], c["connected"])
                 return [packets, connects, queued, connected]
+
+        self.registry.register(Collector())
+
+    def bind_energy(self, snapshot: Callable[[], dict[str, dict]], totals: Callable[[], dict[str, int]]) -> None:
+        """The energy uplink's queue per data centre (`EnergyService.snapshot`) and its checks (`totals`), read at
+        scrape time."""
+
+        class Collector:
+            def collect(self):
+                snap = snapshot()
+                depth = GaugeMetricFamily("greenmine_energy_queue_depth", "records not yet acked, per data centre", labels=["centre"])
+                oldest = GaugeMetricFamily("greenmine_energy_oldest_unsent_age_seconds",
+                                           "age of the oldest record not yet acked, per data centre", labels=["centre"])
+                acked = CounterMetricFamily("greenmine_energy_records_acked", "records acked, per data centre", labels=["centre"])
+                rejected = CounterMetricFamily("greenmine_energy_records_rejected",
+                                               "records a centre answered with an error (kept, resent)", labels=["centre"])
+                failed = CounterMetricFamily("greenmine_energy_send_failures", "sends without a reply (refused, timeout, TLS)",
+                                             labels=["centre"])
+                t = totals()
+                checks = CounterMetricFamily("greenmine_energy_check_failures",
+                                             "consistency failures (month vs its days > tolerance) and periods held as incomplete",
+                                             labels=["check"])
+                checks.add_metric(["consistency"], t["consistency_failures"])
+                checks.add_metric(["held_incomplete"], t["held"])
+                for name, s in snap.items():
+                    depth.add_metric([name], s["depth"])
+                    oldest.add_metric([name], s["oldest_age_s"])
+                    acked.add_metric([name], s["acked"])
+                    rejected.add_metric([name], s["rejected"])
+                    failed.add_metric([name], s["failed"])
+                return [depth, oldest, acked, rejected, failed, checks]
 
         self.registry.register(Collector())
 

@@ -79,6 +79,29 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _energy_platform(args) -> int:
+    from greenmine.simulators.energy_platform import serve
+
+    return serve(args)
+
+
+def _register_energy_platform(simsub) -> None:
+    p = simsub.add_parser(
+        "energy-platform", help="serve a simulated provincial energy platform (one data centre, HTTPS)",
+        description="A real HTTPS server with a generated test CA that implements the energy platform's variant A "
+        "(registration, SM4-ECB values) or B (key, apply, requestAK with SM4-CBC password, Bearer tokens) as the "
+        "profile says; counts duplicates; can be told to refuse, time out, expire tokens or fail decryption.",
+        epilog="Example: greenmine sim energy-platform --profile variant-a-sm4 --port 18443 --tls-dir /tmp/energy-ca")
+    p.add_argument("--profile", default="variant-a", help="platform profile name or TOML path (default variant-a)")
+    p.add_argument("--port", type=int, default=0, help="port (default: any free)")
+    p.add_argument("--tls-dir", default="energy-platform-tls", help="folder for the generated test CA and certificate")
+    p.add_argument("--secret-key", help="variant A: the secretKey handed out (32 hex; default random)")
+    p.add_argument("--upload-time", default="00:00:00", help="the daily uploadTime slot handed out (default 00:00:00)")
+    p.add_argument("--password", default="greenmine-test", help="variant B: the enterprise password requestAK accepts")
+    p.add_argument("--token-ttl-s", type=float, default=3600.0, help="variant B: token lifetime in seconds")
+    p.set_defaults(func=_energy_platform)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sim",
@@ -100,4 +123,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--start", metavar="TIME", help="simulated start time, ISO 8601 (naive = site local time)")
     run.add_argument("--speed", type=float, metavar="X", help="simulated seconds per real second (overrides the config)")
     run.set_defaults(func=_run)
+    _register_energy_platform(simsub)
     p.set_defaults(func=lambda a: p.print_help())

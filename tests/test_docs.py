@@ -19,10 +19,11 @@ def test_every_option_is_described():
     from greenmine.agent.config import AgentConfig
     from greenmine.agent.registermap import Profile
     from greenmine.server.config import ServerConfig
+    from greenmine.server.uplink.energy.config import PlatformProfile
     from greenmine.simulators.config import SimSiteConfig
 
     missing = []
-    for root in (AgentConfig, ServerConfig, SimSiteConfig, Profile):
+    for root in (AgentConfig, ServerConfig, SimSiteConfig, Profile, PlatformProfile):
         for model in docgen._models(root):
             for name, f in model.model_fields.items():
                 if not f.description:

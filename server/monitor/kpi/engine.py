@@ -226,6 +226,11 @@ class KpiEngine:
     def _samples(self, site_id: str, metric: str, period: Period) -> list[Sample]:
         return [Sample(p.device, p.ts, p.value) for p in self._good(site_id, metric, period.start, period.end)]
 
+    def meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
+        """The per-meter increments of `metric` over any `period` by the counter rules above: for the energy
+        uplink's 15-minute values, so they are made by the same rule as the day and month KPIs."""
+        return self._meters(site_id, metric, period)
+
     def _meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
         """Increments per device, replaying reads from before the period to find the counter baseline."""
         start = period.start - self.cfg.counter_lookback_s
