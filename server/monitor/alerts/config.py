@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from greenmine.server.monitor.kpi.rounding import MAX_DECIMALS
+
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -44,6 +46,11 @@ class ThresholdRule(_Model):
     for_s: float = Field(default=0.0, ge=0, description="the breach must last this long (by data time) before firing")
     clear_hysteresis: float = Field(
         default=0.0, ge=0, description="a firing alert clears only this far on the good side of the limit (value units)"
+    )
+    judge_decimals: int | None = Field(
+        default=None, ge=0, le=MAX_DECIMALS,
+        description="round the value to this many decimals (GB/T 8170, half to even) before judging it; absent: the "
+        "KPI's own ([kpi] judge_decimals), else one decimal more than the limit is written with",
     )
     require_complete: bool = Field(default=True, description="ignore KPI periods whose data completeness is below the threshold")
     severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")

@@ -36,6 +36,7 @@ from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, Th
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
+from greenmine.server.monitor.kpi.rounding import default_decimals, round_half_even
 from greenmine.sqlite import connect
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,19 @@ class AlertEngine:
         cmp = rule.comparison or (kpi.comparison if kpi else None)
         if limit is None or cmp is None:
             return
+        # judged on the value rounded as GB/T 8170 rounds reported values (server.monitor.kpi.rounding)
+        raw = kpi.raw_value if kpi is not None and kpi.raw_value is not None else value
+        decimals = rule.judge_decimals
+        if decimals is None:
+            decimals = kpi.decimals if kpi is not None and rule.limit is None and kpi.decimals is not None \
+                else default_decimals(limit)
+        value = round_half_even(raw, decimals)
         breached = _CMP[cmp](value, limit)
         h = rule.clear_hysteresis
-        cleared = value >= limit + h if cmp in ("<", "<=") else value <= limit - h
+        cleared = (value >= round_half_even(limit + h, decimals) if cmp in ("<", "<=")
+                   else value <= round_half_even(limit - h, decimals))
         facts = self._facts(rule, site, subject, value, limit, cmp, obs_ts, kpi, unit)
+        facts.update(raw_value=raw, decimals=decimals)
         with self._tx() as db:
             key = db.execute("SELECT last_eval_ts FROM alert_keys WHERE rule=? AND site=? AND subject=?",
                              (rule.name, site, subject)).fetchone()

@@ -12,6 +12,7 @@ processes may run it for different sites.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -24,6 +25,7 @@ from greenmine.server.monitor.kpi.counters import CounterTracker
 from greenmine.server.monitor.kpi.energy import energy_kpis
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData, Sample
 from greenmine.server.monitor.kpi.periods import SLOT_S, Period
+from greenmine.server.monitor.kpi.rounding import judged
 from greenmine.server.monitor.kpi.store import KpiStore, Point, ReadingSource
 
 log = logging.getLogger(__name__)
@@ -163,9 +165,17 @@ class KpiEngine:
                                         frequent_over_db=cfg.noise.lmax_frequent_over_db,
                                         sporadic_over_db=cfg.noise.lmax_sporadic_over_db,
                                         interval_s=cfg.sample_interval_s, **common)
+        out = [self._judged(v) for v in out]
         if self.store is not None and out:
             self.store.put_values(out, now if now is not None else period.end)
         return out
+
+    def _judged(self, v: KpiValue) -> KpiValue:
+        """The value rounded as it is judged against its limit (GB/T 8170); the computed one kept as raw_value."""
+        if v.value is None or v.limit is None:
+            return v
+        value, decimals = judged(v.value, v.limit, self.cfg.judge_decimals.get(v.kpi))
+        return dataclasses.replace(v, value=value, raw_value=v.value, decimals=decimals)
 
     def compute_day(self, site_id: str, d: date) -> list[KpiValue]:
         """Recompute every KPI of one local date (day, its noise day and night, its hours)."""
