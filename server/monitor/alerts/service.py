@@ -110,16 +110,25 @@ class Monitor:
         now = self.clock()
         rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         kpi_metrics = self.kpis.metrics
+        counters = self.kpis.counter_metrics
         by_site: dict[str, dict[str, list[float]]] = {}
+        spans: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
         seen: dict[tuple[str, str], dict[str, float]] = {}
         for r in rows:
             if r.metric in kpi_metrics:
-                by_site.setdefault(r.site, {}).setdefault(r.metric, []).append(r.ts_ms / 1000.0)
+                ts = r.ts_ms / 1000.0
+                by_site.setdefault(r.site, {}).setdefault(r.metric, []).append(ts)
+                if r.metric in counters and r.quality == "good":
+                    span = spans.setdefault(r.site, {})
+                    lo, hi = span.get((r.device, r.metric), (ts, ts))
+                    span[(r.device, r.metric)] = (min(lo, ts), max(hi, ts))
             devices = seen.setdefault((r.site, r.agent), {})
             if r.ts_ms / 1000.0 > devices.get(r.device, float("-inf")):
                 devices[r.device] = r.ts_ms / 1000.0
         for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
+        for site, span in spans.items():  # before the rows are stored: it looks up the reads around them
+            self.kpis.note_counter_reads(site, span)
         with self.replica.transaction() as con:
             new = self.replica.add(rows, con)
         rule_metrics = self.alerts.metric_rule_metrics

@@ -39,6 +39,9 @@ class KpiEngine:
         self.store = store
         self._next_rolling = float("-inf")
         self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
+        #: (site, device, metric) -> the latest good counter read this process has passed on, so a read that
+        #: continues the series needs no look-up of the read before it (see note_counter_reads)
+        self._last_read: dict[tuple[str, str, str], float] = {}
         #: the metrics any KPI reads; readings of other metrics touch no period
         self._counters = frozenset(self._counter_metrics())
         self._noisy = frozenset({noise.LAEQ, cfg.noise.lmax_metric})
@@ -106,6 +109,49 @@ class KpiEngine:
             self.store.mark_dirty(site_id, ps.values())
             if len(self._marked) > 10_000:
                 self._marked.clear()
+            self._marked.update(ps)
+
+    @property
+    def counter_metrics(self) -> frozenset[str]:
+        """The cumulative metrics (totalizers) the KPIs read increments of."""
+        return self._counters
+
+    def note_counter_reads(self, site_id: str, spans: dict[tuple[str, str], tuple[float, float]]) -> None:
+        """Good totalizer reads arrived, (device, metric) -> (first ts, last ts), before they are stored.
+
+        The increment from the read before to the first new one (and, for a late read, from the last new one
+        to the read after it) is shared out over every period it spans in proportion to time. So when that
+        span crosses midnight or a month end (a reading gap, a backlog re-sent after an outage), every day
+        and month it touches is marked dirty again, including ones already computed. Spans are bounded by
+        `counter_lookback_s`, as the computation's look-back is."""
+        site = self.sites.get(site_id)
+        if site is None or self.store is None:
+            return
+        tz = site.timezone
+        ps: dict[tuple[str, str, float], Period] = {}
+        if len(self._last_read) > 100_000:
+            self._last_read.clear()
+        for (device, metric), (first, last) in spans.items():
+            if metric not in self._counters:
+                continue
+            key = (site_id, device, metric)
+            known = self._last_read.get(key)
+            if known is not None and first > known:
+                prev, nxt = known, None  # continues the series: nothing stored after it
+            else:
+                prev, nxt = self.source.neighbours(site_id, device, metric, first, last)
+            if nxt is None:
+                self._last_read[key] = max(last, known if known is not None else last)
+            lo = max(prev if prev is not None else first, first - self.cfg.counter_lookback_s)
+            hi = min(nxt if nxt is not None else last, last + self.cfg.counter_lookback_s)
+            d, d_end = periods.local_date(lo, tz), periods.local_date(hi, tz)
+            while d <= d_end:
+                for p in (periods.day(d, tz), periods.month(d.year, d.month, tz)):
+                    if (site_id, p.kind, p.start) not in self._marked:
+                        ps[(site_id, p.kind, p.start)] = p
+                d = date.fromordinal(d.toordinal() + 1)
+        if ps:
+            self.store.mark_dirty(site_id, ps.values())
             self._marked.update(ps)
 
     def run_due(self, now: float) -> list[KpiValue]:
@@ -201,10 +247,21 @@ class KpiEngine:
     def _meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
         """Increments per device, replaying reads from before the period to find the counter baseline."""
         start = period.start - self.cfg.counter_lookback_s
-        end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval
+        end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval, and the next
         by_dev: dict[str, list[Point]] = {}
         for p in self._good(site_id, metric, start, end):
             by_dev.setdefault(p.device, []).append(p)
+        # after a reading gap the read closing the period's last interval comes later (a gap from 23:00 to
+        # 01:00 is closed by the 01:00 read): look further ahead, up to the look-back, for the first two
+        short = [d for d, pts in by_dev.items() if sum(p.ts >= period.end for p in pts) < 2]
+        if short:
+            later: dict[str, list[Point]] = {}
+            for p in self._good(site_id, metric, end, period.end + max(self.cfg.counter_lookback_s, end - period.end)):
+                if p.device in short:
+                    later.setdefault(p.device, []).append(p)
+            for dev, pts in later.items():
+                have = sum(p.ts >= period.end for p in by_dev[dev])
+                by_dev[dev] += sorted(pts, key=lambda p: p.ts)[:2 - have]
         out = []
         for dev, pts in sorted(by_dev.items()):
             pts.sort(key=lambda p: p.ts)
