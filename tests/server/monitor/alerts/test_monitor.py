@@ -58,6 +58,7 @@ def test_reuse_drop_day_ends_in_one_email_per_officer(tmp_path):
 
     # the agent's will: agent offline alert; a restart of the monitor sends nothing twice
     mon.on_messages([], [AgentStatus(site="s1", agent="gw1", state=AgentState.OFFLINE, ts=datetime.now(timezone.utc))])
+    clock.t += 300  # its grace (for_s) over
     mon.tick(force=True)
     n = len(list((tmp_path / "mail").glob("*.eml")))
     mon.close()
