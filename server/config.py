@@ -237,6 +237,9 @@ class ServerConfig(FileConfig):
         for i, site in enumerate(self.monitor.sites or []):
             if site not in seen:
                 raise ValueError(f'monitor.sites[{i}] "{site}": not a configured site')
+        for i, w in enumerate(self.alerts.maintenance):
+            if w.site not in seen:
+                raise ValueError(f'alerts.maintenance[{i}] "{w.site}": not a configured site')
         return self
 
     def site(self, site_id: str) -> SiteConfig | None:

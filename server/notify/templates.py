@@ -36,7 +36,7 @@ NOTICE_VARS = frozenset({
     "notice", "rule_kind", "alert_id", "rule", "severity", "site_id", "site_name", "subject", "title_zh", "title_en",
     "value", "worst", "limit", "unit", "comparison", "standard", "period_label", "period_start", "period_end",
     "timezone", "since_ts", "resolved_ts", "devices", "completeness_pct", "extra", "last_seen", "reported_offline",
-    "resolves_zh", "resolves_en",
+    "resolves_zh", "resolves_en", "decimals",
 })
 DIGEST_VARS = frozenset({"count", "sites", "items"})
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -64,19 +64,22 @@ def _safe(v):
     return v
 
 
-def _num(v) -> str:
+def _num(v, decimals: int | None = None) -> str:
+    """A number for an email; with `decimals`, exactly that many places (a judged value: 1.00, 55.0)."""
     if v is None:
         return "—"
+    if decimals is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.{int(decimals)}f}"
     if isinstance(v, float):
         text = f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" if abs(v) < 1000 else f"{v:.0f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
     return str(v)
 
 
-def _with_unit(v, unit: str) -> str:
+def _with_unit(v, unit: str, decimals: int | None = None) -> str:
     if v is None:
         return "—"
-    return f"{_num(v)} {unit}".strip()
+    return f"{_num(v, decimals)} {unit}".strip()
 
 
 def _local(ts, tz: str) -> str:
@@ -118,6 +121,8 @@ def context(facts: dict, notice: str = "firing") -> dict:
         "reported_offline": bool(f.get("reported_offline")),
         "resolves_zh": f.get("resolves_zh", ""),
         "resolves_en": f.get("resolves_en", ""),
+        # the decimals the value was judged at (threshold rules); None: shown as before
+        "decimals": f.get("decimals") if isinstance(f.get("decimals"), int) else None,
     }
 
 
@@ -126,7 +131,7 @@ _SAMPLES = (
     {"kind": "threshold", "alert_id": 1, "value": 76.0, "limit": 85.0, "comparison": "<", "unit": "%",
      "period_start_local": "2026-01-01 00:00", "since_ts": 0.0, "resolved_ts": 3600.0, "devices": ["d"],
      "completeness_pct": 100.0, "extra": {"reused_m3": 1.0, "fresh_m3": 1.0}},
-    {"kind": "threshold", "alert_id": 2, "value": 51.0, "limit": 50.0, "comparison": ">", "unit": "dB(A)",
+    {"kind": "threshold", "alert_id": 2, "value": 51.0, "limit": 50, "comparison": ">", "unit": "dB(A)", "decimals": 1,
      "extra": {"arithmetic_mean_db": 44.0, "samples": 1}},
     {"kind": "deadman", "alert_id": 3, "value": 300, "limit": 300.0, "comparison": ">=", "unit": "s",
      "last_seen_local": "2026-01-01 00:00", "reported_offline": True},

@@ -129,6 +129,19 @@ class SeriesReplica:
         ).fetchone()
         return Point(*row) if row else None
 
+    def neighbours(self, site: str, device: str, metric: str, start_ms: int, end_ms: int,
+                   quality: str = "good") -> tuple[int | None, int | None]:
+        """The ts_ms of the last `quality` reading of the series before `start_ms` and of the first after
+        `end_ms` (None: there is none): the reads a late or gap-closing counter read sits between."""
+        key = (site, device, metric)
+        prev = self._con().execute(
+            "SELECT max(ts_ms) FROM series_replica WHERE site = ? AND device = ? AND metric = ? AND ts_ms < ? "
+            "AND quality = ?", (*key, start_ms, quality)).fetchone()[0]
+        nxt = self._con().execute(
+            "SELECT min(ts_ms) FROM series_replica WHERE site = ? AND device = ? AND metric = ? AND ts_ms > ? "
+            "AND quality = ?", (*key, end_ms, quality)).fetchone()[0]
+        return prev, nxt
+
     def series(self, site: str | None = None) -> list[tuple[str, str, str]]:
         sql = "SELECT DISTINCT site, device, metric FROM series_replica"
         args: tuple = ()

@@ -6,7 +6,10 @@ Rules have a discriminated `kind`:
   cleared with hysteresis. Without `limit`/`comparison` the KPI's own site
   limit applies (e.g. the site's reuse floor, its GB 12348 class limit).
 - `deadman`: no data from a device or an agent for `silence_s`, or the agent
-  reported itself offline.
+  reported itself offline and did not come back within `for_s`.
+
+Maintenance windows (`maintenance`, `server.monitor.alerts.maintenance`) hold
+the alerts that begin inside them.
 
 The shipped default set (`DEFAULT_RULES`) is on unless `default_rules = false`;
 a configured rule with the same name replaces the default one.
@@ -18,6 +21,9 @@ from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from greenmine.server.monitor.alerts.maintenance import MaintenanceWindow
+from greenmine.server.monitor.kpi.rounding import MAX_DECIMALS
 
 IDENT = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -45,6 +51,11 @@ class ThresholdRule(_Model):
     clear_hysteresis: float = Field(
         default=0.0, ge=0, description="a firing alert clears only this far on the good side of the limit (value units)"
     )
+    judge_decimals: int | None = Field(
+        default=None, ge=0, le=MAX_DECIMALS,
+        description="round the value to this many decimals (GB/T 8170, half to even) before judging it; absent: the "
+        "KPI's own ([kpi] judge_decimals), else one decimal more than the limit is written with",
+    )
     require_complete: bool = Field(default=True, description="ignore KPI periods whose data completeness is below the threshold")
     severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")
     recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
@@ -59,6 +70,11 @@ class DeadmanRule(_Model):
     name: str = Field(pattern=IDENT, description="rule name, unique")
     target: Literal["device", "agent"] = Field(description="device: no good reading from it; agent: no message or status offline")
     silence_s: float = Field(default=300.0, gt=0, description="fire after this long without data")
+    for_s: float = Field(
+        default=300.0, ge=0,
+        description="grace for a reported offline status (an agent's will or a graceful stop): it fires only if "
+        "no online status follows within this long; 0: at once. Silence is judged by silence_s alone",
+    )
     severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")
     recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
     sites: list[str] = Field(default_factory=list, description="only these site ids; empty: every site")
@@ -88,6 +104,11 @@ class AlertsConfig(_Model):
     )
     reminder_interval_s: float = Field(default=86400.0, ge=0, description="remind about unacknowledged firing alerts this often; 0: never")
     tick_interval_s: float = Field(default=30.0, gt=0, description="how often deadman, reminders and KPI runs are checked")
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list,
+        description="maintenance windows, [[alerts.maintenance]]: alerts of the site (or device) that begin inside "
+        "one are held, not emailed; more from 'greenmine alerts maintenance add'",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AlertsConfig:

@@ -32,10 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from greenmine.server.monitor.alerts import maintenance
 from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, ThresholdRule
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
+from greenmine.server.monitor.kpi.rounding import default_decimals, round_half_even
 from greenmine.sqlite import connect
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,11 @@ class AlertEngine:
         self._grace_from = clock()
         self._ingest_up = True
         db.executescript(_SCHEMA)
+        db.executescript(maintenance.SCHEMA)
+        self._windows: list[maintenance.Window] | None = None
+        self._data_version = None
+        with self._tx() as tx:
+            maintenance.sync_config(tx, list(cfg.maintenance), clock())
 
     # --- transactions -------------------------------------------------------
 
@@ -213,9 +220,13 @@ class AlertEngine:
                 if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site, name):
                     silent = now - last_ts
                     # grace delays new verdicts only; an alert already firing clears only on real data
-                    breached = (now - max(last_ts, self._grace_from) >= rule.silence_s) or bool(offline)
+                    by_silence = now - max(last_ts, self._grace_from) >= rule.silence_s
+                    breached = by_silence or bool(offline)
                     cleared = silent < rule.silence_s and not offline
-                    self._judge_deadman(rule, site, name, breached, cleared, last_ts, silent, bool(offline), now)
+                    # a reported offline (a will, a graceful stop) fires only if it lasts for_s: a restart or a
+                    # broker blip is followed by an online status within that grace, and the pending alert drops
+                    self._judge_deadman(rule, site, name, breached, cleared, last_ts, silent, bool(offline), now,
+                                        for_s=0.0 if by_silence else rule.for_s)
         self._notify(now)
 
     # --- acknowledgement and queries ---------------------------------------
@@ -247,6 +258,46 @@ class AlertEngine:
             rows = self.db.execute(q + (" WHERE dispatched=0" if undispatched_only else "") + " ORDER BY id").fetchall()
         return [AlertEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7])) for r in rows]
 
+    # --- maintenance windows -------------------------------------------------
+
+    def add_maintenance(self, site: str, device: str | None, from_ts: float, to_ts: float, reason: str,
+                        now: float | None = None) -> int:
+        """A window from the CLI; its id. Raises ValueError for an empty range or reason."""
+        with self._tx() as db:
+            wid = maintenance.add(db, site, device, from_ts, to_ts, reason, self.clock() if now is None else now)
+        self._windows = None
+        log.info("maintenance window %d: site %s%s, %s", wid, site, f" device {device}" if device else "", reason)
+        return wid
+
+    def remove_maintenance(self, window_id: int) -> str:
+        """"removed", "config" (defined in the config file, not removed here) or "missing"."""
+        with self._tx() as db:
+            out = maintenance.remove(db, window_id)
+        self._windows = None
+        return out
+
+    def maintenance_windows(self, *, site: str | None = None, include_past: bool = False,
+                            now: float | None = None) -> list[maintenance.Window]:
+        now = self.clock() if now is None else now
+        with self._lock:
+            ws = maintenance.load(self.db)
+        return [w for w in ws if (site is None or w.site == site) and (include_past or w.to_ts > now)]
+
+    def _current_windows(self, db) -> list[maintenance.Window]:
+        # another process (greenmine alerts maintenance add) may have changed the table: data_version tells
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if self._windows is None or version != self._data_version:
+            self._windows, self._data_version = maintenance.load(db), version
+        return self._windows
+
+    def _holding(self, db, site: str, subject: str, facts: dict, span: tuple[float, float]) -> dict | None:
+        """The window (as the facts record it) that holds an observation of this alert, if any."""
+        subjects = (subject, *(facts.get("devices") or ()))
+        for w in self._current_windows(db):
+            if w.covers(site, subjects, *span):
+                return w.facts(facts.get("timezone") or "Asia/Shanghai")
+        return None
+
     # --- the state machine --------------------------------------------------
 
     def _applies(self, rule, site: str, subject: str) -> bool:
@@ -264,10 +315,19 @@ class AlertEngine:
         cmp = rule.comparison or (kpi.comparison if kpi else None)
         if limit is None or cmp is None:
             return
+        # judged on the value rounded as GB/T 8170 rounds reported values (server.monitor.kpi.rounding)
+        raw = kpi.raw_value if kpi is not None and kpi.raw_value is not None else value
+        decimals = rule.judge_decimals
+        if decimals is None:
+            decimals = kpi.decimals if kpi is not None and rule.limit is None and kpi.decimals is not None \
+                else default_decimals(limit)
+        value = round_half_even(raw, decimals)
         breached = _CMP[cmp](value, limit)
         h = rule.clear_hysteresis
-        cleared = value >= limit + h if cmp in ("<", "<=") else value <= limit - h
+        cleared = (value >= round_half_even(limit + h, decimals) if cmp in ("<", "<=")
+                   else value <= round_half_even(limit - h, decimals))
         facts = self._facts(rule, site, subject, value, limit, cmp, obs_ts, kpi, unit)
+        facts.update(raw_value=raw, decimals=decimals)
         with self._tx() as db:
             key = db.execute("SELECT last_eval_ts FROM alert_keys WHERE rule=? AND site=? AND subject=?",
                              (rule.name, site, subject)).fetchone()
@@ -275,9 +335,11 @@ class AlertEngine:
                 return  # an older period replayed after a newer one: it must not move the state back
             db.execute("INSERT INTO alert_keys (rule, site, subject, last_eval_ts) VALUES (?,?,?,?) "
                        "ON CONFLICT DO UPDATE SET last_eval_ts=excluded.last_eval_ts", (rule.name, site, subject, obs_ts))
-            self._transition(db, rule, site, subject, breached, cleared, obs_ts, rule.for_s, facts)
+            span = (kpi.period_start, kpi.period_end) if kpi is not None else (obs_ts, obs_ts)
+            self._transition(db, rule, site, subject, breached, cleared, obs_ts, rule.for_s, facts, span)
 
-    def _judge_deadman(self, rule: DeadmanRule, site, name, breached, cleared, last_ts, silent, offline, now) -> None:
+    def _judge_deadman(self, rule: DeadmanRule, site, name, breached, cleared, last_ts, silent, offline, now,
+                       for_s: float = 0.0) -> None:
         s = self.sites.get(site)
         tz = s.timezone if s else "Asia/Shanghai"
         what = ("数据采集终端(agent)离线", "agent offline") if rule.target == "agent" else ("设备离线", "device offline")
@@ -292,9 +354,10 @@ class AlertEngine:
         # judged by the clock: a silence breach starts when the silence reaches the limit
         since = now if offline else last_ts + rule.silence_s
         with self._tx() as db:
-            self._transition(db, rule, site, name, breached, cleared, min(since, now) if breached else now, 0.0, facts)
+            self._transition(db, rule, site, name, breached, cleared, min(since, now) if breached else now, for_s, facts,
+                             (now, now))
 
-    def _transition(self, db, rule, site, subject, breached, cleared, obs_ts, for_s, facts) -> None:
+    def _transition(self, db, rule, site, subject, breached, cleared, obs_ts, for_s, facts, span) -> None:
         row = self._open(db, rule.name, site, subject)
         sev = rule.severity.value
         if row is None:
@@ -302,6 +365,11 @@ class AlertEngine:
                 return
             state = "firing" if for_s <= 0 else "pending"
             facts = {**facts, "since_ts": obs_ts}
+            held = self._holding(db, site, subject, facts, span)
+            if held is not None:  # begins inside a maintenance window: recorded, not emailed
+                facts["held"] = held
+                log.info("alert %s site %s %s: held by maintenance window %d (%s)", rule.name, site, subject,
+                         held["id"], held["reason"])
             cur = db.execute(
                 "INSERT INTO alerts (rule, site, subject, state, severity, opened_ts, fired_ts, facts) VALUES (?,?,?,?,?,?,?,?)",
                 (rule.name, site, subject, state, sev, obs_ts, obs_ts if state == "firing" else None, json.dumps(facts, ensure_ascii=False)))
@@ -310,6 +378,18 @@ class AlertEngine:
         a = _alert(row)
         facts = {**facts, "since_ts": a.facts.get("since_ts", a.opened_ts),
                  "worst": _worse(a.facts.get("worst", a.facts.get("value")), facts.get("value"), facts.get("comparison"))}
+        for k in ("held", "held_was"):
+            if k in a.facts:
+                facts[k] = a.facts[k]
+        if a.notified == 0 and breached:
+            # not emailed yet: held while its observations fall in a window; one after the window releases it
+            held = self._holding(db, site, subject, facts, span)
+            if held is not None:
+                facts["held"] = held
+            elif "held" in facts:
+                facts["held_was"] = facts.pop("held")
+                log.info("alert %d %s site %s %s: breach outlasted maintenance window %d, released", a.id, rule.name,
+                         site, subject, facts["held_was"]["id"])
         if a.state == "pending":
             if not breached:
                 db.execute("DELETE FROM alerts WHERE id=?", (a.id,))
@@ -344,6 +424,8 @@ class AlertEngine:
                 rule = rules.get(a.rule)
                 recipients = self._recipients(rule, a.site)
                 if a.state == "firing" and a.notified == 0:
+                    if "held" in a.facts:
+                        continue  # held by a maintenance window: no email unless the breach outlasts it
                     if last_fire is not None and now - last_fire < self.cfg.min_renotify_s:
                         continue  # inside the re-notify window: wait
                     self._event(db, a, "firing", now, recipients)
@@ -356,7 +438,8 @@ class AlertEngine:
                     db.execute("UPDATE alerts SET notified=2 WHERE id=?", (a.id,))
                 elif a.state == "firing" and a.acked_ts is None and self.cfg.reminder_interval_s > 0:
                     last = max(x for x in (a.notified_ts, a.reminder_ts, a.fired_ts) if x is not None)
-                    if now - last >= self.cfg.reminder_interval_s:
+                    if now - last >= self.cfg.reminder_interval_s and self._holding(db, a.site, a.subject, a.facts,
+                                                                                    (now, now)) is None:
                         self._event(db, a, "reminder", now, recipients)
                         db.execute("UPDATE alerts SET reminder_ts=? WHERE id=?", (now, a.id))
             # resolved before its firing email went out: closed quietly (flapping inside the window)

@@ -111,12 +111,18 @@ class Monitor:
         # quality), as the replica takes and returns them
         rows = [t for b in batches for t in reading_rows(b)]
         kpi_metrics = self.kpis.metrics
+        counters = self.kpis.counter_metrics
         by_site: dict[str, dict[str, list[float]]] = {}
+        spans: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
         seen: dict[tuple[str, str], dict[str, float]] = {}
-        for site, agent, device, metric, ts_ms, *_ in rows:
+        for site, agent, device, metric, ts_ms, _value, _unit, quality in rows:
             ts = ts_ms / 1000.0
             if metric in kpi_metrics:
                 by_site.setdefault(site, {}).setdefault(metric, []).append(ts)
+                if metric in counters and quality == "good":
+                    span = spans.setdefault(site, {})
+                    lo, hi = span.get((device, metric), (ts, ts))
+                    span[(device, metric)] = (min(lo, ts), max(hi, ts))
             devices = seen.get((site, agent))
             if devices is None:
                 devices = seen[(site, agent)] = {}
@@ -124,6 +130,8 @@ class Monitor:
                 devices[device] = ts
         for site, by_metric in by_site.items():
             self.kpis.note_batch(site, by_metric)
+        for site, span in spans.items():  # before the rows are stored: it looks up the reads around them
+            self.kpis.note_counter_reads(site, span)
         with self.replica.transaction() as con:
             new = self.replica.add(rows, con)
         rule_metrics = self.alerts.metric_rule_metrics

@@ -76,7 +76,10 @@ def _kpi_db(cfg):
 
 
 def _fmt(v) -> str:
-    return "—" if v.value is None else f"{v.value:.2f} {v.unit}"
+    """The value as it was judged: rounded to the decimals its limit is judged at (GB/T 8170), else 2 places."""
+    if v.value is None:
+        return "—"
+    return f"{v.value:.{v.decimals if v.decimals is not None else 2}f} {v.unit}"
 
 
 def _recompute(args) -> int:

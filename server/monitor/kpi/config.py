@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from greenmine.server.monitor.kpi.counters import CounterSpec
+from greenmine.server.monitor.kpi.model import CATALOG
+from greenmine.server.monitor.kpi.rounding import MAX_DECIMALS
 
 #: Electricity and heat from secondary sources; the fuels are defaults to check against GB/T 2589-2020 (not seen).
 DEFAULT_KGCE_PER_UNIT = {
@@ -83,9 +85,19 @@ class KpiConfig(_Model):
     ore_metric: str = Field(default="ore_t_total", description="belt-scale totalizer, tonnes of ore processed")
     dust_pm10_limit_mgm3: float | None = Field(default=None, gt=0, description="optional PM10 1-hour limit; absent: PM10 is reported, not judged")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="day/night hours and Lmax margins for GB 12348 noise")
+    judge_decimals: dict[str, int] = Field(
+        default_factory=dict,
+        description="KPI name -> decimals its value is rounded to (GB/T 8170, half to even) before it is judged "
+        "against its limit, e.g. dust_tsp_hourly = 3; absent: one decimal more than the limit is written with",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> KpiConfig:
+        for kpi, d in self.judge_decimals.items():
+            if kpi not in CATALOG:
+                raise ValueError(f'judge_decimals "{kpi}": unknown KPI; known: {", ".join(sorted(CATALOG))}')
+            if not 0 <= d <= MAX_DECIMALS:
+                raise ValueError(f'judge_decimals "{kpi}" = {d}: decimals must be 0..{MAX_DECIMALS}')
         for metric, kind in self.energy_metrics.items():
             if kind not in self.kgce_per_unit:
                 raise ValueError(f'energy_metrics "{metric}": energy type "{kind}" has no kgce_per_unit coefficient')

@@ -25,7 +25,11 @@ Every KPI reads the increments made here, never raw totals. The rules
   moves there, counting nothing for the jump itself.
 
 `CounterTracker` is pure and incremental: its `state` is a small dict so the
-caller can persist it between batches.
+caller can persist it between batches. It is fed in time order; delivery is
+not (a backlog re-sent after an outage arrives alongside live data), so the
+KPI engine replays the stored reads sorted by time (`increments` sorts too),
+and a read older than the tracker's baseline is ignored, never taken for a
+reset or a dip.
 """
 
 from __future__ import annotations

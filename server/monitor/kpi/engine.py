@@ -12,6 +12,7 @@ processes may run it for different sites.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -24,6 +25,7 @@ from greenmine.server.monitor.kpi.counters import CounterTracker
 from greenmine.server.monitor.kpi.energy import energy_kpis
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData, Sample
 from greenmine.server.monitor.kpi.periods import SLOT_S, Period
+from greenmine.server.monitor.kpi.rounding import judged
 from greenmine.server.monitor.kpi.store import KpiStore, Point, ReadingSource
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class KpiEngine:
         self.store = store
         self._next_rolling = float("-inf")
         self._marked: set[tuple[str, str, float]] = set()  # recently marked dirty, to skip repeat writes
+        #: (site, device, metric) -> the latest good counter read this process has passed on, so a read that
+        #: continues the series needs no look-up of the read before it (see note_counter_reads)
+        self._last_read: dict[tuple[str, str, str], float] = {}
         #: the metrics any KPI reads; readings of other metrics touch no period
         self._counters = frozenset(self._counter_metrics())
         self._noisy = frozenset({noise.LAEQ, cfg.noise.lmax_metric})
@@ -144,6 +149,49 @@ class KpiEngine:
                 self._marked.clear()
             self._marked.update(ps)
 
+    @property
+    def counter_metrics(self) -> frozenset[str]:
+        """The cumulative metrics (totalizers) the KPIs read increments of."""
+        return self._counters
+
+    def note_counter_reads(self, site_id: str, spans: dict[tuple[str, str], tuple[float, float]]) -> None:
+        """Good totalizer reads arrived, (device, metric) -> (first ts, last ts), before they are stored.
+
+        The increment from the read before to the first new one (and, for a late read, from the last new one
+        to the read after it) is shared out over every period it spans in proportion to time. So when that
+        span crosses midnight or a month end (a reading gap, a backlog re-sent after an outage), every day
+        and month it touches is marked dirty again, including ones already computed. Spans are bounded by
+        `counter_lookback_s`, as the computation's look-back is."""
+        site = self.sites.get(site_id)
+        if site is None or self.store is None:
+            return
+        tz = site.timezone
+        ps: dict[tuple[str, str, float], Period] = {}
+        if len(self._last_read) > 100_000:
+            self._last_read.clear()
+        for (device, metric), (first, last) in spans.items():
+            if metric not in self._counters:
+                continue
+            key = (site_id, device, metric)
+            known = self._last_read.get(key)
+            if known is not None and first > known:
+                prev, nxt = known, None  # continues the series: nothing stored after it
+            else:
+                prev, nxt = self.source.neighbours(site_id, device, metric, first, last)
+            if nxt is None:
+                self._last_read[key] = max(last, known if known is not None else last)
+            lo = max(prev if prev is not None else first, first - self.cfg.counter_lookback_s)
+            hi = min(nxt if nxt is not None else last, last + self.cfg.counter_lookback_s)
+            d, d_end = periods.local_date(lo, tz), periods.local_date(hi, tz)
+            while d <= d_end:
+                for p in (periods.day(d, tz), periods.month(d.year, d.month, tz)):
+                    if (site_id, p.kind, p.start) not in self._marked:
+                        ps[(site_id, p.kind, p.start)] = p
+                d = date.fromordinal(d.toordinal() + 1)
+        if ps:
+            self.store.mark_dirty(site_id, ps.values())
+            self._marked.update(ps)
+
     def run_due(self, now: float) -> list[KpiValue]:
         """Compute every dirty period that has closed, plus each site's rolling 24 h reuse (every rolling_every_s)."""
         out: list[KpiValue] = []
@@ -201,9 +249,17 @@ class KpiEngine:
                                         frequent_over_db=cfg.noise.lmax_frequent_over_db,
                                         sporadic_over_db=cfg.noise.lmax_sporadic_over_db,
                                         interval_s=cfg.sample_interval_s, **common)
+        out = [self._judged(v) for v in out]
         if self.store is not None and out:
             self.store.put_values(out, now if now is not None else period.end)
         return out
+
+    def _judged(self, v: KpiValue) -> KpiValue:
+        """The value rounded as it is judged against its limit (GB/T 8170); the computed one kept as raw_value."""
+        if v.value is None or v.limit is None:
+            return v
+        value, decimals = judged(v.value, v.limit, self.cfg.judge_decimals.get(v.kpi))
+        return dataclasses.replace(v, value=value, raw_value=v.value, decimals=decimals)
 
     def compute_day(self, site_id: str, d: date) -> list[KpiValue]:
         """Recompute every KPI of one local date (day, its noise day and night, its hours)."""
@@ -234,10 +290,21 @@ class KpiEngine:
     def _meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
         """Increments per device, replaying reads from before the period to find the counter baseline."""
         start = period.start - self.cfg.counter_lookback_s
-        end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval
+        end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval, and the next
         by_dev: dict[str, list[Point]] = {}
         for p in self._good(site_id, metric, start, end):
             by_dev.setdefault(p.device, []).append(p)
+        # after a reading gap the read closing the period's last interval comes later (a gap from 23:00 to
+        # 01:00 is closed by the 01:00 read): look further ahead, up to the look-back, for the first two
+        short = [d for d, pts in by_dev.items() if sum(p.ts >= period.end for p in pts) < 2]
+        if short:
+            later: dict[str, list[Point]] = {}
+            for p in self._good(site_id, metric, end, period.end + max(self.cfg.counter_lookback_s, end - period.end)):
+                if p.device in short:
+                    later.setdefault(p.device, []).append(p)
+            for dev, pts in later.items():
+                have = sum(p.ts >= period.end for p in by_dev[dev])
+                by_dev[dev] += sorted(pts, key=lambda p: p.ts)[:2 - have]
         out = []
         for dev, pts in sorted(by_dev.items()):
             pts.sort(key=lambda p: p.ts)

@@ -20,7 +20,7 @@ class KpiValue:
     period_end: float
     period_label: str
     value: float | None  # None: nothing to compute from (e.g. no ore processed)
-    unit: str
+    unit: str  # `value` is the judged value: rounded to `decimals` when there is a limit (rounding.py)
     completeness: float  # 0..1
     complete: bool
     devices: tuple[str, ...] = ()
@@ -28,6 +28,10 @@ class KpiValue:
     comparison: str | None = None  # the *breach* test: "<" or ">"
     standard: str = ""  # e.g. "GB 12348-2008 2类 夜间 50 dB(A)"
     extra: dict = field(default_factory=dict)
+    #: the value as computed, before rounding for judging (`value` is the judged one); None: not rounded
+    raw_value: float | None = None
+    #: the decimals `value` was rounded to for judging its limit (server.monitor.kpi.rounding); None: not judged
+    decimals: int | None = None
 
     @property
     def breached(self) -> bool | None:

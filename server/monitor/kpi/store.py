@@ -40,6 +40,11 @@ class ReadingSource(Protocol):
         """Readings of `metric` at `site` with start <= ts < end, any device, any order."""
         ...
 
+    def neighbours(self, site: str, device: str, metric: str, start: float, end: float) -> tuple[float | None, float | None]:
+        """The times of the device's last good reading before `start` and its first good one after `end`
+        (None: none, or the source cannot tell): the reads a gap-closing or late counter read sits between."""
+        ...
+
 
 class MemorySource:
     """An in-memory ReadingSource: a list per (site, metric)."""
@@ -52,6 +57,10 @@ class MemorySource:
 
     def points(self, site: str, metric: str, start: float, end: float) -> list[Point]:
         return [p for p in self._data.get((site, metric), []) if start <= p.ts < end]
+
+    def neighbours(self, site: str, device: str, metric: str, start: float, end: float) -> tuple[float | None, float | None]:
+        ts = [p.ts for p in self._data.get((site, metric), []) if p.device == device and p.quality == "good"]
+        return max((t for t in ts if t < start), default=None), min((t for t in ts if t > end), default=None)
 
 
 class StoreSource:
@@ -73,6 +82,13 @@ class StoreSource:
             for r in self.reader.query_series(site, device, metric, int(start * 1000), int(end * 1000)):
                 out.append(Point(device, r.ts_ms / 1000.0, r.value, r.quality))
         return out
+
+    def neighbours(self, site: str, device: str, metric: str, start: float, end: float) -> tuple[float | None, float | None]:
+        find = getattr(self.reader, "neighbours", None)  # the replica has it; `kpi recompute` computes whole days
+        if find is None:
+            return None, None
+        prev, nxt = find(site, device, metric, int(start * 1000), int(end * 1000))
+        return (None if prev is None else prev / 1000.0), (None if nxt is None else nxt / 1000.0)
 
 
 _SCHEMA = """

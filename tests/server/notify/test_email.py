@@ -36,7 +36,7 @@ def night_noise(day_index, value, device="n1"):
     return KpiValue(
         site="jc-cu", kpi="noise_leq_night", subject=device, period_kind="noise_night", period_start=start,
         period_end=start + 8 * 3600, period_label=f"2026-11-{27 + day_index} night", value=value, unit="dB(A)",
-        completeness=0.975, complete=True, devices=(device,), limit=50.0, comparison=">",
+        completeness=0.975, complete=True, devices=(device,), limit=50, comparison=">",
         standard="GB 12348-2008 2类 夜间 50 dB(A)", extra={"arithmetic_mean_db": 44.0, "samples": 468},
     )
 
@@ -100,11 +100,11 @@ def test_reuse_email_and_short_resolution_follow_up(tmp_path, smtp_sink):
             if m["To"] == "officer@example.test"]
     firing, resolved = msgs
     assert "选矿废水循环利用率" in str(firing["Subject"]) and "严重" in str(firing["Subject"])
-    assert "76 %" in firing.get_content() and "≥ 85 %" in firing.get_content()
+    assert "76.00 %" in firing.get_content() and "≥ 85 %" in firing.get_content()  # judged at 2 decimals (85.0)
     assert "回用水量 1520 m³" in firing.get_content()
     assert "已解除" in str(resolved["Subject"]) and "resolved" in str(resolved["Subject"])
     rb = resolved.get_content()
-    assert "91 %" in rb and "最差值 76 %" in rb and len(rb) < len(firing.get_content())
+    assert "91.00 %" in rb and "最差值 76.00 %" in rb and len(rb) < len(firing.get_content())
     close(eng, notifier)
 
 
@@ -150,7 +150,7 @@ def test_many_alerts_at_once_become_one_digest_per_recipient(tmp_path, smtp_sink
     body = msgs[0].get_content()
     assert "告警汇总" in str(msgs[0]["Subject"]) and "6" in str(msgs[0]["Subject"])
     for i in range(6):
-        assert f"{55 + i} dB(A)" in body and f"n{i}" in body
+        assert f"{55 + i}.0 dB(A)" in body and f"n{i}" in body
     # below the threshold: one email each
     eng.observe_kpis([reuse(1, 70.0)])
     assert notifier.run_once() == 2
@@ -196,7 +196,7 @@ def test_demo_mode_writes_eml_files(tmp_path):
     import email.policy
 
     m = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
-    assert "选矿废水循环利用率" in str(m["Subject"]) and "70 %" in m.get_content()
+    assert "选矿废水循环利用率" in str(m["Subject"]) and "70.00 %" in m.get_content()
     close(eng, notifier)
 
 
@@ -276,7 +276,7 @@ def test_a_hostile_unit_does_not_stop_the_mail_behind_it(tmp_path, smtp_sink):
     assert all(m["Bcc"] is None for m in msgs)
     assert all(to == ["chief@example.test"] or to == ["officer@example.test"] for _, to in smtp_sink.envelopes)
     hostile = [m for m in msgs if "power_kw" in str(m["Subject"])]
-    assert len(hostile) == 2 and "900 kW\\u000d\\u000aBcc: evil@example.test\\u2028\\u0085\\u000b" in str(hostile[0]["Subject"])
+    assert len(hostile) == 2 and "900.00 kW\\u000d\\u000aBcc: evil@example.test\\u2028\\u0085\\u000b" in str(hostile[0]["Subject"])
     assert "\u2028" not in hostile[0].get_content() and "\x85" not in hostile[0].get_content()
     assert len([m for m in msgs if "选矿废水循环利用率" in str(m["Subject"])]) == 2
     assert [r.status for r in notifier.rows()] == ["sent"] * 4

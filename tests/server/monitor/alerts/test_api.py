@@ -24,6 +24,7 @@ def call(port, method, path, body=None):
 def test_list_and_ack_over_http(tmp_path):
     eng = AlertEngine(AlertsConfig(), [SiteConfig(id="s1")], open_db(tmp_path / "a.sqlite"), clock=lambda: 1000.0)
     eng.observe_agent_status("s1", "gw1", online=False)
+    eng.tick(1000.0 + 300)  # still offline after its grace (for_s): firing
     http = HttpEndpoint("127.0.0.1", 0, Metrics("sqlite"), lambda: {"status": "ok"}, api=AlertsApi(eng))
     http.start()
     try:

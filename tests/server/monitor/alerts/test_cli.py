@@ -23,6 +23,7 @@ def test_list_ack_and_test_email(tmp_path):
     cfg = load_server_config(cfg_path)
     eng = AlertEngine(AlertsConfig(), cfg.sites, open_db(tmp_path / "alerts.sqlite"), clock=lambda: 1000.0)
     eng.observe_agent_status("s1", "gw1", online=False)
+    eng.tick(1000.0 + 300)  # still offline after its grace (for_s): firing
     (a,) = eng.alerts()
     eng.db.close()
 

@@ -190,11 +190,15 @@ def test_device_deadman_and_agent_offline(db_path):
     eng.observe_seen_many({("s1", "gw1"): {"flow1": T0 + 400, "noise1": T0 + 400}})
     eng.tick()
     assert [a.state for a in eng.alerts()] == ["resolved"]
-    # the agent's will: offline at once, resolved by its next message
+    # the agent's will: pending for its grace (for_s = 300), then firing; resolved by its next message
+    clock.t = T0 + 350
     eng.observe_agent_status("s1", "gw1", online=False)
+    assert [(a.rule, a.state) for a in eng.alerts(("pending", "firing"))] == [("agent_offline", "pending")]
+    clock.t = T0 + 650  # before the devices' silence: only the agent's grace is over
+    eng.tick()
     firing = eng.alerts(("firing",))
     assert [(a.rule, a.subject, a.severity) for a in firing] == [("agent_offline", "gw1", "critical")]
-    clock.t = T0 + 500
+    clock.t = T0 + 660
     eng.observe_agent_status("s1", "gw1", online=True)
     assert eng.alerts(("firing",)) == []
     assert [e.kind for e in eng.events()] == ["firing", "resolved", "firing", "resolved"]
