@@ -7,11 +7,13 @@ here to test a reader against, and a province's store is a cluster another
 team runs), so each of these roles keeps the few series it needs in its own
 SQLite file, fed by its own consumer of the broker (`server.ingest.consumer`):
 
-- `series_replica(site, device, metric, ts_ms, value, quality, agent)`,
+- `series_replica(site, device, metric, ts_ms, value, unit, quality, agent)`,
   primary key (site, device, metric, ts_ms), WITHOUT ROWID: a redelivered or
   re-sent reading is ignored (`INSERT ... ON CONFLICT DO NOTHING RETURNING`
   tells which rows were new), so nothing counts twice; a late reading is just
   a row in its place, and the periods it touches are recomputed;
+- `replica_series(site, device, metric)`: the series held, so `series(site)`
+  reads a few rows instead of scanning every reading;
 - only the metrics the role reads are kept (`metrics`), and only for
   `retention_days` (`prune`);
 - the read API is the SQLite store's (`query_series`, `latest`, `series`,
@@ -41,6 +43,11 @@ CREATE TABLE IF NOT EXISTS series_replica (
     value REAL NOT NULL, unit TEXT NOT NULL, quality TEXT NOT NULL, agent TEXT NOT NULL,
     PRIMARY KEY (site, device, metric, ts_ms)
 ) WITHOUT ROWID;
+-- the series the replica holds, so listing a site's series reads a few rows, not every reading
+CREATE TABLE IF NOT EXISTS replica_series (
+    site TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL,
+    PRIMARY KEY (site, device, metric)
+) WITHOUT ROWID;
 """
 
 
@@ -62,7 +69,11 @@ class SeriesReplica:
         self.metrics = frozenset(metrics) if metrics is not None else None
         self.retention_ms = int(retention_days * 86_400_000)
         self._cons = sqlite_state.PerThread(self._open)
-        self._con().executescript(_SCHEMA)
+        con = self._con()
+        con.executescript(_SCHEMA)
+        if con.execute("SELECT 1 FROM replica_series LIMIT 1").fetchone() is None:  # a file from before the table
+            with sqlite_state.transaction(con, f"replica {self.path}"):
+                con.execute("INSERT OR IGNORE INTO replica_series SELECT DISTINCT site, device, metric FROM series_replica")
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -95,6 +106,8 @@ class SeriesReplica:
             chunk = rows[i:i + _ROWS_PER_INSERT]
             args = [x for r in chunk for x in (r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[1])]
             keys = {tuple(k) for k in c.execute(_insert_sql(len(chunk)), args)}
+            if keys:
+                c.executemany("INSERT OR IGNORE INTO replica_series VALUES (?, ?, ?)", {k[:3] for k in keys})
             for r in chunk:
                 key = (r[0], r[2], r[3], r[4])
                 if key in keys:
@@ -107,7 +120,8 @@ class SeriesReplica:
         return sqlite_state.transaction(self._con(), f"replica {self.path}")
 
     def prune(self, now_ms: int) -> int:
-        """Forget readings older than the retention. Returns how many."""
+        """Forget readings older than the retention. Returns how many. A series whose readings are all gone
+        stays listed by `series` (its queries return nothing)."""
         cur = self._con().execute("DELETE FROM series_replica WHERE ts_ms < ?", (now_ms - self.retention_ms,))
         return cur.rowcount
 
@@ -143,7 +157,7 @@ class SeriesReplica:
         return prev, nxt
 
     def series(self, site: str | None = None) -> list[tuple[str, str, str]]:
-        sql = "SELECT DISTINCT site, device, metric FROM series_replica"
+        sql = "SELECT site, device, metric FROM replica_series"
         args: tuple = ()
         if site is not None:
             sql += " WHERE site = ?"

@@ -42,3 +42,26 @@ def test_more_rows_than_one_statement_holds(tmp_path):
         assert rep.count() == n + 1
     finally:
         rep.close()
+
+
+def test_series_lists_what_the_replica_holds_and_survives_reopen(tmp_path):
+    rep = SeriesReplica(tmp_path / "r.sqlite")
+    try:
+        with rep.transaction() as con:
+            rep.add([row(0), row(1), row(0, device="m2"), ("other", "gw9", "x", "noise_laeq_db", 5, 50.0, "dB", "good")], con)
+        assert rep.series("gs-demo") == [("gs-demo", "m1", "energy_kwh_total"), ("gs-demo", "m2", "energy_kwh_total")]
+        assert len(rep.series()) == 3
+    finally:
+        rep.close()
+    # a file written before the series table existed is listed after a reopen
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    con.execute("DELETE FROM replica_series")
+    con.commit()
+    con.close()
+    rep = SeriesReplica(tmp_path / "r.sqlite")
+    try:
+        assert len(rep.series()) == 3
+    finally:
+        rep.close()

@@ -213,15 +213,22 @@ class AlertEngine:
     def tick(self, now: float | None = None) -> None:
         """Deadman checks, delayed notifications and reminders. Call periodically."""
         now = self.clock() if now is None else now
+        deadman = [r for r in self.rules if isinstance(r, DeadmanRule)]
         with self._lock:
             seen = self.db.execute("SELECT site, target, name, last_ts, reported_offline FROM seen").fetchall()
+            # only a breach or an open alert can change state: the rest (nearly every device, every tick) is skipped
+            # without a transaction, so a tick costs one query per thousand quiet devices, not one commit each
+            open_keys = {tuple(r) for r in self.db.execute(
+                "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")} if deadman else set()
         for site, target, name, last_ts, offline in seen if self._ingest_up else ():
-            for rule in self.rules:
-                if isinstance(rule, DeadmanRule) and rule.target == target and self._applies(rule, site, name):
+            for rule in deadman:
+                if rule.target == target and self._applies(rule, site, name):
                     silent = now - last_ts
                     # grace delays new verdicts only; an alert already firing clears only on real data
                     by_silence = now - max(last_ts, self._grace_from) >= rule.silence_s
                     breached = by_silence or bool(offline)
+                    if not breached and (rule.name, site, name) not in open_keys:
+                        continue
                     cleared = silent < rule.silence_s and not offline
                     # a reported offline (a will, a graceful stop) fires only if it lasts for_s: a restart or a
                     # broker blip is followed by an online status within that grace, and the pending alert drops
