@@ -142,6 +142,7 @@ h1 { font-size: 15pt; margin: 0 0 2pt 0; } h2 { font-size: 11pt; margin: 12pt 0 
 table { border-collapse: collapse; width: 100%; margin-bottom: 6pt; }
 th, td { border: 0.5pt solid #999; padding: 1.5pt 3pt; text-align: left; vertical-align: top; }
 th { background: #eef2f5; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+table.indicators td:first-child, table.daily td:first-child { white-space: nowrap; }
 .note { font-size: 8pt; color: #333; margin: 1pt 0; } .chart { margin: 4pt 0 8pt 0; }
 """
 
@@ -170,7 +171,7 @@ def to_html(report: dict) -> str:
         if not part["rows"]:
             out.append("<p class='note'>无 / none</p>")
         else:
-            out.append("<table><thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in part["columns"]) + "</tr></thead><tbody>")
+            out.append(f"<table class='{e(part['id'])}'><thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in part["columns"]) + "</tr></thead><tbody>")
             for row in part["rows"]:
                 cells = []
                 for v in row:
