@@ -124,11 +124,12 @@ def evidence(cfg, src: Sources, site_id: str, d0: date, d1: date) -> dict:
 
     dj, do = periods_over(leq_day)
     nj, no = periods_over(leq_night)
+    noise_monitors = sorted({v.subject for v in leq_day + leq_night + vals("noise_leq_hourly")})
     nmon = max(1, len({v.subject for v in leq_day + leq_night}))
     day_lim = next((v.limit for v in leq_day if v.limit is not None), None)
     night_lim = next((v.limit for v in leq_night if v.limit is not None), None)
     n = {
-        "noise_class": site.limits.noise_class, "day_limit_db": day_lim, "night_limit_db": night_lim,
+        "noise_class": site.limits.noise_class, "monitors": noise_monitors, "day_limit_db": day_lim, "night_limit_db": night_lim,
         "days_judged": dj, "days_over": do, "nights_judged": nj, "nights_over": no,
         "completeness_pct": _pct(sum(v.completeness for v in leq_day + leq_night) / (2 * n_days * nmon))
         if leq_day or leq_night else 0.0,

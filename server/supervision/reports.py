@@ -206,13 +206,13 @@ def annual(cfg, src: Sources, reg, prefecture: str, year: int, until: date | Non
         if ev["has_data"]:
             span = f"{y0} – {end}"
             if not d["monitors"]:
-                not_measured.append([m.id, m.name, "颗粒物未监测 no boundary dust monitor", span])
-            if not (n["days_judged"] or n["nights_judged"]):
-                not_measured.append([m.id, m.name, "噪声未监测 no boundary noise monitor", span])
+                not_measured.append([m.id, m.name, "颗粒物无数据 no boundary dust data", span])
+            if not n["monitors"]:
+                not_measured.append([m.id, m.name, "噪声无数据 no boundary noise data", span])
             if e["kgce"] is None:
-                not_measured.append([m.id, m.name, "能耗未监测 no energy meter", span])
+                not_measured.append([m.id, m.name, "能耗无数据 no energy data", span])
             if e["ore_t"] is None:
-                not_measured.append([m.id, m.name, "矿石量未监测 no belt scale: no intensity", span])
+                not_measured.append([m.id, m.name, "矿石量无数据 no ore tonnage: no intensity", span])
         per_mine.append([m.id, m.name, m.scale, LEVEL_ZH.get(m.level, m.level), STATUS_ZH.get(m.status, m.status),
                          "已监测 monitored", w["days_judged"], w["days_compliant"], w["compliance_rate_pct"], d["hours_over"],
                          n["days_over"], n["nights_over"], e["kwh"], e["kgce"], e["intensity_kgce_t"]])

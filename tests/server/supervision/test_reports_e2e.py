@@ -225,7 +225,7 @@ def test_reports_from_two_months_of_real_readings(tmp_path, mosquitto, capsys):
     assert ("gs-c", "未接入在线监测 not monitored") in what
     # monitoring ran for October and November only: the rest of the year is stated, not hidden
     assert {w.split(":")[0] for m, w in what if m == "gs-a"} == {
-        "数据不完整 incomplete", "颗粒物未监测 no boundary dust monitor", "噪声未监测 no boundary noise monitor"}
+        "数据不完整 incomplete", "颗粒物无数据 no boundary dust data", "噪声无数据 no boundary noise data"}
     assert any(m == "gs-b" and w.startswith("数据不完整") for m, w in what)
     # gs-b's boundary monitors ran for November only: its dust completeness over the year says so
     assert 0 < ann["evidence"]["gs-b"]["dust"]["completeness_pct"] < 50
