@@ -5,7 +5,8 @@
 #
 # - Debian packages: mosquitto (MQTT broker), victoria-metrics (time-series store
 #   speaking InfluxDB's /api/v2/write), socat (pty pairs for RTU tests), mbpoll,
-#   openssl (test certificates).
+#   openssl (test certificates), fonts-noto-cjk, poppler-utils and pango (the PDF
+#   reports: CJK fonts, pdftoppm/pdftotext checks, WeasyPrint's text layout).
 #   Installed with apt-get when missing, as root or through sudo; otherwise the
 #   exact command to run is printed and the script stops.
 # - Python: a virtual environment in .venv with greenmine[test] (editable).

@@ -78,7 +78,7 @@ def bar_chart(labels: list[str], values: list[float | None], *, limit: float | N
     """An SVG bar chart; bars on the wrong side of `limit` are red, the limit a dashed line. None: no bar."""
     pad_l, pad_b, pad_t = 44, 22, 8
     vals = [v for v in values if v is not None]
-    top = max(vals + ([limit] if limit is not None else []) + [1e-9])
+    top = max(vals + ([limit] if limit is not None else []) + [0.0]) or 1.0  # an empty chart still has an axis
     top *= 1.1
     n = max(1, len(values))
     bw = (width - pad_l - 4) / n
