@@ -87,7 +87,9 @@ class MineConfig(ConfigModel):
     def _listed(self) -> MineConfig:
         if self.level is not Level.NONE and self.listed_since is None:
             raise ValueError(f'mine "{self.id}": a {self.level.value} green mine needs listed_since')
-        if self.level is Level.NONE and self.status is not ListStatus.REMOVED and self.listed_since is not None:
+        # a row that leaves the level out (an import updating other facts) keeps the registry's level
+        if ("level" in self.model_fields_set and self.level is Level.NONE and self.status is not ListStatus.REMOVED
+                and self.listed_since is not None):
             raise ValueError(f'mine "{self.id}": level none with listed_since: give its level (national or provincial)')
         return self
 

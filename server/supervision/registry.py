@@ -151,13 +151,16 @@ class Registry:
             entered = m.listed_since.isoformat() if m.listed_since else today.isoformat()
             self._history(m.id, entered, m.status.value, m.level.value, None, None, f"entered from {source}", source)
             return
-        status = m.status.value if status_from_source else old[0]
-        facts = dict(zip(MINE_FIELDS, row))
+        # a field the source does not give (a column the file lacks, an option the config leaves out) keeps its value
+        was = dict(zip(MINE_FIELDS, db.execute(f"SELECT {','.join(MINE_FIELDS)} FROM mines WHERE id=?", (m.id,)).fetchone()))
+        given = dict(zip(MINE_FIELDS, row))
+        facts = {k: given[k] if k in m.model_fields_set else was[k] for k in MINE_FIELDS}
+        status = facts["status"] if status_from_source else old[0]
         facts["status"] = status
         db.execute(f"UPDATE mines SET {', '.join(f'{k}=?' for k in MINE_FIELDS[1:])}, source=?, updated=? WHERE id=?",
                    (*[facts[k] for k in MINE_FIELDS[1:]], source, today.isoformat(), m.id))
-        if (status, m.level.value) != tuple(old):
-            self._history(m.id, today.isoformat(), status, m.level.value, old[0], old[1], f"changed by {source}", source)
+        if (status, facts["level"]) != tuple(old):
+            self._history(m.id, today.isoformat(), status, facts["level"], old[0], old[1], f"changed by {source}", source)
 
     def _history(self, mine_id, day, status, level, prev_status, prev_level, reason, by) -> None:
         self.db.execute("INSERT INTO list_history (mine_id, day, status, level, prev_status, prev_level, reason, by) "

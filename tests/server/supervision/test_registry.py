@@ -207,3 +207,19 @@ def test_annual_report_for_a_partial_year_says_up_to_which_date(cfg, capsys, tmp
     run(capsys, "report", "annual", "--config", cfg, "--prefecture", "金昌市", "--year", "2025", "--format", "json")
     rep = json.loads((tmp_path / "reports" / "annual-金昌市-2025.json").read_text())
     assert rep["partial"] is False and rep["holds_up_to"] == "2025-12-31"
+
+
+def test_an_import_without_a_status_column_keeps_the_status_a_check_gave(cfg, capsys, tmp_path):
+    c = ["--config", cfg]
+    full = mine(30)
+    (tmp_path / "new.csv").write_text(",".join(full) + "\n" + ",".join(str(v) for v in full.values()) + "\n", encoding="utf-8")
+    assert run(capsys, "supervision", "import", *c, tmp_path / "new.csv", "--date", "2026-05-01")[0] == 0
+    assert run(capsys, "supervision", "check", *c, 0, "--mine", "m30", "--result", "fail", "--date", "2026-06-01")[0] == 0
+    m = mine(30, county="永昌县")
+    header = [h for h in m if h not in ("status", "level")]
+    (tmp_path / "update.csv").write_text(",".join(header) + "\n" + ",".join(str(m[h]) for h in header) + "\n",
+                                         encoding="utf-8")
+    assert run(capsys, "supervision", "import", *c, tmp_path / "update.csv", "--date", "2026-06-05")[0] == 0
+    mines = {x["id"]: x for x in json.loads(run(capsys, "supervision", "mines", *c, "--json")[1])}
+    assert mines["m30"]["county"] == "永昌县"
+    assert (mines["m30"]["status"], mines["m30"]["level"]) == ("under_rectification", "provincial")
