@@ -2,7 +2,7 @@
 
 Both work on the files named by the server config: the registry (`[supervision] db_path`), and, for
 evidence, the monitor's KPI store and alert state (what `greenmine kpi show` and `alerts list` read).
-Dates are local dates, YYYY-MM-DD; `--date` defaults to today.
+Dates are local dates, YYYY-MM-DD; `--date` defaults to today in China Standard Time (Asia/Shanghai).
 """
 
 from __future__ import annotations

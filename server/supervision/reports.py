@@ -68,7 +68,7 @@ def _completeness_rows(ev: dict) -> list[list]:
     return [
         ["选矿废水 water reuse (days)", ev["water"]["completeness_pct"], ev["water"]["days_with_value"], ev["water"]["days_expected"]],
         ["能耗 energy (days)", ev["energy"]["completeness_pct"], ev["energy"]["days_with_value"], ev["water"]["days_expected"]],
-        ["颗粒物 dust (monitor-hours)", ev["dust"]["completeness_pct"], ev["dust"]["hours_judged"], ev["dust"]["hours_expected"]],
+        ["颗粒物 dust (hours)", ev["dust"]["completeness_pct"], ev["dust"]["hours_judged"], ev["dust"]["hours_expected"]],
         ["噪声 noise (day and night periods)", ev["noise"]["completeness_pct"], ev["noise"]["days_judged"] + ev["noise"]["nights_judged"],
          2 * ev["days"]],
     ]
