@@ -6,11 +6,12 @@
 # The demo runs on Mosquitto 2 (Debian package mosquitto), provisioned by
 # 'greenmine broker init' with TLS and per-client ACLs. The package is installed
 # with apt-get when missing, as root or through sudo; otherwise the one command to
-# run is printed and the script stops. Apart from that it needs no internet.
+# run is printed and the script stops. fonts-noto-cjk and pango are for the PDF
+# reports (greenmine report ...) on the demo's data. Apart from that it needs no internet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(mosquitto openssl)
+PKGS=(mosquitto openssl fonts-noto-cjk libpango-1.0-0 libpangoft2-1.0-0)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

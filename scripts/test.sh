@@ -5,14 +5,16 @@
 #
 # - Debian packages: mosquitto (MQTT broker), victoria-metrics (time-series store
 #   speaking InfluxDB's /api/v2/write), socat (pty pairs for RTU tests), mbpoll,
-#   openssl (test certificates).
+#   openssl (test certificates), systemd (systemd-analyze verify for deploy/systemd),
+#   fonts-noto-cjk, poppler-utils and pango (the PDF
+#   reports: CJK fonts, pdftoppm/pdftotext checks, WeasyPrint's text layout).
 #   Installed with apt-get when missing, as root or through sudo; otherwise the
 #   exact command to run is printed and the script stops.
 # - Python: a virtual environment in .venv with greenmine[test] (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(mosquitto victoria-metrics socat mbpoll openssl systemd)
+PKGS=(mosquitto victoria-metrics socat mbpoll openssl systemd fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,6 +27,7 @@ from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.uplink.energy.config import EnergyConfig
 from greenmine.server.notify.config import NotifyConfig
+from greenmine.server.supervision.config import SupervisionConfig
 
 
 class ServerMqttConfig(ConfigModel):
@@ -211,6 +212,10 @@ class ServerConfig(FileConfig):
     kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
+    supervision: SupervisionConfig = Field(
+        default_factory=SupervisionConfig,
+        description="the green-mine supervision database: mines, inspectors, rectification defaults (docs/supervision.md)",
+    )
     clock: ClockConfig = Field(
         default_factory=ClockConfig,
         description="time that ingest, KPIs, alerts and emails judge by; absent: the system clock. accelerated is for "

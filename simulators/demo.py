@@ -237,6 +237,8 @@ def build_configs(run_dir: Path, agent_mqtt: dict, server_mqtt: dict, clock: Clo
     server["http_port"] = free_port()
     server.pop("smtp", None)  # demo mode: emails are written as .eml files
     server.setdefault("notify", {})["eml_dir"] = str(run_dir / "emails")
+    sup = server.setdefault("supervision", {})  # the registry and the reports (greenmine report annual ...)
+    sup.update(db_path=str(run_dir / "supervision.sqlite"), report_dir=str(run_dir / "reports"))
     if clock is not None:
         _accelerate(site, agent, server, clock)
 

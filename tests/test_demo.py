@@ -123,3 +123,20 @@ def test_demo_breaches_reuse_and_night_noise_takes_a_meter_offline_and_emails(tm
     assert "GB 12348-2008 2类 夜间 50 dB(A)" in body
     email("[警告]", "设备离线", "mill-feed-belt")
     email("[已解除]", "设备离线", "mill-feed-belt")
+
+    # The 10 December report works on the demo's data: the demo site is a provincial green mine of 金昌市.
+    # (The demo runs on yesterday's date, site time: the report is for that year.)
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    year = str((datetime.now(ZoneInfo("Asia/Shanghai")) - timedelta(days=1)).year)
+    rep = subprocess.run([sys.executable, "-m", "greenmine", "report", "annual", "--config", str(run_dir / "server.toml"),
+                          "--prefecture", "金昌市", "--year", year, "--format", "json", "--format", "xlsx"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    import json
+
+    annual = json.loads((run_dir / "reports" / f"annual-金昌市-{year}.json").read_text(encoding="utf-8"))
+    assert annual["listed"]["end"] == 3 and annual["evidence"]["gs-jinchang-cu01"]["has_data"]
+    assert annual["evidence"]["gs-jinchang-cu01"]["alerts"]["raised"] >= 3
+    assert (run_dir / "reports" / f"annual-金昌市-{year}.xlsx").exists()

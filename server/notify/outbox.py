@@ -138,15 +138,19 @@ class Notifier:
              "queued" if dead is None else "dead", dead))
         return cur.rowcount if dead is None else 0
 
-    def enqueue(self, recipient: str, subject: str, body: str, now: float | None = None) -> None:
-        """Queue an arbitrary message (e.g. a report) through the same durable path."""
+    def enqueue(self, recipient: str, subject: str, body: str, now: float | None = None, key: str | None = None) -> bool:
+        """Queue an arbitrary message (e.g. a report) through the same durable path. With `key`, the message is
+        queued at most once per (key, recipient), however often this is called: False if it was already."""
         now = self.clock() if now is None else now
+        if key is None:
+            msg_id = f"<greenmine.m{now:.6f}.{hashlib.sha256((recipient + subject + body).encode()).hexdigest()[:12]}@greenmine>"
+        else:
+            msg_id = f"<greenmine.{hashlib.sha256(f'{key}|{recipient}'.encode()).hexdigest()[:20]}.k@greenmine>"
         with self._tx("queue a message"):
-            self.db.execute(
-                "INSERT INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, next_attempt_ts) "
-                "VALUES (?,?,?,?,?,?,?)", (now, recipient, subject, body,
-                                          f"<greenmine.m{now:.6f}.{hashlib.sha256((recipient + subject + body).encode()).hexdigest()[:12]}@greenmine>",
-                                          "[]", now))
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO email_outbox (created_ts, recipient, subject, body, message_id, event_ids, "
+                "next_attempt_ts) VALUES (?,?,?,?,?,?,?)", (now, recipient, subject, body, msg_id, "[]", now))
+            return cur.rowcount == 1
 
     # --- outbox -> relay ----------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The green-mine supervision database (registry, list history, spot checks, rectifications) and its reports."""
