@@ -14,6 +14,7 @@ instances can live in one process, as the tests run them.
     greenmine_spool_depth_batches / _readings / _bytes   waiting for the store
     greenmine_spool_full                                 1 while ingest is not acknowledging (full policy: block)
     greenmine_mqtt_connected
+    greenmine_thread_crashes_total{thread}               supervised threads that died (restarted, or the process exits)
     greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
     greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
     greenmine_hj212_connects_total{point}                links made to the platform
@@ -58,6 +59,8 @@ class Metrics:
         self.spool_full = Gauge("greenmine_spool_full", "1 while the spool is full and ingest stops acknowledging", registry=r)
         self.mqtt_connected = Gauge("greenmine_mqtt_connected", "1 while connected to the broker", registry=r)
         self.agent_online = Gauge("greenmine_agent_online", "1 online, 0 offline, per agent", ["site", "agent"], registry=r)
+        self.thread_crashes = Counter("greenmine_thread_crashes", "supervised threads that died, by thread", ["thread"],
+                                      registry=r)
         for result in ("accepted", "rejected"):
             self.messages.labels(result)
         for reason in REASONS:

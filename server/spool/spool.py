@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from greenmine import sqlite as state
-from greenmine.server.errors import SpoolError
+from greenmine.server.errors import SpoolError, SpoolRejected
 from greenmine.server.spool.agents import SCHEMA as _AGENTS_SCHEMA
 from greenmine.server.spool.agents import AgentInfo, AgentStates, AgentTable
 from greenmine.server.spool.batches import SCHEMA as _QUEUE_SCHEMA
@@ -138,13 +138,20 @@ class Spool:
 
     @contextlib.contextmanager
     def _transaction(self, con: sqlite3.Connection, what: str):
-        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError, also for
-        a value SQLite cannot hold (greenmine.sqlite maps every failure channel)."""
+        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError for every
+        failure: SpoolRejected for data that cannot be stored (a value SQLite cannot hold, a constraint, or any
+        other exception inside the transaction, e.g. a str that cannot be encoded), so retrying it is pointless;
+        plain SpoolError for the file (full, locked, I/O, damaged), where a retry may succeed."""
+        where = f"spool {self.path}: {what}"
         try:
-            with state.transaction(con, f"spool {self.path}: {what}", lock=self._wlock):
+            with state.transaction(con, where, lock=self._wlock):
                 yield con
+        except state.StateRejected as exc:
+            raise SpoolRejected(str(exc)) from exc
         except state.StateError as exc:
             raise SpoolError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - rolled back; never let one value kill the thread that commits
+            raise SpoolRejected(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         if self.queue is not None:

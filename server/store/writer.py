@@ -36,6 +36,7 @@ from greenmine.server.spool.batches import SpooledBatch
 from greenmine.server.spool.deadletter import STORE_REJECTED, DeadLetter
 from greenmine.server.spool.spool import SpoolStage
 from greenmine.server.store.base import Sink, StoredReading
+from greenmine.supervisor import Policy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ class Writer:
         cfg: IngestConfig,
         *,
         clock: Callable[[], float] = time.time,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        """`cfg`: the `ingest` section, whose `writer_*` options are the writer's."""
+        """`cfg`: the `ingest` section, whose `writer_*` options are the writer's. The thread is supervised with
+        policy `restart` (it keeps nothing but the spool file, so a fresh start loses nothing)."""
         self.spool = spool
         self.sink = sink
         self.metrics = metrics
@@ -64,7 +67,8 @@ class Writer:
         self._draining = False
         self._deadline = float("inf")
         self._failures = 0
-        self._thread = threading.Thread(target=self._run, name="greenmine-writer")
+        self.supervisor = supervisor or Supervisor(log)
+        self._thread = self.supervisor.thread("writer", self._run, policy=Policy.RESTART)
 
     @property
     def store_ok(self) -> bool:
