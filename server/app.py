@@ -126,7 +126,7 @@ class App:
         self.sink = sink if sink is not None else open_sink(
             cfg.store, resolve=cfg.resolve, site_timezones={s.id: s.timezone for s in cfg.sites})
         self.metrics = Metrics(self.sink.name)
-        self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full)
+        self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full, self.spool.queue.retained)
         self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
         self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection)
         self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
@@ -187,6 +187,7 @@ class App:
                 "spool_readings": readings,
                 "spool_bytes": nbytes,
                 "spool_full": full,
+                "spool_retained_batches": self.spool.queue.retained()[0],
             })
         if self.monitor is not None:
             doc["monitor_connected"] = self.monitor.connected

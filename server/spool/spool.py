@@ -59,6 +59,7 @@ class SpoolStage(Protocol):
 
     def commit(self, entries: Sequence[SpoolEntry], dead: Sequence[DeadLetter] = (), infos: Sequence[AgentInfo] = ()) -> None: ...
     def delete(self, batches: Sequence[SpooledBatch], dead: Sequence[DeadLetter] = ()) -> None: ...
+    def prune(self, upto_id: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -126,6 +127,14 @@ class Spool:
             self.agents.save(con, infos)
         if entries:
             self.queue.inserted(entries)
+
+    def prune(self, upto_id: int) -> None:
+        """Delete the retained batches up to `upto_id`, whose durability window has passed. Raises SpoolError."""
+        if upto_id <= 0:
+            return
+        with self._transaction(self._out, "prune") as con:
+            self.queue.prune(con, upto_id)
+        self.queue.pruned(upto_id)
 
     def delete(self, batches: Sequence[SpooledBatch], dead: Sequence[DeadLetter] = ()) -> None:
         """Remove batches the store has taken (and record dead letters for any it refused). Raises SpoolError."""

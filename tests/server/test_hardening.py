@@ -219,3 +219,37 @@ def test_a_monitor_consumer_that_dies_is_fatal_and_fails_health(tmp_path, mosqui
         assert app.metrics.value("greenmine_thread_crashes_total", thread="monitor-consumer") == 1
     finally:
         app.stop()
+
+
+def _vm_timestamps(vm) -> int:
+    """Distinct (series, timestamp) samples of power_kw in VictoriaMetrics (a re-sent sample counts once)."""
+    return sum(len(set(s["timestamps"])) for s in vm.export('{__name__="power_kw_value"}'))
+
+
+def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path, mosquitto, victoria_dedup, publisher):
+    """Defect 9: VictoriaMetrics holds the last -inmemoryDataFlushInterval (5 s) of acknowledged writes in memory;
+    SIGKILL lost them after the spool had deleted them. Now they stay in the spool for the durability window,
+    and the writer sees the store's new start time and writes them again."""
+    from tests.server.conftest import make_config
+
+    window_s = 8.0  # above VictoriaMetrics' default -inmemoryDataFlushInterval of 5 s
+    cfg = make_config(tmp_path, mosquitto.port, store={"kind": "influxdb", "url": victoria_dedup.url, "timeout_ms": 1000},
+                      store_durability_window_s=window_s)
+    n, messages = 20, 30
+    with running(cfg) as app:
+        m = app.metrics
+        wait_for(lambda: app.writer.store_started_at is not None, 10, what="the writer knows the store's start time")
+        for seq in range(messages):
+            publisher.publish(topic(), dumps(batch(seq, n=n)))
+        wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == messages * n, 10,
+                 what="every reading acknowledged by the store")
+        assert app.spool.queue.depth()[0] == 0 and app.spool.queue.retained()[0] == messages
+        victoria_dedup.stop(kill=True)  # SIGKILL before its in-memory data is flushed
+        victoria_dedup.start()
+        wait_for(lambda: m.value("greenmine_store_restarts_total", sink="influxdb") == 1, 15, what="the restart seen")
+        wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == 2 * messages * n, 10,
+                 what="the window written again")
+        assert _vm_timestamps(victoria_dedup) == messages * n
+        # after the window the retained batches go: the spool does not grow
+        wait_for(lambda: app.spool.queue.retained()[0] == 0, window_s + 5, what="the window pruned")
+        assert app.spool.queue.depth()[0] == 0
