@@ -30,6 +30,12 @@ class DeviceState(str, Enum):
 Text = Annotated[str, Field(pattern=r"^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$")]
 
 
+def clean_text(text: str, max_length: int) -> str:
+    """`text` as a `Text` field takes it: each control, format or separator character a space, cut to length
+    (for a sender composing a status from an exception's message)."""
+    return "".join(c if c.isprintable() else " " for c in text[:max_length])
+
+
 class DeviceStatus(_Wire):
     device: Identifier
     state: DeviceState
