@@ -32,6 +32,7 @@ from greenmine.agent.metrics import AgentMetrics
 from greenmine.agent.planner import ReadRequest
 from greenmine.backoff import Backoff
 from greenmine.schemas import DeviceState, DeviceStatus, Reading
+from greenmine.schemas.status import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class DevicePoller:
 
     def status(self) -> DeviceStatus:
         return DeviceStatus(device=self.dev.name, state=self.state, since=self.since,
-                            last_error=(self.last_error or None) and self.last_error[:500])
+                            last_error=(self.last_error or None) and clean_text(self.last_error, 500))
 
     async def poll(self, group: str, ts: datetime) -> list[Reading]:
         """One poll of `group`, stamped `ts`. Returns the readings taken (none while backed off)."""

@@ -22,6 +22,8 @@ class WireRejectReason(str, Enum):
     EMPTY_BATCH = "empty_batch"
     INVALID = "invalid"
     UNKNOWN_SITE = "unknown_site"
+    TOO_OLD = "too_old"
+    TOO_DEEP = "too_deep"
 
 
 class WireError(ValueError):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from typing import Annotated
 
-from greenmine.schemas.telemetry import Identifier, _Wire
+from pydantic import Field
+
+from greenmine.schemas.telemetry import Count, Identifier, Timestamp, _Wire
 
 STATUS_SCHEMA_V1 = "greenmine.status.v1"
 
@@ -23,11 +25,22 @@ class DeviceState(str, Enum):
     UNKNOWN = "unknown"
 
 
+#: Free text an agent reports (an error message, a version): any printable character. No control, format
+#: or line/paragraph separator character: it reaches logs, the console and emails.
+Text = Annotated[str, Field(pattern=r"^[^\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$")]
+
+
+def clean_text(text: str, max_length: int) -> str:
+    """`text` as a `Text` field takes it: each control, format or separator character a space, cut to length
+    (for a sender composing a status from an exception's message)."""
+    return "".join(c if c.isprintable() else " " for c in text[:max_length])
+
+
 class DeviceStatus(_Wire):
     device: Identifier
     state: DeviceState
-    since: AwareDatetime | None = None
-    last_error: str | None = Field(default=None, max_length=500)
+    since: Timestamp | None = None
+    last_error: Text | None = Field(default=None, max_length=500)
 
 
 class CounterWidth(_Wire):
@@ -51,14 +64,15 @@ class AgentStatus(_Wire):
     site: Identifier
     agent: Identifier
     state: AgentState
-    ts: AwareDatetime = Field(description="when this status was produced")
-    version: str | None = Field(default=None, max_length=64)
-    config_hash: str | None = Field(default=None, max_length=128)
-    outbox_depth: int | None = Field(default=None, ge=0, description="batches waiting in the outbox")
-    outbox_bytes: int | None = Field(default=None, ge=0)
-    dropped_batches: int | None = Field(default=None, ge=0, description="batches dropped by the outbox bound, ever")
-    dropped_readings: int | None = Field(default=None, ge=0)
-    devices: list[DeviceStatus] = Field(default_factory=list)
+    ts: Timestamp = Field(description="when this status was produced")
+    version: Text | None = Field(default=None, max_length=64)
+    config_hash: Text | None = Field(default=None, max_length=128)
+    # counters are 0 to 2^63-1: the server keeps them in SQLite INTEGER columns
+    outbox_depth: Count | None = Field(default=None, description="batches waiting in the outbox")
+    outbox_bytes: Count | None = Field(default=None)
+    dropped_batches: Count | None = Field(default=None, description="batches dropped by the outbox bound, ever")
+    dropped_readings: Count | None = Field(default=None)
+    devices: list[DeviceStatus] = Field(default_factory=list, max_length=10_000)
     # Optional, added within v1: absent from older agents' messages (and from the will). Servers before
     # it reject a status that carries it (extra="forbid"): upgrade the servers before the agents.
     counters: list[CounterWidth] | None = Field(

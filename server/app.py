@@ -33,6 +33,13 @@ SIGINT, shuts down gracefully. For ingest:
 The monitor and uplink stop consuming and leave what they had not committed
 unacknowledged in their sessions.
 
+Threads are supervised (`greenmine.supervisor`): a thread that dies is logged,
+counted in `greenmine_thread_crashes_total{thread}` and shown by `/health`
+(`threads`). The writer is restarted; the ingest thread and the monitor's and
+uplink's consumers are fatal (they hold received, unacknowledged messages that
+only a new session gets back): `/health` answers 503 and `run` stops and
+returns 70, so that systemd (`Restart=on-failure`) restarts the process.
+
 Time: `App(cfg, clock=...)` takes "now" (epoch seconds) from `clock` for
 ingest's future-timestamp check, the writer's dead letters, KPI periods, alert
 timing and emails; `run` builds it from the config's `[clock]`. The HJ 212
@@ -57,8 +64,12 @@ from greenmine.server.spool.spool import Spool
 from greenmine.server.store import open_sink
 from greenmine.server.store.base import Sink
 from greenmine.server.store.writer import Writer
+from greenmine.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+#: `server run`'s exit status when a fatal thread died (EX_SOFTWARE)
+EXIT_THREAD_DIED = 70
 
 
 ROLES = ("ingest", "monitor", "uplink", "energy")
@@ -82,6 +93,7 @@ class App:
         self.spool = self.sink = self.ingestor = self.writer = self.mqtt = None
         self.monitor = self.uplink = self.energy = None
         self.agents = AgentRegistry()
+        self.supervisor = Supervisor(log)
         try:
             if "ingest" in self.roles:
                 self._build_ingest(cfg, sink, clock)
@@ -106,6 +118,9 @@ class App:
                 self.metrics.bind_energy(self.energy.service.snapshot, self.energy.service.totals)
             elif "energy" in self.roles and self.roles != set(ROLES):
                 log.warning("server: --role energy, but [energy] has no centres and enterprises: the role does nothing")
+            self.supervisor.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
+            for sup in self._role_supervisors():
+                sup.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
             self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
                                      api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
         except BaseException:
@@ -125,12 +140,13 @@ class App:
         self.sink = sink if sink is not None else open_sink(
             cfg.store, resolve=cfg.resolve, site_timezones={s.id: s.timezone for s in cfg.sites})
         self.metrics = Metrics(self.sink.name)
-        self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full)
+        self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full, self.spool.queue.retained)
         self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
         self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection, resolve=cfg.resolve)
         self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
-                                 queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock)
-        self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock)
+                                 queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock, limits=cfg.wire_limits(),
+                                 supervisor=self.supervisor)
+        self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock, supervisor=self.supervisor)
 
     def ingestor_submit(self, delivery) -> None:
         self.ingestor.submit(delivery)
@@ -141,22 +157,51 @@ class App:
     def _agent_gauge(self, info) -> None:
         self.metrics.agent_online.labels(info.site, info.agent).set(1 if info.online else 0)
 
+    def _role_supervisors(self) -> list[Supervisor]:
+        return [r.consumer.supervisor for r in (self.monitor, self.uplink, self.energy) if r is not None]
+
+    @property
+    def failed(self) -> str | None:
+        """What a fatal thread died of, or None: the process should exit (`run` does)."""
+        for sup in (self.supervisor, *self._role_supervisors()):
+            if sup.failed:
+                return sup.failed
+        return None
+
+    def wait_failed(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a fatal thread to die; True if one has."""
+        if self.supervisor.wait_failed(timeout_s):
+            return True
+        return self.failed is not None
+
     def health(self) -> dict:
         doc: dict = {"roles": sorted(self.roles)}
         ok = True
+        threads: dict = {}
+        for sup in (self.supervisor, *self._role_supervisors()):
+            threads.update(sup.snapshot())
+        if self._started:
+            # every supervised thread runs while the app does; one that is not died (or waits to be restarted)
+            ok = all(t["alive"] for t in threads.values())
+        doc["threads"] = threads
+        if self.failed:
+            doc["failed"] = self.failed
         if self.spool is not None:
             batches, readings, nbytes = self.spool.queue.depth()
             full = self.spool.queue.full()
             mqtt_ok = self.mqtt.connected
-            ok = ok and mqtt_ok and not full
+            spool_ok = self.ingestor.spool_ok
+            ok = ok and mqtt_ok and not full and spool_ok
             doc.update({
                 "mqtt_connected": mqtt_ok,
                 "mqtt_subscribed": self.mqtt.subscribed,
+                "spool_ok": spool_ok,
                 "store_ok": self.writer.store_ok,
                 "spool_batches": batches,
                 "spool_readings": readings,
                 "spool_bytes": nbytes,
                 "spool_full": full,
+                "spool_retained_batches": self.spool.queue.retained()[0],
             })
         if self.monitor is not None:
             doc["monitor_connected"] = self.monitor.connected
@@ -180,6 +225,8 @@ class App:
             out += self.monitor.stalled()
         if self.uplink is not None:
             out += self.uplink.stalled()
+        if self.energy is not None:
+            out += self.energy.stalled()
         if self.http is not None and not self.http.alive:
             out.append("HTTP endpoint")
         return out
@@ -266,7 +313,11 @@ def run(cfg: ServerConfig, *, roles: Iterable[str] = ROLES, sites: list[str] | N
     watchdog = Watchdog(notifier, app.stalled)
     notifier.ready("running " + ", ".join(r for r in ROLES if r in app.roles))
     try:
-        while not stop.wait(min(watchdog.interval_s or 1.0, 1.0)):
+        while not stop.is_set():
+            if app.wait_failed(min(watchdog.interval_s or 1.0, 1.0)):
+                log.critical("server: %s; stopping with exit status %d so that the process is restarted",
+                             app.failed, EXIT_THREAD_DIED)
+                return EXIT_THREAD_DIED
             watchdog.tick()
     finally:
         notifier.stopping()

@@ -77,6 +77,12 @@ class IngestConfig(ConfigModel):
     max_payload_bytes: int = Field(default=512 * 1024, ge=1024, description="larger payloads are rejected as oversize")
     max_readings_per_batch: int = Field(default=10_000, ge=1, description="more readings in one batch are rejected as oversize")
     max_future_skew_s: float = Field(default=300.0, ge=0, description="readings further in the future are rejected")
+    max_past_age_s: float | None = Field(
+        default=None, gt=0,
+        description="readings older than this are dead-lettered as too_old; absent: the store's retention "
+        "(store.raw_retention_days, or store.retention_days for influxdb), or no bound if it is not known",
+    )
+    max_json_depth: int = Field(default=16, ge=3, le=1000, description="deeper nesting of JSON arrays and objects is rejected as too_deep, before parsing")
     dead_letter_payload_bytes: int = Field(default=4096, ge=0, description="how much of a rejected payload is kept")
     dead_letter_max_rows: int = Field(default=100_000, ge=100, description="bound on the dead-letter table; the oldest rows are deleted")
     spool_synchronous: Literal["full", "normal"] = Field(
@@ -92,12 +98,22 @@ class IngestConfig(ConfigModel):
     shutdown_flush_timeout_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM, how long to keep draining the spool into the store before exiting"
     )
+    store_durability_window_s: float = Field(
+        default=10.0, ge=0,
+        description="how long a batch stays in the spool after the store acknowledged it, to be re-sent if the "
+        "store restarts meanwhile (VictoriaMetrics keeps the last -inmemoryDataFlushInterval, default 5 s, in "
+        "memory); keep it above the store's flush interval. Not used with the SQLite store (durable at commit)",
+    )
 
 
-    def wire_limits(self) -> WireLimits:
-        """The bounds every consumer of the stream (ingest, monitor, uplink) validates messages with."""
+    def wire_limits(self, store_retention_s: float | None = None) -> WireLimits:
+        """The bounds every consumer of the stream (ingest, monitor, uplink) validates messages with.
+        `store_retention_s`: the store's retention, the bound on a reading's age when max_past_age_s is not set
+        (ServerConfig.wire_limits passes it)."""
+        ages = [a for a in (self.max_past_age_s, store_retention_s) if a is not None]
         return WireLimits(max_payload_bytes=self.max_payload_bytes, max_readings=self.max_readings_per_batch,
-                          max_future_skew_s=self.max_future_skew_s)
+                          max_future_skew_s=self.max_future_skew_s, max_past_age_s=min(ages) if ages else None,
+                          max_depth=self.max_json_depth)
 
 
 class SqliteStoreConfig(ConfigModel):
@@ -117,6 +133,11 @@ class InfluxStoreConfig(ConfigModel):
     precision: Literal["s", "ms"] = Field(default="ms", description="timestamp precision written")
     batch_size: int = Field(default=5000, ge=1, description="lines per write request")
     timeout_ms: int = Field(default=10_000, ge=100, description="write request timeout")
+    retention_days: float | None = Field(
+        default=None, gt=0,
+        description="the bucket's retention (VictoriaMetrics: -retentionPeriod); older readings are dead-lettered as "
+        "too_old instead of being dropped by the store; absent: not known, no bound (unless ingest.max_past_age_s)",
+    )
 
 
 def _citation(default: str, allowed: tuple[str, ...], what: str, note: str = ""):
@@ -246,6 +267,11 @@ class ServerConfig(FileConfig):
             if w.site not in seen:
                 raise ValueError(f'alerts.maintenance[{i}] "{w.site}": not a configured site')
         return self
+
+    def wire_limits(self) -> WireLimits:
+        """The wire bounds of every role: `[ingest]`'s, with the store's retention as the oldest reading kept."""
+        days = self.store.raw_retention_days if isinstance(self.store, SqliteStoreConfig) else self.store.retention_days
+        return self.ingest.wire_limits(None if days is None else days * 86400)
 
     def site(self, site_id: str) -> SiteConfig | None:
         return next((s for s in self.sites if s.id == site_id), None)

@@ -7,6 +7,8 @@ library, with `raise ... from exc`.
      │    ├── StoreUnavailable     transient: retry later (refused, timeout, HTTP 5xx/429, database locked)
      │    └── StoreRejected        permanent for this data: retrying the same write cannot succeed (HTTP 4xx)
      ├── SpoolError                the local spool cannot be opened or written (locked by another process, disk, corrupt)
+     │    └── SpoolRejected        this data cannot be stored (a value out of SQLite's range, a constraint,
+     │                             or any other exception inside the transaction): retrying it cannot succeed
      └── BrokerError               the MQTT client cannot be set up (bad TLS file, refused at start)
 """
 
@@ -38,6 +40,10 @@ class StoreRejected(StoreError):
 
 class SpoolError(ServerError):
     """The durable spool cannot be used."""
+
+
+class SpoolRejected(SpoolError):
+    """The spool cannot store this data; the same transaction will fail again (ingest dead-letters it as poison)."""
 
 
 class BrokerError(ServerError):

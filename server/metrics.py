@@ -13,7 +13,10 @@ instances can live in one process, as the tests run them.
     greenmine_store_up{sink=...}                         0 while writes are failing
     greenmine_spool_depth_batches / _readings / _bytes   waiting for the store
     greenmine_spool_full                                 1 while ingest is not acknowledging (full policy: block)
+    greenmine_spool_retained_batches                     acknowledged by the store, kept for the durability window
+    greenmine_store_restarts_total{sink=...}             store restarts seen; the durability window was written again
     greenmine_mqtt_connected
+    greenmine_thread_crashes_total{thread}               supervised threads that died (restarted, or the process exits)
     greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
     greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
     greenmine_hj212_connects_total{point}                links made to the platform
@@ -59,19 +62,28 @@ class Metrics:
         self.spool_readings = Gauge("greenmine_spool_depth_readings", "readings in the spool", registry=r)
         self.spool_bytes = Gauge("greenmine_spool_depth_bytes", "bytes of batch bodies in the spool", registry=r)
         self.spool_full = Gauge("greenmine_spool_full", "1 while the spool is full and ingest stops acknowledging", registry=r)
+        self.spool_retained = Gauge("greenmine_spool_retained_batches",
+                                    "batches the store acknowledged, kept for the durability window", registry=r)
+        self.store_restarts = Counter("greenmine_store_restarts", "store restarts seen (the durability window is "
+                                      "written again)", ["sink"], registry=r)
         self.mqtt_connected = Gauge("greenmine_mqtt_connected", "1 while connected to the broker", registry=r)
         self.agent_online = Gauge("greenmine_agent_online", "1 online, 0 offline, per agent", ["site", "agent"], registry=r)
+        self.thread_crashes = Counter("greenmine_thread_crashes", "supervised threads that died, by thread", ["thread"],
+                                      registry=r)
         for result in ("accepted", "rejected"):
             self.messages.labels(result)
         for reason in REASONS:
             self.rejected.labels(reason)
         self.written.labels(sink_name)
+        self.store_restarts.labels(sink_name)
         self.write_seconds.labels(sink_name)
         self.store_up.labels(sink_name).set(1)
         for kind in ("unavailable", "rejected"):
             self.write_errors.labels(sink_name, kind)
 
-    def bind_spool(self, depth: Callable[[], tuple[int, int, int]], full: Callable[[], bool]) -> None:
+    def bind_spool(self, depth: Callable[[], tuple[int, int, int]], full: Callable[[], bool],
+                   retained: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)) -> None:
+        self.spool_retained.set_function(lambda: retained()[0])
         self.spool_batches.set_function(lambda: depth()[0])
         self.spool_readings.set_function(lambda: depth()[1])
         self.spool_bytes.set_function(lambda: depth()[2])

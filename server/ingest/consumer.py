@@ -23,6 +23,10 @@ sites it serves) and receive exactly what the agents published:
   letters are ingest's job, and ingest sees the same message.
 - A handler that raises is retried with back-off, holding the group
   unacknowledged, so a full disk never loses a message.
+- The thread is supervised (`greenmine.supervisor`, policy `fatal`, on
+  `self.supervisor`): if it dies anyway, the crash is logged and counted, and
+  the process reports itself failed and exits non-zero (a new session gets the
+  unacknowledged group back; a restarted thread would not).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from greenmine.schemas import (
 )
 from greenmine.server.config import ServerMqttConfig
 from greenmine.server.ingest.mqtt import Delivery, MqttSubscriber
+from greenmine.supervisor import Policy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,7 @@ class StreamConsumer:
         clock: Callable[[], float] = time.time,
         name: str = "consumer",
         resolve: Callable[[str], object] = str,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -95,7 +101,8 @@ class StreamConsumer:
         self.messages = 0
         self._q: queue.Queue[Delivery] = queue.Queue(maxsize=mqtt.receive_maximum + 1000)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = None
+        self.supervisor = supervisor or Supervisor(log)
         self._latch = Latch(log)
         self.mqtt = MqttSubscriber(mqtt, self._submit, handler.on_connection, client_id=client_id,
                                    subscriptions=subscriptions_for(sites), resolve=resolve)
@@ -118,7 +125,7 @@ class StreamConsumer:
         return out + ([] if self.mqtt.alive else [f"{self.name} (MQTT network thread)"])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"greenmine-{self.name}", daemon=True)
+        self._thread = self.supervisor.thread(f"{self.name}-consumer", self._run, policy=Policy.FATAL, daemon=True)
         self._thread.start()
         self.mqtt.start()
 

@@ -10,7 +10,17 @@ broker's session, to be redelivered.
 
 Nothing a publisher sends can stop this thread: every failure of validation
 becomes a dead letter with a reason, and an unexpected exception in
-validation is caught and dead-lettered as `invalid` too.
+validation is caught and dead-lettered as `invalid` too. A group whose commit
+the spool refuses for its data (`SpoolRejected`: a value SQLite cannot hold,
+or any other exception inside the transaction) is committed again one message
+at a time; a message that fails again alone (its second failure) is
+dead-lettered as `poison` and the rest are spooled. A failure of the file
+itself (disk full, locked, I/O) holds the group unacknowledged and retries.
+
+The thread is supervised (`greenmine.supervisor`, policy `fatal`): if it dies
+anyway, the crash is logged and counted, `/health` fails and `server run`
+exits non-zero, so that systemd restarts the process and the broker
+redelivers what this one had received but not acknowledged.
 
 The queue is bounded (receive maximum + slack). The broker never has more
 than `receive_maximum` unacknowledged messages out to us, so it does not
@@ -35,19 +45,21 @@ from greenmine.latch import Latch
 from greenmine.schemas import (
     TopicKind,
     WireError,
+    WireLimits,
     WireRejectReason,
     parse_status,
     parse_topic,
 )
 from greenmine.schemas.status import AgentStatus
 from greenmine.server.config import IngestConfig, UnknownSitePolicy
-from greenmine.server.errors import SpoolError
+from greenmine.server.errors import SpoolError, SpoolRejected
+from greenmine.supervisor import Policy, Supervisor
 from greenmine.server.ingest.mqtt import Delivery
 from greenmine.server.ingest.validation import check_topic, validate_telemetry
 from greenmine.server.metrics import Metrics
 from greenmine.server.spool.agents import AgentInfo, AgentRegistry
 from greenmine.server.spool.batches import SpoolEntry, pack_readings
-from greenmine.server.spool.deadletter import DeadLetter
+from greenmine.server.spool.deadletter import POISON, DeadLetter
 from greenmine.server.spool.spool import SpoolStage
 
 log = logging.getLogger(__name__)
@@ -67,9 +79,13 @@ class Ingestor:
         *,
         queue_size: int,
         clock: Callable[[], float] = time.time,
+        limits: WireLimits | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        """`sites`: the configured site ids; `queue_size`: the most deliveries held before paho's thread waits."""
-        self.limits = cfg.wire_limits()
+        """`sites`: the configured site ids; `queue_size`: the most deliveries held before paho's thread waits;
+        `limits`: the wire bounds (default `cfg.wire_limits()`; the app passes the server config's, which know the
+        store's retention); `supervisor`: the process's (default: one of its own)."""
+        self.limits = limits or cfg.wire_limits()
         self._spool_latch = Latch(log)
         self.sites = frozenset(sites)
         self.accept_unknown = cfg.unknown_site is UnknownSitePolicy.ACCEPT
@@ -84,7 +100,13 @@ class Ingestor:
         self._abort = False
         self._warned: set[str] = set()
         self._topics: dict = {}  # topic string -> parsed Topic (valid ones only)
-        self._thread = threading.Thread(target=self._run, name="greenmine-ingest")
+        self.supervisor = supervisor or Supervisor(log)
+        self._thread = self.supervisor.thread("ingest", self._run, policy=Policy.FATAL)
+
+    @property
+    def spool_ok(self) -> bool:
+        """False while spool commits are failing (the group is held unacknowledged meanwhile)."""
+        return not self._spool_latch.failing
 
     # --- paho thread -------------------------------------------------------
 
@@ -182,20 +204,18 @@ class Ingestor:
         now_ms = int(self._clock() * 1000)
         pending: dict = {}  # agent states prepared earlier in this group
         outs = [self.classify(d, now_ms, pending) for d in group]
-        entries: list[SpoolEntry] = []
-        dead: list[DeadLetter] = []
-        infos: list[AgentInfo] = []
-        for out in outs:
-            if isinstance(out, SpoolEntry):
-                entries.append(out)
-            elif isinstance(out, AgentInfo):
-                infos.append(out)
-            else:
-                dead.append(out)
-        if entries and not self._wait_for_room():
+        if any(isinstance(out, SpoolEntry) for out in outs) and not self._wait_for_room():
             return  # aborted while full: nothing acknowledged, the broker keeps the messages
-        if not self._commit(entries, dead, infos):
-            return
+        try:
+            if not self._commit(outs):
+                return
+        except SpoolRejected as exc:
+            outs = self._isolate(group, outs, exc, now_ms)
+            if outs is None:
+                return
+        entries = [o for o in outs if isinstance(o, SpoolEntry)]
+        infos = [o for o in outs if isinstance(o, AgentInfo)]
+        dead = [o for o in outs if isinstance(o, DeadLetter)]
         self.agents.applied(infos)
         m = self.metrics
         if entries or infos:
@@ -222,15 +242,46 @@ class Ingestor:
         log.info("ingest: spool has room again; acknowledging")
         return True
 
-    def _commit(self, entries, dead, infos) -> bool:
+    def _commit(self, outs: list) -> bool:
+        """Commit one group in one transaction. False: stopped while the spool was failing (nothing committed).
+        Raises SpoolRejected when the data itself cannot be stored (retrying the same group cannot help)."""
+        entries = [o for o in outs if isinstance(o, SpoolEntry)]
+        infos = [o for o in outs if isinstance(o, AgentInfo)]
+        dead = [o for o in outs if isinstance(o, DeadLetter)]
         backoff = Backoff(0.1, 5.0)
         while True:
             try:
                 self.spool.commit(entries, dead, infos)
                 self._spool_latch.ok("ingest: spool writable again")
                 return True
+            except SpoolRejected:
+                raise
             except SpoolError as exc:
                 self._spool_latch.fail("ingest: %s; holding messages unacknowledged and retrying", exc)
                 if self._abort or self._stopping:
                     return False
                 time.sleep(backoff.next())  # a disk problem: the broker keeps the messages meanwhile
+
+    def _isolate(self, group: list[Delivery], outs: list, exc: SpoolRejected, now_ms: int) -> list | None:
+        """The group's commit was refused for its data: commit each message alone, and dead-letter as `poison`
+        a message whose commit fails again. Returns what was committed, in order (None: stopped)."""
+        log.warning("ingest: the spool refused a group of %d messages (%s); committing them one at a time", len(group), exc)
+        done = []
+        for d, out in zip(group, outs):
+            try:
+                if not self._commit([out]):
+                    return None
+            except SpoolRejected as again:
+                log.error("ingest: a message on %s cannot be stored (%s); dead-lettered as %s", d.topic, again, POISON)
+                # the topic is made printable ASCII: it is the one field of the letter that came from the wire
+                topic = d.topic.encode("ascii", "backslashreplace").decode("ascii")
+                out = self.spool.dead_letters.letter(topic, d.payload, POISON, str(again), now_ms)
+                try:
+                    if not self._commit([out]):
+                        return None
+                except SpoolRejected as last:  # pragma: no cover - a dead letter is bytes and ASCII text
+                    log.error("ingest: cannot even dead-letter a message on %r (%s); dropped", topic, last)
+                    self.metrics.rejected.labels(POISON).inc()
+                    continue
+            done.append(out)
+        return done

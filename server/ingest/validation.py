@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from greenmine.schemas import TelemetryBatch, WireError, WireLimits, WireRejectReason, parse_telemetry
+from greenmine.schemas.telemetry import INT64_MAX
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
@@ -32,6 +33,12 @@ def validate_telemetry(site: str, agent: str, payload: bytes, limits: WireLimits
     return batch.seq, reading_rows(batch)
 
 
+def _storable(value: int | float) -> int | float:
+    """A value every store can bind: a uint64 counter above 2^63-1 becomes its nearest float64 (SQLite's
+    INTEGER is signed 64-bit, and the stores keep values as float64 anyway)."""
+    return value if type(value) is float or value <= INT64_MAX else float(value)
+
+
 def reading_rows(batch: TelemetryBatch) -> list[tuple]:
     """A valid batch's readings as plain tuples in StoredReading's field order (site, agent, device, metric,
     ts_ms, value, unit, quality): what the spool stores, and what the monitor and uplink roles keep."""
@@ -39,6 +46,6 @@ def reading_rows(batch: TelemetryBatch) -> list[tuple]:
     ms: dict[datetime, int] = {}  # the readings of one poll share a timestamp: convert it once
     return [
         (site, agent, r.device, r.metric, ms[r.ts] if r.ts in ms else ms.setdefault(r.ts, (r.ts - _EPOCH) // _MS),
-         r.value, r.unit, r.quality.value)
+         _storable(r.value), r.unit, r.quality.value)
         for r in batch.readings
     ]

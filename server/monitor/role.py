@@ -52,7 +52,7 @@ class MonitorRole:
         self.api = AlertsApi(self.monitor.alerts)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS
         self.consumer = StreamConsumer(
-            cfg.mqtt, cfg.ingest.wire_limits(), self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
+            cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
             accept=self.site_ids.__contains__, clock=clock, name="monitor", resolve=cfg.resolve,
         )
         self._lock = threading.Lock()

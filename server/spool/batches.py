@@ -6,7 +6,17 @@ The `spool` table holds each batch as a pickled list of reading rows
 them only after the store has taken them. So a reading is always in the
 broker, the spool or the store.
 
-Bound: `max_bytes` counts the stored batch bodies. When the queue is full the
+Durability window: a store may acknowledge a write it has not yet made
+durable (VictoriaMetrics keeps the last seconds in memory). So with such a
+store the writer does not delete what it wrote at once: `written(batches, t)`
+marks them as *retained* (in memory: every batch up to an id), `expired(t)`
+names the retained ones whose window has passed, which the spool then deletes,
+and `requeue()` hands every retained batch to the writer again (the store
+restarted). The rows themselves are unchanged, so after a crash of this
+process every row is pending again and is re-sent: the store's idempotent
+writes absorb it.
+
+Bound: `max_bytes` counts the stored batch bodies, retained ones too. When the queue is full the
 ingest thread waits for room and stops acknowledging (full policy `block`):
 messages stay in the broker's session, the broker stops sending once
 `receive_maximum` are unacknowledged, and nothing is dropped here.
@@ -20,6 +30,7 @@ import json
 import pickle
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -93,11 +104,15 @@ class Queue(Protocol):
     max_bytes: int
 
     def depth(self) -> tuple[int, int, int]: ...
+    def retained(self) -> tuple[int, int, int]: ...
     def full(self) -> bool: ...
     def wait_for_room(self, timeout_s: float) -> bool: ...
     def wait_for_data(self, timeout_s: float) -> bool: ...
     def wake(self) -> None: ...
     def peek(self, max_readings: int) -> list[SpooledBatch]: ...
+    def written(self, batches: Sequence[SpooledBatch], written_ms: int) -> None: ...
+    def expired(self, cutoff_ms: int) -> int: ...
+    def requeue(self) -> int: ...
 
 
 class BatchQueue:
@@ -111,6 +126,11 @@ class BatchQueue:
         self._closed = False
         row = reader.execute("SELECT count(*), coalesce(sum(n_readings), 0), coalesce(sum(length(body)), 0) FROM spool").fetchone()
         self._batches, self._readings, self._bytes = row
+        # the durability window: batches with id <= _upto were written and are retained; _kept holds
+        # (written_ms, last id, batches, readings, bytes) per write, oldest first
+        self._upto = 0
+        self._kept: deque[tuple[int, int, int, int, int]] = deque()
+        self._kept_totals = (0, 0, 0)
 
     # --- depth -------------------------------------------------------------
 
@@ -119,14 +139,20 @@ class BatchQueue:
         with self._cond:
             return self._batches, self._readings, self._bytes
 
+    def retained(self) -> tuple[int, int, int]:
+        """(batches, readings, body bytes) the store acknowledged, kept for the durability window."""
+        with self._cond:
+            return self._kept_totals
+
     def full(self) -> bool:
         with self._cond:
-            return self._bytes >= self.max_bytes
+            return self._bytes + self._kept_totals[2] >= self.max_bytes
 
     def wait_for_room(self, timeout_s: float) -> bool:
         """Wait until the queue is under its bound. Returns whether it is."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._bytes < self.max_bytes or self._closed, timeout_s) and not self._closed
+            return self._cond.wait_for(lambda: self._bytes + self._kept_totals[2] < self.max_bytes or self._closed,
+                                       timeout_s) and not self._closed
 
     def wait_for_data(self, timeout_s: float) -> bool:
         with self._cond:
@@ -173,6 +199,57 @@ class BatchQueue:
             self._bytes += nbytes
             self._cond.notify_all()
 
+    # --- the durability window (the writer's thread) -----------------------
+
+    def written(self, batches: Sequence[SpooledBatch], written_ms: int) -> None:
+        """The store acknowledged `batches` (the oldest pending ones): retain them instead of deleting them."""
+        if not batches:
+            return
+        n, r, b = len(batches), sum(x.n_readings for x in batches), sum(len(x.body) for x in batches)
+        with self._cond:
+            self._upto = max(self._upto, max(x.id for x in batches))
+            self._kept.append((written_ms, self._upto, n, r, b))
+            kb, kr, kbytes = self._kept_totals
+            self._kept_totals = (kb + n, kr + r, kbytes + b)
+            self._batches -= n
+            self._readings -= r
+            self._bytes -= b
+
+    def expired(self, cutoff_ms: int) -> int:
+        """The highest id of the retained batches written at or before `cutoff_ms` (0: none); `pruned(id)`
+        after the spool deleted them."""
+        with self._cond:
+            last = 0
+            for written_ms, upto, *_ in self._kept:
+                if written_ms > cutoff_ms:
+                    break
+                last = upto
+            return last
+
+    def prune(self, con: sqlite3.Connection, upto_id: int) -> None:
+        con.execute("DELETE FROM spool WHERE id <= ?", (upto_id,))
+
+    def pruned(self, upto_id: int) -> None:
+        with self._cond:
+            while self._kept and self._kept[0][1] <= upto_id:
+                _, _, n, r, b = self._kept.popleft()
+                kb, kr, kbytes = self._kept_totals
+                self._kept_totals = (kb - n, kr - r, kbytes - b)
+            self._cond.notify_all()
+
+    def requeue(self) -> int:
+        """Hand every retained batch to the writer again (the store lost them). Returns how many."""
+        with self._cond:
+            n, r, b = self._kept_totals
+            self._batches += n
+            self._readings += r
+            self._bytes += b
+            self._kept.clear()
+            self._kept_totals = (0, 0, 0)
+            self._upto = 0
+            self._cond.notify_all()
+            return n
+
     # --- the writer's reads ------------------------------------------------
 
     def peek(self, max_readings: int) -> list[SpooledBatch]:
@@ -181,7 +258,8 @@ class BatchQueue:
         total = 0
         try:
             cur = self._reader.execute(
-                "SELECT id, site, agent, seq, n_readings, body FROM spool ORDER BY id LIMIT ?", (max(1, max_readings),),
+                "SELECT id, site, agent, seq, n_readings, body FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (self._upto, max(1, max_readings)),
             )
             for row in cur:
                 if out and total + row[4] > max_readings:

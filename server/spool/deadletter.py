@@ -19,8 +19,11 @@ from greenmine.schemas import WireRejectReason
 #: A batch the store itself refused (HTTP 4xx); not a wire reason, so it is added here.
 STORE_REJECTED = "store_rejected"
 
+#: A message that passed validation but cannot be committed to the spool (it failed in its group, then alone).
+POISON = "poison"
+
 #: every reason label, pre-registered on the metric so each shows as 0 before it first happens
-REASONS = tuple(r.value for r in WireRejectReason) + (STORE_REJECTED,)
+REASONS = tuple(r.value for r in WireRejectReason) + (STORE_REJECTED, POISON)
 
 _DETAIL_MAX = 500
 

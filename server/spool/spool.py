@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from greenmine import sqlite as state
-from greenmine.server.errors import SpoolError
+from greenmine.server.errors import SpoolError, SpoolRejected
 from greenmine.server.spool.agents import SCHEMA as _AGENTS_SCHEMA
 from greenmine.server.spool.agents import AgentInfo, AgentStates, AgentTable
 from greenmine.server.spool.batches import SCHEMA as _QUEUE_SCHEMA
@@ -59,6 +59,7 @@ class SpoolStage(Protocol):
 
     def commit(self, entries: Sequence[SpoolEntry], dead: Sequence[DeadLetter] = (), infos: Sequence[AgentInfo] = ()) -> None: ...
     def delete(self, batches: Sequence[SpooledBatch], dead: Sequence[DeadLetter] = ()) -> None: ...
+    def prune(self, upto_id: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -127,6 +128,14 @@ class Spool:
         if entries:
             self.queue.inserted(entries)
 
+    def prune(self, upto_id: int) -> None:
+        """Delete the retained batches up to `upto_id`, whose durability window has passed. Raises SpoolError."""
+        if upto_id <= 0:
+            return
+        with self._transaction(self._out, "prune") as con:
+            self.queue.prune(con, upto_id)
+        self.queue.pruned(upto_id)
+
     def delete(self, batches: Sequence[SpooledBatch], dead: Sequence[DeadLetter] = ()) -> None:
         """Remove batches the store has taken (and record dead letters for any it refused). Raises SpoolError."""
         if not batches:
@@ -138,13 +147,20 @@ class Spool:
 
     @contextlib.contextmanager
     def _transaction(self, con: sqlite3.Connection, what: str):
-        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError, also for
-        a value SQLite cannot hold (greenmine.sqlite maps every failure channel)."""
+        """One write transaction (commits and deletes take turns on the thread lock). Raises SpoolError for every
+        failure: SpoolRejected for data that cannot be stored (a value SQLite cannot hold, a constraint, or any
+        other exception inside the transaction, e.g. a str that cannot be encoded), so retrying it is pointless;
+        plain SpoolError for the file (full, locked, I/O, damaged), where a retry may succeed."""
+        where = f"spool {self.path}: {what}"
         try:
-            with state.transaction(con, f"spool {self.path}: {what}", lock=self._wlock):
+            with state.transaction(con, where, lock=self._wlock):
                 yield con
+        except state.StateRejected as exc:
+            raise SpoolRejected(str(exc)) from exc
         except state.StateError as exc:
             raise SpoolError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - rolled back; never let one value kill the thread that commits
+            raise SpoolRejected(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         if self.queue is not None:

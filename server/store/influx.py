@@ -22,6 +22,10 @@ slower. One line per reading:
 - VictoriaMetrics maps this to the metrics `<metric>_value` and
   `<metric>_quality`. It keeps duplicate samples unless started with
   `-dedup.minScrapeInterval=1ms`; run it so (docs/server.md).
+- `started_at()` reads the store's process start time from its Prometheus
+  `/metrics` (`process_start_time_seconds`, or VictoriaMetrics'
+  `vm_app_start_timestamp`), at the URL's origin: the writer's durability
+  window re-sends what the store acknowledged when it changes.
 - Escaping follows influxdb-client's own tables: backslash, comma, space (and
   `=` in tag keys and values) are backslash-escaped, and newline, CR and tab
   become the two-character escapes, so no name can break or inject a line.
@@ -30,6 +34,7 @@ slower. One line per reading:
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Sequence
 
 import urllib3
@@ -104,6 +109,10 @@ class InfluxSink:
         self._wp = WritePrecision.S if precision == "s" else WritePrecision.MS
         # retries=False: the writer owns retries and backoff, so a dead store fails fast here.
         self._client = InfluxDBClient(url=url, token=token, org=org, timeout=timeout_ms, enable_gzip=True, retries=False)
+        origin = urllib.parse.urlsplit(url)
+        self.metrics_url = f"{origin.scheme}://{origin.netloc}/metrics"
+        self._http = urllib3.PoolManager(num_pools=1, timeout=urllib3.Timeout(total=min(timeout_ms, 5000) / 1000), retries=False)
+        self._token = token
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, readings: Sequence[StoredReading]) -> None:
@@ -136,5 +145,28 @@ class InfluxSink:
     def maintain(self) -> int:
         return 0
 
+    def started_at(self) -> float | None:
+        """The store process's start time (epoch seconds), which changes when it restarts; None if it does not
+        report one (no /metrics, or no start-time metric). Raises StoreUnavailable if it cannot be asked now."""
+        headers = {"Authorization": f"Token {self._token}"} if self._token else {}
+        try:
+            r = self._http.request("GET", self.metrics_url, headers=headers, preload_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnavailable(f"influxdb {self.metrics_url}: {exc}") from exc
+        if r.status >= 500 or r.status == 429:
+            raise StoreUnavailable(f"influxdb {self.metrics_url}: HTTP {r.status}")
+        if r.status != 200:
+            return None
+        found: dict[str, float] = {}
+        for line in r.data.decode("utf-8", "replace").splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("process_start_time_seconds", "vm_app_start_timestamp"):
+                try:
+                    found[name] = float(value.split()[0])
+                except (ValueError, IndexError):
+                    continue
+        return found.get("process_start_time_seconds", found.get("vm_app_start_timestamp"))
+
     def close(self) -> None:
         self._client.close()
+        self._http.clear()

@@ -13,6 +13,20 @@ transaction per reading, and a store outage keeps the data in the spool
   writing them one at a time and dead-lettered with reason `store_rejected`,
   so one bad batch cannot block the spool forever.
 
+Durability window (`ingest.store_durability_window_s`, for a sink that can
+tell when its store restarted: `started_at()`, InfluxDB / VictoriaMetrics): a
+store may acknowledge writes it still holds in memory, and lose them if it is
+killed (VictoriaMetrics keeps up to `-inmemoryDataFlushInterval`, default 5 s).
+So batches the store acknowledged stay in the spool (retained) for the window;
+every `_check_s` the writer asks the store for its process start time and
+deletes the retained batches whose window has passed only if the start time
+is the one it saw before they were written. If it changed, the store
+restarted: every retained batch is written again (writes are idempotent, so
+that costs no duplicates) and `greenmine_store_restarts_total` counts it. At
+start, the start time is not known yet, so what a previous run retained is
+written again too. The SQLite store is durable when its commit returns
+(synchronous FULL), so its batches are deleted at once.
+
 Listeners (`add_listener(fn)`) are called on the writer thread with the
 `Sequence[StoredReading]` of every write the store has taken, after the write
 (StoredReading is a NamedTuple: a listener may index its rows). Delivery to
@@ -28,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from greenmine.backoff import Backoff
+from greenmine.latch import Latch
 from greenmine.schemas import telemetry_topic
 from greenmine.server.config import IngestConfig
 from greenmine.server.errors import ServerError, StoreRejected
@@ -36,6 +51,7 @@ from greenmine.server.spool.batches import SpooledBatch
 from greenmine.server.spool.deadletter import STORE_REJECTED, DeadLetter
 from greenmine.server.spool.spool import SpoolStage
 from greenmine.server.store.base import Sink, StoredReading
+from greenmine.supervisor import Policy, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +67,10 @@ class Writer:
         cfg: IngestConfig,
         *,
         clock: Callable[[], float] = time.time,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        """`cfg`: the `ingest` section, whose `writer_*` options are the writer's."""
+        """`cfg`: the `ingest` section, whose `writer_*` options are the writer's. The thread is supervised with
+        policy `restart` (it keeps nothing but the spool file, so a fresh start loses nothing)."""
         self.spool = spool
         self.sink = sink
         self.metrics = metrics
@@ -64,7 +82,20 @@ class Writer:
         self._draining = False
         self._deadline = float("inf")
         self._failures = 0
-        self._thread = threading.Thread(target=self._run, name="greenmine-writer")
+        self._started_at = getattr(sink, "started_at", None)
+        self.window_s = cfg.store_durability_window_s if self._started_at is not None else 0.0
+        self._check_s = min(1.0, max(0.1, self.window_s / 4))
+        self._next_check = 0.0
+        self._store_start: float | None = None  # the store's start time as last seen; None: not yet known
+        self._probe_latch = Latch(log)
+        self._no_start_time = False
+        self.supervisor = supervisor or Supervisor(log)
+        self._thread = self.supervisor.thread("writer", self._run, policy=Policy.RESTART)
+
+    @property
+    def store_started_at(self) -> float | None:
+        """The store's process start time as the writer last saw it (None: not known, or no durability window)."""
+        return self._store_start
 
     @property
     def store_ok(self) -> bool:
@@ -104,6 +135,9 @@ class Writer:
             if interval and time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + interval
                 self._maintain()
+            if self.window_s and time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + self._check_s
+                self._durability()
             try:
                 batches = self.spool.queue.peek(self.batch_readings)
             except ServerError as exc:
@@ -136,9 +170,44 @@ class Writer:
     def _write(self, batches: list[SpooledBatch]) -> None:
         readings = [r for b in batches for r in b.readings()]
         self._store(readings)
-        self.spool.delete(batches)
+        if self.window_s:
+            self.spool.queue.written(batches, int(time.monotonic() * 1000))  # real time, even on a simulated clock
+        else:
+            self.spool.delete(batches)
         self._ok()
         self._notify(readings)
+
+    def _durability(self) -> None:
+        """Delete the retained batches whose window has passed if the store did not restart; else re-send them."""
+        try:
+            start = self._started_at()
+        except Exception as exc:  # noqa: BLE001 - store down: keep everything retained, ask again later
+            self._probe_latch.fail("writer: cannot ask store %s for its start time (%s); keeping acknowledged "
+                                   "batches in the spool", self.sink.name, exc, level=logging.WARNING)
+            return
+        self._probe_latch.ok("writer: store %s answers for its start time again", self.sink.name)
+        q = self.spool.queue
+        if start is None:  # the store does not say when it started: the window alone has to do
+            if not self._no_start_time:
+                self._no_start_time = True
+                log.warning("writer: store %s does not report its start time; acknowledged batches are deleted after "
+                            "%g s without a restart check", self.sink.name, self.window_s)
+        elif start != self._store_start:
+            n = q.requeue()  # the store restarted, or (at our start) we cannot tell whether they survived
+            if self._store_start is not None:
+                self.metrics.store_restarts.labels(self.metrics.sink).inc()
+                log.warning("writer: store %s restarted (start time %s, was %s); writing the %d batches it acknowledged "
+                            "in the last %g s again", self.sink.name, start, self._store_start, n, self.window_s)
+            elif n:
+                log.info("writer: writing the %d batches of the last durability window again", n)
+            self._store_start = start
+            return
+        upto = q.expired(int(time.monotonic() * 1000) - int(self.window_s * 1000))
+        if upto:
+            try:
+                self.spool.prune(upto)
+            except Exception as exc:  # noqa: BLE001 - pruned next time
+                log.debug("writer: cannot prune the spool: %s", exc)
 
     def _store(self, readings: list[StoredReading]) -> None:
         t0 = time.perf_counter()

@@ -38,7 +38,7 @@ class UplinkRole:
                                      retention_days=cfg.uplink.replica_retention_days)
         self.hj212 = Hj212Service(cfg, self.agents, self.replica, client_options=client_options)
         self.sites = frozenset(p.site for p in cfg.hj212)
-        self.consumer = StreamConsumer(cfg.mqtt, cfg.ingest.wire_limits(), self, client_id=cfg.uplink_client_id, sites=self.sites,
+        self.consumer = StreamConsumer(cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.uplink_client_id, sites=self.sites,
                                        accept=self.sites.__contains__, clock=clock, name="uplink", resolve=cfg.resolve)
         self._next_prune = 0.0
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,9 @@ def test_64_bit_counters_stay_exact_to_the_wire(tmp_path, server):
     assert rows["wh_cdab"]["value"] == big
     assert rows["top"]["value"] == 2**64 - 1
     # the wire keeps it a JSON integer, and the schema accepts it back exactly
-    r = Reading(device="m", metric="energy_wh_total", ts="2026-01-01T00:00:00Z", value=rows["wh"]["value"])
+    r = Reading(device="m", metric="energy_wh_total", ts=datetime(2026, 1, 1, tzinfo=timezone.utc), value=rows["wh"]["value"])
     doc = json.loads(r.model_dump_json())
-    assert doc["value"] == big and Reading.model_validate(doc).value == big
+    assert doc["value"] == big and Reading.model_validate_json(r.model_dump_json()).value == big
     out = subprocess.run([sys.executable, "-m", "greenmine", "agent", "read", str(path), "--device", "m"],
                          cwd=REPO, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

@@ -238,3 +238,91 @@ def test_parse_telemetry_fast_path_agrees_with_the_reference_path(i):
 
     ref = outcome(lambda: _parse_slow(payload, limits, NOW))
     assert outcome(lambda: parse_telemetry(payload, limits=limits, now=NOW)) == ref
+
+
+# --- issue 13: strict types, integer bounds, too old, too deep -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload, field, got",
+    [
+        (good_doc(readings=[reading(value="12.5")]), "readings.0.value", "'12.5'"),
+        (good_doc(readings=[reading(value=True)]), "readings.0.value", "True"),
+        (good_doc(seq="7"), "seq", "'7'"),
+        (good_doc(seq=True), "seq", "True"),
+        (good_doc(seq=7.0), "seq", "7.0"),
+        (good_doc(readings=[reading(ts=1795852800)]), "readings.0.ts", "1795852800"),
+        (good_doc(sent_at=1795852800), "sent_at", "1795852800"),
+    ],
+)
+def test_wrong_types_are_not_coerced_and_name_the_field(payload, field, got):
+    """Defect 6: a string, a bool or an epoch integer where the contract says number / ISO timestamp."""
+    err = reject(payload)
+    assert err.reason is R.INVALID, err
+    assert err.detail.startswith(f"{field}: ") and got in err.detail, err.detail
+
+
+def test_integers_are_bounded_to_what_the_stores_hold():
+    """Defect 1: seq 2^63 cannot be an SQLite INTEGER; a uint64 counter value is fine (stored as a float64)."""
+    assert parse_telemetry(json.dumps(good_doc(seq=2**63 - 1)), now=NOW).seq == 2**63 - 1
+    err = reject(good_doc(seq=2**63))
+    assert err.reason is R.INVALID and err.detail.startswith("seq: ")
+    top = parse_telemetry(json.dumps(good_doc(readings=[reading(value=2**64 - 1)])), now=NOW)
+    assert top.readings[0].value == 2**64 - 1  # exact on the wire; the stores keep the nearest float64
+    base = {"schema": "greenmine.status.v1", "site": "gs-demo", "agent": "gw-01", "state": "online",
+            "ts": "2026-11-27T08:00:00Z"}
+    for name in ("outbox_depth", "outbox_bytes", "dropped_batches", "dropped_readings"):
+        assert getattr(parse_status(json.dumps({**base, name: 2**63 - 1})), name) == 2**63 - 1
+        with pytest.raises(WireError) as info:
+            parse_status(json.dumps({**base, name: 2**64}))
+        assert info.value.reason is R.INVALID and info.value.detail.startswith(f"{name}: ")
+        with pytest.raises(WireError) as info:
+            parse_status(json.dumps({**base, name: "3"}))
+        assert info.value.reason is R.INVALID and info.value.detail.startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("text", ["1.0\n2", "a\rb", "x\u2028y", "x\x85y", "\u200ex", "a\x00"])
+def test_status_free_text_has_no_control_or_separator_characters(text):
+    base = {"schema": "greenmine.status.v1", "site": "gs-demo", "agent": "gw-01", "state": "online",
+            "ts": "2026-11-27T08:00:00Z"}
+    for doc in ({**base, "version": text},
+                {**base, "devices": [{"device": "m1", "state": "offline", "last_error": text}]}):
+        with pytest.raises(WireError) as info:
+            parse_status(json.dumps(doc))
+        assert info.value.reason is R.INVALID
+    assert parse_status(json.dumps({**base, "version": "1.2.3 (构建 7)"})).version == "1.2.3 (构建 7)"
+
+
+def test_readings_older_than_the_bound_are_too_old():
+    """Defect 7: a reading from 1900 is refused with its own reason when the store would drop it."""
+    limits = WireLimits(max_past_age_s=400 * 86400)
+    old = good_doc(readings=[reading(), reading(device="m2", ts="1900-01-01T00:00:00Z")])
+    err = reject(old, limits)
+    assert err.reason is R.TOO_OLD and err.detail.startswith("readings.1.ts 1900-01-01")
+    fine = good_doc(readings=[reading(ts=(NOW - timedelta(days=399)).isoformat())])
+    assert parse_telemetry(json.dumps(fine), limits=limits, now=NOW)
+    assert parse_telemetry(json.dumps(old), now=NOW)  # no bound configured: accepted
+    assert reject(good_doc(readings=[reading(ts="0001-01-01T00:00:00Z")]), limits).reason is R.TOO_OLD
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deep_nesting_is_refused_before_parsing(opener):
+    """Defect 8: 200,000 levels is `too_deep`, not a RecursionError; brackets inside strings do not count."""
+    closer = b"]" if opener == b"[" else b"}"
+    deep = opener * 200_000 + b"1" + closer * 200_000
+    err = reject(deep, WireLimits(max_payload_bytes=10**7))
+    assert err.reason is R.TOO_DEEP and "200000" in err.detail
+    with pytest.raises(WireError) as info:
+        parse_status(deep, limits=WireLimits(max_payload_bytes=10**7))
+    assert info.value.reason is R.TOO_DEEP
+    brackets_in_text = good_doc(readings=[reading(unit="[" * 40)])
+    assert reject(brackets_in_text).reason is R.INVALID  # the unit's class, not the depth
+
+
+def test_json_depth_scan():
+    from greenmine.schemas.telemetry import json_depth
+
+    assert json_depth(b"1") == 0
+    assert json_depth(b'{"a": [1, {"b": "[[[\\"[["}]}') == 3
+    assert json_depth('[[["]]]]]]"]]]') == 3
+    assert json_depth(b"") == 0

@@ -47,3 +47,26 @@ def test_agent_states_and_batches_survive_a_reopen_and_rejections_keep_only_thei
         assert spool.dead_letters.counts() == {"not_json": 1}
     finally:
         spool.close()
+
+
+def test_every_exception_of_the_spool_transaction_is_a_spool_error_and_the_file_stays_usable(tmp_path):
+    """Issue 13, defect 1: OverflowError (an int SQLite cannot hold) and UnicodeEncodeError (a lone surrogate)
+    escaped as themselves and killed the ingest thread. Each is SpoolRejected now, nothing is half-written."""
+    import pytest
+
+    from greenmine.server.errors import SpoolRejected
+    from greenmine.server.spool.agents import AgentInfo
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    try:
+        body = pack_readings([("s1", "gw1", "m1", "power_kw", 1, 1.0, "kW", "good")])
+        with pytest.raises(SpoolRejected, match="too large"):
+            spool.commit([SpoolEntry(1, "s1", "gw1", 2**64, 1, body)], [_dead(spool, 1)])
+        info = AgentInfo("s1", "gw1", "online", 1, 1, 1, "v\ud800", None, None, None, None)
+        with pytest.raises(SpoolRejected, match="UnicodeEncodeError"):
+            spool.commit([SpoolEntry(1, "s1", "gw1", 1, 1, body)], [], [info])
+        assert spool.queue.depth() == (0, 0, 0) and spool.dead_letters.counts() == {}  # rolled back
+        spool.commit([SpoolEntry(1, "s1", "gw1", 1, 1, body)])
+        assert spool.queue.depth()[0] == 1
+    finally:
+        spool.close()

@@ -47,7 +47,7 @@ class EnergyRole:
             self.replica.close()
             raise
         self.sites = frozenset(ent.site for ent in e.enterprises)
-        self.consumer = StreamConsumer(cfg.mqtt, cfg.ingest.wire_limits(), self, client_id=cfg.energy_client_id,
+        self.consumer = StreamConsumer(cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.energy_client_id,
                                        sites=self.sites, accept=self.sites.__contains__, clock=clock, name="energy")
         self._next_prune = 0.0
 
@@ -72,6 +72,11 @@ class EnergyRole:
 
     def on_connection(self, up: bool) -> None:
         pass
+
+    def stalled(self) -> list[str]:
+        """Its threads that are not running (for the systemd watchdog and /health)."""
+        dead = [f"energy ({name})" for name in self.service.dead_threads()]
+        return dead + self.consumer.stalled()
 
     def start(self) -> None:
         self.service.start()

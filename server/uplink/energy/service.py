@@ -314,6 +314,10 @@ class EnergyService:
         for t in self._threads:
             t.start()
 
+    def dead_threads(self) -> list[str]:
+        """The names of its started threads that are no longer running."""
+        return [t.name for t in self._threads if not t.is_alive()]
+
     def stop(self) -> None:
         self._stop.set()
         for w in self._wake.values():
