@@ -84,13 +84,24 @@ class Metrics:
                 connects = CounterMetricFamily("greenmine_hj212_connects", "links made to the platform", labels=["point"])
                 queued = GaugeMetricFamily("greenmine_hj212_queued", "messages waiting for a 9014", labels=["point"])
                 connected = GaugeMetricFamily("greenmine_hj212_connected", "1 while linked to the platform", labels=["point"])
+                refused = CounterMetricFamily("greenmine_hj212_commands_refused",
+                                              "platform commands refused with QnRtn=2 (a parameter out of bounds)",
+                                              labels=["point"])
+                dropped = CounterMetricFamily("greenmine_hj212_platform_frames_dropped",
+                                              "frames from the platform dropped unanswered, by reason "
+                                              "(oversize, rate: before parsing; bad_frame: failed to decode)",
+                                              labels=["point", "reason"])
                 for point, c in sorted(snap.items()):
                     for result in ("sent", "acked", "retried", "failed", "dropped", "expired"):
                         packets.add_metric([point, result], c[result])
                     connects.add_metric([point], c["connects"])
                     queued.add_metric([point], c["queued"])
                     connected.add_metric([point], c["connected"])
-                return [packets, connects, queued, connected]
+                    refused.add_metric([point], c.get("refused", 0))
+                    for key, n in c.items():
+                        if key.startswith("platform_dropped:"):
+                            dropped.add_metric([point, key.split(":", 1)[1]], n)
+                return [packets, connects, queued, connected, refused, dropped]
 
         self.registry.register(Collector())
 

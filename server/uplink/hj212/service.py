@@ -292,12 +292,14 @@ class Hj212Service:
         return self.agents.device_state(site, agent, device) != "offline"
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        """Counters per point, plus `queued` and `connected` (for /metrics)."""
+        """Counters per point, plus `queued`, `connected`, `refused` and `platform_dropped:<reason>` (for /metrics)."""
         out = {}
         for name, c in list(self.clients.items()):
             d = {k: getattr(c.metrics, k) for k in COUNTERS}
             d["queued"] = c.metrics.queued
             d["connected"] = 1 if c.connected else 0
+            d["refused"] = c.metrics.refused
+            d.update({f"platform_dropped:{k}": v for k, v in c.metrics.platform_dropped.items()})
             out[name] = d
         return out
 
