@@ -18,6 +18,10 @@ instances can live in one process, as the tests run them.
     greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
     greenmine_hj212_connects_total{point}                links made to the platform
     greenmine_hj212_queued{point}, greenmine_hj212_connected{point}
+    greenmine_hj212_commands_refused_total{point}        platform commands refused (QnRtn=2: a parameter out of bounds)
+    greenmine_hj212_platform_frames_dropped_total{point,reason}   oversize, rate (before parsing), bad_frame
+    greenmine_state_files_moved_aside_total{file}        state files found damaged at start and moved aside
+                                                         (spool, alerts, kpi, replica, hj212_queue)
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class Metrics:
         self.spool_full = Gauge("greenmine_spool_full", "1 while the spool is full and ingest stops acknowledging", registry=r)
         self.mqtt_connected = Gauge("greenmine_mqtt_connected", "1 while connected to the broker", registry=r)
         self.agent_online = Gauge("greenmine_agent_online", "1 online, 0 offline, per agent", ["site", "agent"], registry=r)
+        self.state_files_moved_aside = Counter(
+            "greenmine_state_files_moved_aside", "state files found damaged (or empty) at start, moved aside and started "
+            "afresh, by file", ["file"], registry=r)
+        for f in ("spool", "alerts", "kpi", "replica", "hj212_queue"):
+            self.state_files_moved_aside.labels(f)
         for result in ("accepted", "rejected"):
             self.messages.labels(result)
         for reason in REASONS:

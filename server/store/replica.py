@@ -24,8 +24,9 @@ thread (one connection each, WAL).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -44,12 +45,20 @@ CREATE TABLE IF NOT EXISTS series_replica (
 
 
 class SeriesReplica:
-    def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0) -> None:
+    def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0,
+                 on_moved: Callable[[sqlite_state.MovedAside], None] | None = None) -> None:
         self.path = Path(path)
         self.metrics = frozenset(metrics) if metrics is not None else None
         self.retention_ms = int(retention_days * 86_400_000)
+        # Checked once at open: a damaged or empty replica is moved aside and refilled from the stream.
+        try:
+            first, self.moved_aside = sqlite_state.open_or_move_aside(
+                self.path, "replica", log=logging.getLogger(__name__), on_moved=on_moved,
+                prepare=lambda con: con.executescript(_SCHEMA), synchronous="full")
+        except sqlite_state.StateError as exc:
+            raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
+        first.close()
         self._cons = sqlite_state.PerThread(self._open)
-        self._con().executescript(_SCHEMA)
 
     def _open(self) -> sqlite3.Connection:
         try:

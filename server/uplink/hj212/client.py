@@ -61,6 +61,7 @@ from greenmine.server.uplink.hj212.messages import (
 from greenmine.server.uplink.hj212.queue import PacketQueue
 from greenmine.backoff import Backoff
 from greenmine.latch import Latch
+from greenmine.sqlite import MovedAside
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Hj212Client:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         period_delay_s: float = 60.0,
         schedule_periods: bool = True,
+        on_moved: Callable[[MovedAside], None] | None = None,
     ) -> None:
         self.point = point
         self.metrics = UplinkMetrics()
@@ -161,6 +163,7 @@ class Hj212Client:
         self._sleep = sleep
         self._period_delay_s = period_delay_s
         self._schedule_periods = schedule_periods
+        self._on_moved = on_moved
         self._rtd_interval_s = point.rtd_interval_s
         self._min_interval_min = point.min_interval_min
         self._realtime_enabled = point.realtime_enabled
@@ -303,7 +306,8 @@ class Hj212Client:
     async def run(self) -> None:
         """Connect, deliver, answer and schedule until cancelled."""
         if self._queue is None:
-            self._queue = PacketQueue(self.point.queue_file, max_messages=self.point.queue_max_packets)
+            self._queue = PacketQueue(self.point.queue_file, max_messages=self.point.queue_max_packets,
+                                      on_moved=self._on_moved)
         self._reset_state()
         self._load_settings()
         self._sync_queue_metrics()
