@@ -206,3 +206,22 @@ def test_intake_bounds_size_and_rate_before_parsing() -> None:
     assert len(intake.partial) <= 1
     assert intake.feed(b"yy\r\r\nok\r") == [] and intake.feed(b"\n") == [b"ok\r\n"]
     assert intake.dropped["oversize"] == 1
+
+
+def test_refusals_and_dropped_frames_are_exported(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from greenmine.server.metrics import Metrics
+    from greenmine.server.uplink.hj212.service import Hj212Service
+
+    client = Hj212Client(point_config(tmp_path, 1))
+    client.metrics.refused = 2
+    client.metrics.platform_dropped.update(oversize=1, rate=40)
+    svc = Hj212Service(SimpleNamespace(hj212=[]), agents=None, reader=None)
+    svc.clients["p1"] = client  # what start() builds, without starting anything
+    m = Metrics("none")
+    m.bind_hj212(svc.snapshot)
+    assert m.value("greenmine_hj212_commands_refused_total", point="p1") == 2
+    assert m.value("greenmine_hj212_platform_frames_dropped_total", point="p1", reason="rate") == 40
+    assert m.value("greenmine_hj212_platform_frames_dropped_total", point="p1", reason="oversize") == 1
+    assert m.value("greenmine_hj212_platform_frames_dropped_total", point="p1", reason="bad_frame") == 0
