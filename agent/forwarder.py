@@ -18,8 +18,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from greenmine.agent.errors import OutboxError
 from greenmine.agent.metrics import AgentMetrics
 from greenmine.agent.outbox import AsyncOutbox, StoredBatch
+from greenmine.latch import Latch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Forwarder:
         self._to_ack: list[int] = []
         self._ack_task: asyncio.Task | None = None
         self.published = 0
+        self._reading = Latch(log)
 
     # -- events ---------------------------------------------------------------------------------
     def notify(self) -> None:
@@ -164,8 +167,16 @@ class Forwarder:
             timeout = None
             if not self.connected:
                 continue
-            await self._pump_live()
-            timeout = await self._pump_backlog()
+            try:
+                await self._pump_live()
+                timeout = await self._pump_backlog()
+            except OutboxError as exc:
+                # The outbox cannot be read now (a damaged page, an I/O error): the batches stay, polling goes on,
+                # and reading is tried again in a second, never given up.
+                self._reading.fail("outbox: cannot read batches to publish: %s; retrying", exc)
+                timeout = 1.0
+                continue
+            self._reading.ok("outbox: reading batches again")
 
     async def drain_acks(self, timeout_s: float) -> None:
         """At shutdown: wait (bounded) for the PUBACKs of batches in flight and their deletion."""

@@ -24,6 +24,13 @@ class AgentMetrics:
                                      "batches dropped by the outbox bound, ever (persisted)", registry=r)
         self.dropped_readings = Gauge("greenmine_agent_outbox_dropped_readings",
                                       "readings dropped by the outbox bound, ever (persisted)", registry=r)
+        self.dropped_by_reason = Gauge(
+            "greenmine_agent_dropped_readings", "readings lost, ever (persisted), by reason: disk_full, write_failed "
+            "(the outbox could not be written), outbox_full, max_age (its bounds), corrupt (damaged when read back)",
+            ["reason"], registry=r)
+        self.state_files_moved_aside = Counter(
+            "greenmine_agent_state_files_moved_aside", "state files found damaged at start and moved aside", ["file"],
+            registry=r)
         self.published = Counter("greenmine_agent_published_batches", "batches acknowledged by the broker", registry=r)
         self.publish_latency = Histogram(
             "greenmine_agent_publish_latency_seconds", "poll batch committed -> PUBACK",

@@ -32,7 +32,15 @@ from greenmine import __version__
 from greenmine.clock import Clock
 from greenmine.latch import Latch
 from greenmine.sdnotify import Notifier, Watchdog
-from greenmine.schemas import AgentState, AgentStatus, Reading, status_topic, telemetry_topic
+from greenmine.schemas import (
+    DROP_REASONS,
+    STATUS_SCHEMA_V2,
+    AgentState,
+    AgentStatus,
+    Reading,
+    status_topic,
+    telemetry_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,11 @@ class Agent:
                                           clock=self.clock))
         self.outbox = AsyncOutbox(Outbox(cfg.resolve(cfg.outbox.path), site=cfg.site, agent=cfg.agent_id,
                                          max_bytes=cfg.outbox.max_bytes, max_age_s=cfg.outbox.max_age_s))
+        for reason in DROP_REASONS:
+            self.metrics.dropped_by_reason.labels(reason)
+        self.metrics.state_files_moved_aside.labels("outbox")
+        if self.outbox.sync.moved_aside is not None:
+            self.metrics.state_files_moved_aside.labels("outbox").inc()
         self.telemetry_topic = telemetry_topic(cfg.site, cfg.agent_id)
         self.status_topic = status_topic(cfg.site, cfg.agent_id)
         self.config_hash = cfg.config_hash()
@@ -133,6 +146,8 @@ class Agent:
             try:
                 batch = await self.outbox.commit(pending[i : i + size], time.time())
             except Exception as exc:
+                if not isinstance(exc, OutboxError):  # the outbox counts what it loses; this it never saw
+                    self.outbox.sync.count_lost("write_failed", len(pending[i : i + size]))
                 self._outbox_failing.fail("outbox write failed; %d readings lost: %s", len(pending[i : i + size]), exc,
                                           exc_info=not isinstance(exc, OutboxError))
                 continue
@@ -146,11 +161,14 @@ class Agent:
         self.metrics.outbox_bytes.set(st.bytes)
         self.metrics.dropped_batches.set(st.dropped_batches)
         self.metrics.dropped_readings.set(st.dropped_readings)
+        for reason, n in st.dropped_by_reason.items():
+            self.metrics.dropped_by_reason.labels(reason).set(n)
 
     # -- status -------------------------------------------------------------------------------
     def status(self, state: AgentState = AgentState.ONLINE) -> AgentStatus:
         st = self.outbox.stats()
         return AgentStatus(
+            schema_=STATUS_SCHEMA_V2, dropped_readings_by_reason=st.dropped_by_reason,
             site=self.cfg.site, agent=self.cfg.agent_id, state=state, ts=self.clock.now_datetime(),
             version=__version__, config_hash=self.config_hash,
             outbox_depth=st.depth, outbox_bytes=st.bytes,

@@ -3,7 +3,8 @@
 It owns how a state file is opened (`connect`: WAL, `synchronous` as the caller asks, a busy
 timeout, foreign keys where used, a new file created with mode 0600 because state files can
 hold secrets), the write transaction (`transaction`: BEGIN IMMEDIATE, COMMIT or ROLLBACK), the
-integrity check a caller may run at open (`quick_check`), and the one mapping of `sqlite3`'s
+integrity check a caller may run at open (`quick_check`), what a part does with a damaged file
+at start (`open_or_move_aside`: check it, move it aside with a timestamp, start afresh), and the one mapping of `sqlite3`'s
 failures to our own. The agent's and the server's errors wrap these:
 
     StateError(Exception)          a local SQLite state file cannot be used; the message names the file or the step
@@ -22,6 +23,7 @@ failures to our own. The agent's and the server's errors wrap these:
         con.execute(...)
     with mapped("outbox: read"):                        # any other statement, with the same mapping
         con.execute(...)
+    con, moved = open_or_move_aside(path, "outbox", log=log, prepare=create_tables)   # at start
 
 Connections are opened in autocommit mode (`isolation_level=None`): only `transaction` begins
 one, so a transaction's extent is visible in the code. They may be used from several threads
@@ -32,10 +34,13 @@ one, so a transaction's extent is visible in the code. They may be used from sev
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -254,3 +259,98 @@ class PerThread:
         for con in cons:
             con.close()
         self._local = threading.local()
+
+
+@dataclass(frozen=True)
+class MovedAside:
+    """A state file found damaged at start and renamed; the part started with a fresh file."""
+
+    what: str  # the part, e.g. "outbox", "spool"
+    path: Path
+    moved_to: Path
+    reason: str
+
+
+def _damaged_reason(path: Path) -> str | None:
+    """Why an existing file cannot be trusted before SQLite even opens it, or None."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        wal = Path(f"{path}-wal")
+        if not wal.exists() or wal.stat().st_size == 0:
+            # Every file greenmine opens gets its header written at once (switching to WAL writes page 1),
+            # so an empty one was truncated or replaced: whatever it held is gone, and that is worth an error.
+            return "the file is empty (0 bytes)"
+    return None
+
+
+def move_aside(path: Path | str, what: str, reason: str, *, now: datetime | None = None) -> MovedAside:
+    """Rename a state file (and its -wal and -shm) to `<name>.damaged-<UTC time>`, for later inspection."""
+    p = Path(path)
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = p.with_name(f"{p.name}.damaged-{stamp}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{p}{suffix}")
+            if src.exists():
+                os.replace(src, f"{target}{suffix}")
+    except OSError as exc:
+        raise StateAccess(f"{p}: cannot move the damaged file aside: {exc.strerror or exc}") from exc
+    return MovedAside(what, p, target, reason)
+
+
+def open_or_move_aside(
+    path: Path | str,
+    what: str,
+    *,
+    log: logging.Logger,
+    prepare: Callable[[sqlite3.Connection], None] | None = None,
+    on_moved: Callable[[MovedAside], None] | None = None,
+    **connect_kw,
+) -> tuple[sqlite3.Connection, MovedAside | None]:
+    """Open a state file at start: `connect` with `quick_check`, then `prepare(con)` (create tables, read
+    what the part needs). A damaged file (a failed check, not a database, empty where it held data, or
+    SQLITE_CORRUPT while preparing) is moved aside (`move_aside`), logged at error, passed to `on_moved`
+    (the part counts it), and a fresh file is opened and prepared. Other failures raise StateError.
+
+    Returns the connection and what was moved aside (None if the file was sound).
+    """
+    if str(path) == ":memory:":
+        con = connect(path, **connect_kw)
+        if prepare is not None:
+            with mapped(f"{what}: prepare"):
+                prepare(con)
+        return con, None
+    p = Path(path)
+    reason = _damaged_reason(p)
+    if reason is None:
+        con = None
+        try:
+            con = connect(p, check=True, **connect_kw)
+            if prepare is not None:
+                with mapped(f"{what} {p}: prepare"):
+                    prepare(con)
+            return con, None
+        except StateCorrupt as exc:
+            if con is not None:
+                con.close()
+            reason = str(exc).removeprefix(f"{p}: ").replace("\n", "; ")
+        except BaseException:
+            if con is not None:
+                con.close()
+            raise
+    moved = move_aside(p, what, reason)
+    log.error("%s %s is damaged (%s): moved aside to %s; starting with a new file", what, p, reason, moved.moved_to.name)
+    if on_moved is not None:
+        on_moved(moved)
+    con = connect(p, **connect_kw)
+    try:
+        if prepare is not None:
+            with mapped(f"{what} {p}: prepare"):
+                prepare(con)
+    except BaseException:
+        con.close()
+        raise
+    return con, moved

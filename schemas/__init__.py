@@ -8,7 +8,16 @@ A new field means a new schema version; the server accepts a known set.
 """
 
 from greenmine.schemas.errors import WireError, WireRejectReason
-from greenmine.schemas.status import AgentState, AgentStatus, CounterWidth, DeviceState, DeviceStatus, STATUS_SCHEMA_V1
+from greenmine.schemas.status import (
+    DROP_REASONS,
+    STATUS_SCHEMA_V1,
+    STATUS_SCHEMA_V2,
+    AgentState,
+    AgentStatus,
+    CounterWidth,
+    DeviceState,
+    DeviceStatus,
+)
 from greenmine.schemas.telemetry import (
     IDENTIFIER_PATTERN,
     METRICS,
@@ -25,7 +34,9 @@ from greenmine.schemas.topics import Topic, TopicKind, parse_topic, status_topic
 __all__ = [
     "IDENTIFIER_PATTERN",
     "METRICS",
+    "DROP_REASONS",
     "STATUS_SCHEMA_V1",
+    "STATUS_SCHEMA_V2",
     "TELEMETRY_SCHEMA_V1",
     "AgentState",
     "AgentStatus",

@@ -1,17 +1,27 @@
-"""Agent status v1: the retained birth message and the MQTT will."""
+"""Agent status (v1, v2): the retained birth message and the MQTT will."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from typing import Annotated
-
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from greenmine.schemas.telemetry import Count, Identifier, Timestamp, _Wire
 
 STATUS_SCHEMA_V1 = "greenmine.status.v1"
+#: v2 = v1 plus `dropped_readings_by_reason` and `counters`. The server accepts both.
+STATUS_SCHEMA_V2 = "greenmine.status.v2"
+STATUS_SCHEMAS = (STATUS_SCHEMA_V1, STATUS_SCHEMA_V2)
+
+#: Why an agent lost readings (docs/agent.md "What can go wrong"):
+#: disk_full     the outbox could not be written because the disk (or quota) is full
+#: write_failed  the outbox could not be written for another reason (I/O error, a damaged file)
+#: outbox_full   dropped, oldest first, by the outbox's max_bytes bound
+#: max_age       dropped by the outbox's max_age_s bound
+#: corrupt       read back from the outbox damaged (failed the wire contract), so not published
+DropReason = Literal["disk_full", "write_failed", "outbox_full", "max_age", "corrupt"]
+DROP_REASONS: tuple[str, ...] = ("disk_full", "write_failed", "outbox_full", "max_age", "corrupt")
 
 
 class AgentState(str, Enum):
@@ -60,7 +70,7 @@ class AgentStatus(_Wire):
     connect time, says `offline` and carries only what was known then.
     """
 
-    schema_: Literal["greenmine.status.v1"] = Field(default=STATUS_SCHEMA_V1, alias="schema")
+    schema_: Literal["greenmine.status.v1", "greenmine.status.v2"] = Field(default=STATUS_SCHEMA_V1, alias="schema")
     site: Identifier
     agent: Identifier
     state: AgentState
@@ -73,12 +83,21 @@ class AgentStatus(_Wire):
     dropped_batches: Count | None = Field(default=None, description="batches dropped by the outbox bound, ever")
     dropped_readings: Count | None = Field(default=None)
     devices: list[DeviceStatus] = Field(default_factory=list, max_length=10_000)
-    # Optional, added within v1: absent from older agents' messages (and from the will). Servers before
-    # it reject a status that carries it (extra="forbid"): upgrade the servers before the agents.
+    dropped_readings_by_reason: dict[DropReason, Count] | None = Field(
+        default=None, description="v2: dropped_readings by reason (DROP_REASONS)")
+    # v2: absent from older agents' messages (and from the will)
     counters: list[CounterWidth] | None = Field(
         default=None, max_length=10_000,
         description="the unsigned integer totals (metric ending in _total) this agent publishes, with their widths",
     )
+
+    @model_validator(mode="after")
+    def _v2_fields(self) -> "AgentStatus":
+        if self.schema_ == STATUS_SCHEMA_V1:
+            for name in ("dropped_readings_by_reason", "counters"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs schema {STATUS_SCHEMA_V2!r}")
+        return self
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -300,13 +300,13 @@ def _parse_slow(payload: bytes | str, limits: WireLimits, now: datetime | None) 
 
 def parse_status(payload: bytes | str, *, limits: WireLimits = WireLimits()):
     """Validate a status payload (birth or will). Raises WireError."""
-    from greenmine.schemas.status import STATUS_SCHEMA_V1, AgentStatus
+    from greenmine.schemas.status import STATUS_SCHEMAS, AgentStatus
 
     doc = _load_json(payload, limits)
     if not isinstance(doc, dict):
         raise WireError(WireRejectReason.INVALID, f"payload is a JSON {type(doc).__name__}, not an object")
-    if doc.get("schema") != STATUS_SCHEMA_V1:
-        raise WireError(WireRejectReason.UNKNOWN_SCHEMA, f"schema {doc.get('schema')!r} is not {STATUS_SCHEMA_V1!r}")
+    if doc.get("schema") not in STATUS_SCHEMAS:
+        raise WireError(WireRejectReason.UNKNOWN_SCHEMA, f"schema {doc.get('schema')!r} is not one of {STATUS_SCHEMAS}")
     if _has_non_finite(doc):
         raise WireError(WireRejectReason.NAN_OR_INF, "a value is NaN or Infinity")
     return _validate(AgentStatus, doc)

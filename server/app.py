@@ -102,11 +102,11 @@ class App:
             if "monitor" in self.roles:
                 from greenmine.server.monitor.role import MonitorRole
 
-                self.monitor = MonitorRole(cfg, clock=clock, sites=sites, partition=partition)
+                self.monitor = MonitorRole(cfg, clock=clock, sites=sites, partition=partition, on_moved=self._moved_aside)
             if "uplink" in self.roles and cfg.hj212:
                 from greenmine.server.uplink.role import UplinkRole
 
-                self.uplink = UplinkRole(cfg, clock=clock)
+                self.uplink = UplinkRole(cfg, clock=clock, on_moved=self._moved_aside)
                 self.metrics.bind_hj212(self.uplink.hj212.snapshot)
             if "energy" in self.roles and cfg.energy.enabled:
                 from greenmine.server.uplink.energy.role import EnergyRole
@@ -140,6 +140,8 @@ class App:
         self.sink = sink if sink is not None else open_sink(
             cfg.store, resolve=cfg.resolve, site_timezones={s.id: s.timezone for s in cfg.sites})
         self.metrics = Metrics(self.sink.name)
+        if self.spool.moved_aside is not None:
+            self._moved_aside(self.spool.moved_aside)
         self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full, self.spool.queue.retained)
         self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
         self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection, resolve=cfg.resolve)
@@ -147,6 +149,10 @@ class App:
                                  queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock, limits=cfg.wire_limits(),
                                  supervisor=self.supervisor)
         self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock, supervisor=self.supervisor)
+
+    def _moved_aside(self, moved) -> None:
+        """A state file was damaged at start and moved aside (already logged at error): count it."""
+        self.metrics.state_files_moved_aside.labels(moved.what).inc()
 
     def ingestor_submit(self, delivery) -> None:
         self.ingestor.submit(delivery)

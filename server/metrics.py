@@ -24,6 +24,10 @@ instances can live in one process, as the tests run them.
     greenmine_energy_queue_depth{centre}, greenmine_energy_oldest_unsent_age_seconds{centre}
     greenmine_energy_records_acked_total{centre}, greenmine_energy_records_rejected_total{centre},
     greenmine_energy_send_failures_total{centre}, greenmine_energy_check_failures_total{check}
+    greenmine_hj212_commands_refused_total{point}        platform commands refused (QnRtn=2: a parameter out of bounds)
+    greenmine_hj212_platform_frames_dropped_total{point,reason}   oversize, rate (before parsing), bad_frame
+    greenmine_state_files_moved_aside_total{file}        state files found damaged at start and moved aside
+                                                         (spool, alerts, kpi, replica, hj212_queue)
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ class Metrics:
         self.agent_online = Gauge("greenmine_agent_online", "1 online, 0 offline, per agent", ["site", "agent"], registry=r)
         self.thread_crashes = Counter("greenmine_thread_crashes", "supervised threads that died, by thread", ["thread"],
                                       registry=r)
+        self.state_files_moved_aside = Counter(
+            "greenmine_state_files_moved_aside", "state files found damaged (or empty) at start, moved aside and started "
+            "afresh, by file", ["file"], registry=r)
+        for f in ("spool", "alerts", "kpi", "replica", "hj212_queue"):
+            self.state_files_moved_aside.labels(f)
         for result in ("accepted", "rejected"):
             self.messages.labels(result)
         for reason in REASONS:
@@ -99,13 +108,24 @@ class Metrics:
                 connects = CounterMetricFamily("greenmine_hj212_connects", "links made to the platform", labels=["point"])
                 queued = GaugeMetricFamily("greenmine_hj212_queued", "messages waiting for a 9014", labels=["point"])
                 connected = GaugeMetricFamily("greenmine_hj212_connected", "1 while linked to the platform", labels=["point"])
+                refused = CounterMetricFamily("greenmine_hj212_commands_refused",
+                                              "platform commands refused with QnRtn=2 (a parameter out of bounds)",
+                                              labels=["point"])
+                dropped = CounterMetricFamily("greenmine_hj212_platform_frames_dropped",
+                                              "frames from the platform dropped unanswered, by reason "
+                                              "(oversize, rate: before parsing; bad_frame: failed to decode)",
+                                              labels=["point", "reason"])
                 for point, c in sorted(snap.items()):
                     for result in ("sent", "acked", "retried", "failed", "dropped", "expired"):
                         packets.add_metric([point, result], c[result])
                     connects.add_metric([point], c["connects"])
                     queued.add_metric([point], c["queued"])
                     connected.add_metric([point], c["connected"])
-                return [packets, connects, queued, connected]
+                    refused.add_metric([point], c.get("refused", 0))
+                    for key, n in c.items():
+                        if key.startswith("platform_dropped:"):
+                            dropped.add_metric([point, key.split(":", 1)[1]], n)
+                return [packets, connects, queued, connected, refused, dropped]
 
         self.registry.register(Collector())
 

@@ -38,7 +38,7 @@ _PRUNE_EVERY_S = 3600.0
 
 class MonitorRole:
     def __init__(self, cfg, *, clock: Callable[[], float] = time.time, sites: list[str] | None = None,
-                 partition: str | None = None, tick_s: float = 1.0) -> None:
+                 partition: str | None = None, tick_s: float = 1.0, on_moved=None) -> None:
         unknown = sorted(set(sites or ()) - {s.id for s in cfg.sites})
         if unknown:
             from greenmine.server.errors import ServerError
@@ -48,7 +48,7 @@ class MonitorRole:
         self.site_ids = frozenset(s.id for s in judged)
         self.clock = clock
         self.tick_s = tick_s
-        self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock)
+        self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock, on_moved=on_moved)
         self.api = AlertsApi(self.monitor.alerts)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS
         self.consumer = StreamConsumer(

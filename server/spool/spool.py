@@ -35,8 +35,9 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -75,8 +76,10 @@ class Spool:
         dead_letter_max_rows: int = 100_000,
         keep_bytes: int = 4096,
         lock: bool = True,
+        on_moved: Callable[[state.MovedAside], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.moved_aside: state.MovedAside | None = None  # a damaged file found at open (moved aside, counted)
         self._lock_fd: int | None = None
         self._in: sqlite3.Connection | None = None
         self._out: sqlite3.Connection | None = None
@@ -88,8 +91,11 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if lock:
                 self._take_lock()
-            self._in = self._connect(synchronous)  # ingest thread: inserts
-            self._in.executescript(_QUEUE_SCHEMA + _DEAD_LETTERS_SCHEMA + _AGENTS_SCHEMA)
+            # ingest thread: inserts. Checked at open: a damaged or empty file is moved aside (under the lock).
+            self._in, self.moved_aside = state.open_or_move_aside(
+                self.path, "spool", log=logging.getLogger(__name__), on_moved=on_moved,
+                prepare=lambda con: con.executescript(_QUEUE_SCHEMA + _DEAD_LETTERS_SCHEMA + _AGENTS_SCHEMA),
+                synchronous="full" if synchronous == "full" else "normal")
             # writer thread and queries: reads and deletes. A delete need not survive power loss: a
             # batch whose delete is lost is written to the store again, which is idempotent. So its
             # commits do not wait for an fsync (the next ingest commit syncs the WAL anyway).

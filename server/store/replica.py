@@ -27,8 +27,9 @@ thread (one connection each, WAL).
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -64,13 +65,21 @@ def _insert_sql(n: int) -> str:
 
 
 class SeriesReplica:
-    def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0) -> None:
+    def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0,
+                 on_moved: Callable[[sqlite_state.MovedAside], None] | None = None) -> None:
         self.path = Path(path)
         self.metrics = frozenset(metrics) if metrics is not None else None
         self.retention_ms = int(retention_days * 86_400_000)
+        # Checked once at open: a damaged or empty replica is moved aside and refilled from the stream.
+        try:
+            first, self.moved_aside = sqlite_state.open_or_move_aside(
+                self.path, "replica", log=logging.getLogger(__name__), on_moved=on_moved,
+                prepare=lambda con: con.executescript(_SCHEMA), synchronous="full")
+        except sqlite_state.StateError as exc:
+            raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
+        first.close()
         self._cons = sqlite_state.PerThread(self._open)
         con = self._con()
-        con.executescript(_SCHEMA)
         if con.execute("SELECT 1 FROM replica_series LIMIT 1").fetchone() is None:  # a file from before the table
             with sqlite_state.transaction(con, f"replica {self.path}"):
                 con.execute("INSERT OR IGNORE INTO replica_series SELECT DISTINCT site, device, metric FROM series_replica")

@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class UplinkRole:
-    def __init__(self, cfg, *, clock: Callable[[], float] = time.time, client_options: Mapping | None = None) -> None:
+    def __init__(self, cfg, *, clock: Callable[[], float] = time.time, client_options: Mapping | None = None,
+                 on_moved=None) -> None:
         self.clock = clock
         self.agents = AgentRegistry()
         metrics = {m.metric for p in cfg.hj212 for m in p.metrics}
         self.replica = SeriesReplica(cfg.resolve(cfg.uplink.replica_path), metrics=metrics,
-                                     retention_days=cfg.uplink.replica_retention_days)
-        self.hj212 = Hj212Service(cfg, self.agents, self.replica, client_options=client_options)
+                                     retention_days=cfg.uplink.replica_retention_days, on_moved=on_moved)
+        self.hj212 = Hj212Service(cfg, self.agents, self.replica, client_options=client_options, on_moved=on_moved)
         self.sites = frozenset(p.site for p in cfg.hj212)
         self.consumer = StreamConsumer(cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.uplink_client_id, sites=self.sites,
                                        accept=self.sites.__contains__, clock=clock, name="uplink", resolve=cfg.resolve)

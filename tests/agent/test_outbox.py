@@ -80,17 +80,6 @@ def test_ack_many_deletes_delivered_batches_in_one_go(tmp_path):
     again.close()
 
 
-def test_a_damaged_outbox_file_is_an_outbox_error_that_says_corrupt(tmp_path):
-    from greenmine.agent.errors import OutboxError
-    from greenmine.sqlite import StateCorrupt
-
-    path = tmp_path / "outbox.sqlite"
-    path.write_bytes(b"not a database, just bytes " * 200)
-    with pytest.raises(OutboxError, match="outbox.sqlite") as err:
-        Outbox(path, site="s", agent="a", max_bytes=1 << 20, max_age_s=3600)
-    assert isinstance(err.value.__cause__, StateCorrupt)
-
-
 def test_a_new_outbox_file_is_private(tmp_path):
     box = open_box(tmp_path)
     box.commit(readings(1), 1000.0)

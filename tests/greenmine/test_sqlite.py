@@ -145,3 +145,29 @@ def test_mapped_translates_a_real_error_outside_a_transaction(tmp_path):
     with pytest.raises(StateError, match="read after close"):
         with mapped("read after close"):
             con.execute("SELECT 1")
+
+
+# --- open_or_move_aside --------------------------------------------------------------------------
+
+
+def test_open_or_move_aside_keeps_a_sound_file_and_moves_a_damaged_one(tmp_path):
+    import logging
+
+    from greenmine.sqlite import open_or_move_aside
+
+    log = logging.getLogger("test")
+    path = tmp_path / "x.sqlite"
+    con, moved = open_or_move_aside(path, "x", log=log, prepare=lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (v)"))
+    con.execute("INSERT INTO t VALUES (1)")
+    con.close()
+    con, moved = open_or_move_aside(path, "x", log=log)
+    assert moved is None and con.execute("SELECT v FROM t").fetchall() == [(1,)]
+    con.close()
+    path.write_bytes(b"garbage" * 1000)
+    seen = []
+    con, moved = open_or_move_aside(path, "x", log=log, on_moved=seen.append,
+                                    prepare=lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (v)"))
+    assert seen == [moved] and moved.what == "x" and "not a database" in moved.reason
+    assert moved.moved_to.read_bytes() == b"garbage" * 1000 and moved.moved_to.name.startswith("x.sqlite.damaged-")
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    con.close()

@@ -38,7 +38,7 @@ from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
 from greenmine.server.monitor.kpi.rounding import default_decimals, round_half_even
-from greenmine.sqlite import connect
+from greenmine.sqlite import MovedAside, open_or_move_aside
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,11 @@ class AlertEvent:
     facts: dict
 
 
-def open_db(path: str | Path) -> sqlite3.Connection:
-    """The alert state file (shared with the email outbox). Raises greenmine.sqlite.StateError."""
-    return connect(path, synchronous="full")
+def open_db(path: str | Path, *, on_moved: Callable[[MovedAside], None] | None = None) -> sqlite3.Connection:
+    """The alert state file (shared with the email outbox). Raises greenmine.sqlite.StateError.
+    Checked at open: a damaged or empty file is moved aside (logged at error, `on_moved`) and started afresh."""
+    con, _ = open_or_move_aside(path, "alerts", log=log, on_moved=on_moved, synchronous="full")
+    return con
 
 
 class AlertEngine:

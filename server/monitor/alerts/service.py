@@ -60,16 +60,17 @@ class Monitor:
         default_recipients: list[str] | None = None,
         clock: Callable[[], float] = time.time,
         ssl_context=None,
+        on_moved=None,
     ) -> None:
         self.clock = clock
         self.alerts_cfg = alerts or AlertsConfig()
         notify = notify or NotifyConfig()
         for p in (Path(kpi_db), Path(alerts_db)):
             p.parent.mkdir(parents=True, exist_ok=True)
-        self.kpi_store = KpiStore(kpi_db)
+        self.kpi_store = KpiStore(kpi_db, on_moved=on_moved)
         self.replica = replica
         self.kpis = KpiEngine(kpi or KpiConfig(), sites, StoreSource(replica), self.kpi_store)
-        self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db), default_recipients=default_recipients, clock=clock)
+        self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db, on_moved=on_moved), default_recipients=default_recipients, clock=clock)
         if smtp is not None:
             from greenmine.server.notify.smtp import SmtpTransport
 
@@ -90,7 +91,8 @@ class Monitor:
         alerts_db = cfg.resolve(cfg.alerts.db_path)
         kpi_db = kpi_db_path(cfg)
         replica = kw.pop("replica", None) or SeriesReplica(cfg.resolve(cfg.monitor.replica_path),
-                                                           retention_days=cfg.monitor.replica_retention_days)
+                                                           retention_days=cfg.monitor.replica_retention_days,
+                                                           on_moved=kw.get("on_moved"))
         return cls(
             sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=alerts_db,
             kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),

@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +25,9 @@ from typing import Protocol
 from greenmine.server.monitor.kpi.counters import CounterEvent, Increment
 from greenmine.server.monitor.kpi.model import KpiValue
 from greenmine.server.monitor.kpi.periods import Period
-from greenmine.sqlite import connect, transaction
+from greenmine.sqlite import MovedAside, open_or_move_aside, transaction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,10 @@ CREATE TABLE IF NOT EXISTS kpi_dirty (
 
 
 class KpiStore:
-    def __init__(self, path: str | Path) -> None:
-        self._db = connect(path, synchronous="full")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, path: str | Path, *, on_moved: Callable[[MovedAside], None] | None = None) -> None:
+        # Checked at open: a damaged or empty file is moved aside; the KPIs are recomputed from the store.
+        self._db, self.moved_aside = open_or_move_aside(
+            path, "kpi", log=log, on_moved=on_moved, prepare=lambda con: con.executescript(_SCHEMA), synchronous="full")
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -26,8 +26,9 @@ import contextlib
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, TypeVar
 
@@ -42,6 +43,7 @@ from greenmine.server.uplink.hj212.codec import (
     split_packet,
 )
 from greenmine.server.uplink.hj212.config import MIN_INTERVALS_MIN, PointConfig
+from greenmine.server.uplink.hj212.intake import FrameIntake
 from greenmine.server.uplink.hj212.messages import (
     ExeRtn,
     PeriodKind,
@@ -60,6 +62,7 @@ from greenmine.server.uplink.hj212.messages import (
 from greenmine.server.uplink.hj212.queue import PacketQueue
 from greenmine.backoff import Backoff
 from greenmine.latch import Latch
+from greenmine.sqlite import MovedAside
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,8 @@ def _no_pw(frame: bytes) -> bytes:
 
 T = TypeVar("T")
 
-# One frame is at most ##dddd + 1024 + CRC + CRLF; anything much longer
-# without a CRLF is garbage and the link is reset rather than buffered.
-_MAX_LINE_BYTES = 4096
+# Bytes read from the platform at a time; frames are cut and bounded by `FrameIntake`.
+_READ_CHUNK_BYTES = 65_536
 
 
 class RealtimeSource(Protocol):
@@ -102,6 +104,9 @@ class UplinkMetrics:
     retried: resends after a reply timeout; failed: packets given up after
     max_tries (they stay queued); dropped: messages pushed out of a full
     queue; expired: real-time messages too old to send; connects: links made.
+    platform_dropped: frames from the platform dropped unanswered, by reason
+    (`oversize` and `rate`, before parsing; `bad_frame`, failed to decode);
+    refused: platform commands answered QnRtn=2 (a parameter out of bounds).
     """
 
     sent: int = 0
@@ -112,6 +117,8 @@ class UplinkMetrics:
     expired: int = 0
     connects: int = 0
     queued: int = 0
+    platform_dropped: dict[str, int] = field(default_factory=lambda: {"oversize": 0, "rate": 0, "bad_frame": 0})
+    refused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -150,6 +157,7 @@ class Hj212Client:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         period_delay_s: float = 60.0,
         schedule_periods: bool = True,
+        on_moved: Callable[[MovedAside], None] | None = None,
     ) -> None:
         self.point = point
         self.metrics = UplinkMetrics()
@@ -161,6 +169,7 @@ class Hj212Client:
         self._sleep = sleep
         self._period_delay_s = period_delay_s
         self._schedule_periods = schedule_periods
+        self._on_moved = on_moved
         self._rtd_interval_s = point.rtd_interval_s
         self._min_interval_min = point.min_interval_min
         self._realtime_enabled = point.realtime_enabled
@@ -206,14 +215,22 @@ class Hj212Client:
         return (self._clock() + self._clock_offset).astimezone(self.point.tz)
 
     def next_qn(self) -> str:
-        """A QN unique for this point: local time in ms, bumped if the clock has not moved."""
-        moment = self.now()
-        qn = format_qn(moment)
-        while qn <= self._last_qn:
-            moment += timedelta(milliseconds=1)
-            qn = format_qn(moment)
+        """A QN unique for this point: local time in ms, 1 ms after the last one if the clock has not moved."""
+        qn = format_qn(self.now())
+        if qn <= self._last_qn:
+            last = datetime.strptime(self._last_qn[:14], "%Y%m%d%H%M%S") + timedelta(milliseconds=int(self._last_qn[14:]))
+            qn = format_qn(last + timedelta(milliseconds=1))
         self._last_qn = qn
         return qn
+
+    def _reset_state(self) -> None:
+        """What a platform set in memory (clock offset, real-time on/off) is forgotten at each run:
+        a restarted client starts from its config and the bounded settings saved in its queue."""
+        self._clock_offset = timedelta(0)
+        self._last_qn = ""
+        self._rtd_interval_s = self.point.rtd_interval_s
+        self._min_interval_min = self.point.min_interval_min
+        self._realtime_enabled = self.point.realtime_enabled
 
     def set_rtd_interval(self, seconds: int) -> None:
         if not 30 <= seconds <= 3600:
@@ -247,7 +264,13 @@ class Hj212Client:
         ):
             saved = self._queue.get_state(key)
             if isinstance(saved, dict) and saved.get("config") == config_value:
-                setattr(self, setter, int(saved["value"]))
+                value = saved.get("value")
+                ok = isinstance(value, int) and (
+                    30 <= value <= 3600 if key == "rtd_interval_s" else value in MIN_INTERVALS_MIN)
+                if ok:
+                    setattr(self, setter, value)
+                else:  # written by something else; the config value stands
+                    log.warning("hj212 %s: ignoring saved %s %r (out of bounds)", self.point.name, key, value)
 
     # ------------------------------------------------------------------ queueing
 
@@ -289,7 +312,9 @@ class Hj212Client:
     async def run(self) -> None:
         """Connect, deliver, answer and schedule until cancelled."""
         if self._queue is None:
-            self._queue = PacketQueue(self.point.queue_file, max_messages=self.point.queue_max_packets)
+            self._queue = PacketQueue(self.point.queue_file, max_messages=self.point.queue_max_packets,
+                                      on_moved=self._on_moved)
+        self._reset_state()
         self._load_settings()
         self._sync_queue_metrics()
         tasks = [asyncio.create_task(self._link_loop(), name=f"hj212-{self.point.name}-link")]
@@ -318,9 +343,7 @@ class Hj212Client:
                 # cancellation that races with the inner result (CPython
                 # gh-86296), which would make this loop unstoppable.
                 async with asyncio.timeout(self.point.connect_timeout_s):
-                    reader, writer = await asyncio.open_connection(
-                        self.point.host, self.point.port, limit=_MAX_LINE_BYTES
-                    )
+                    reader, writer = await asyncio.open_connection(self.point.host, self.point.port)
             except (OSError, TimeoutError) as exc:
                 self._link.fail("hj212 %s: cannot connect to %s:%s: %s", self.point.name, self.point.host,
                                 self.point.port, exc or "timeout")
@@ -429,33 +452,52 @@ class Hj212Client:
     async def _read_loop(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, commands: set[asyncio.Task[None]]
     ) -> None:
+        point = self.point
+        intake = FrameIntake(max_frame_bytes=point.max_frame_bytes, max_frames_per_s=point.max_frames_per_s,
+                             frame_burst=point.frame_burst, now=time.monotonic)
+        flooding = Latch(log)
+        dropped = self.metrics.platform_dropped
         while True:
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    log.warning("hj212 %s: connection closed mid-frame: %r", self.point.name, _no_pw(exc.partial[:64]))
+            chunk = await reader.read(_READ_CHUNK_BYTES)
+            if not chunk:
+                if intake.partial.strip():
+                    log.warning("hj212 %s: connection closed mid-frame: %r", point.name, _no_pw(intake.partial[:64]))
                 return
-            try:
-                packet = decode_frame(line)
-            except FrameError as exc:
-                log.warning("hj212 %s: ignoring bad frame from platform: %s", self.point.name, exc)
-                continue
-            if packet.cn == "9014":
-                ack = self._waiters.get(packet.qn or "")
-                if ack is not None and not ack.done():
-                    ack.set_result(None)
-                else:
-                    log.debug("hj212 %s: 9014 for QN %s matches no pending upload", self.point.name, packet.qn)
-                continue
-            if packet.cn in ("9011", "9012", "9013"):
-                log.debug("hj212 %s: platform reply %s ignored", self.point.name, packet.cn)
-                continue
-            # Commands run as their own tasks: a slow history query must not
-            # stop this loop from reading the 9014s uploads are waiting for.
-            task = asyncio.create_task(self._handle_command(packet, writer))
-            commands.add(task)
-            task.add_done_callback(commands.discard)
+            before = dict(intake.dropped)
+            lines = intake.feed(chunk)
+            for reason, n in intake.dropped.items():
+                dropped[reason] += n - before[reason]
+            if intake.dropped != before:
+                flooding.fail("hj212 %s: dropping frames from the platform (%d oversize, %d over %g/s so far on this "
+                              "link); the link stays up", point.name, intake.dropped["oversize"], intake.dropped["rate"],
+                              point.max_frames_per_s, level=logging.WARNING)
+            elif lines:
+                flooding.ok("hj212 %s: platform frames within bounds again", point.name)
+            for line in lines:
+                self._on_line(line, writer, commands)
+
+    def _on_line(self, line: bytes, writer: asyncio.StreamWriter, commands: set[asyncio.Task[None]]) -> None:
+        try:
+            packet = decode_frame(line)
+        except FrameError as exc:
+            self.metrics.platform_dropped["bad_frame"] += 1
+            log.warning("hj212 %s: ignoring bad frame from platform: %s", self.point.name, exc)
+            return
+        if packet.cn == "9014":
+            ack = self._waiters.get(packet.qn or "")
+            if ack is not None and not ack.done():
+                ack.set_result(None)
+            else:
+                log.debug("hj212 %s: 9014 for QN %s matches no pending upload", self.point.name, packet.qn)
+            return
+        if packet.cn in ("9011", "9012", "9013"):
+            log.debug("hj212 %s: platform reply %s ignored", self.point.name, packet.cn)
+            return
+        # Commands run as their own tasks: a slow history query must not
+        # stop this loop from reading the 9014s uploads are waiting for.
+        task = asyncio.create_task(self._handle_command(packet, writer))
+        commands.add(task)
+        task.add_done_callback(commands.discard)
 
     async def _handle_command(self, request: Packet, writer: asyncio.StreamWriter) -> None:
         point = self.point
@@ -485,10 +527,15 @@ class Hj212Client:
                 await done(ExeRtn.SUCCESS)
             elif cn == "1012":
                 target = parse_data_time(cp.get("SystemTime", "")).replace(tzinfo=point.tz)
+                offset = target - self._clock()
+                if abs(offset) > timedelta(seconds=point.max_clock_offset_s):
+                    raise ValueError(f"SystemTime {cp['SystemTime']} is {offset} from the server's clock, "
+                                     f"beyond max_clock_offset_s={point.max_clock_offset_s}")
                 await reply(QnRtn.READY)
                 # greenmine never steps the server clock (it should be on NTP);
-                # it remembers the platform's idea of time for QN and SystemTime.
-                self._clock_offset = target - self._clock()
+                # it remembers the platform's idea of time for QN and SystemTime (until the client restarts).
+                self._clock_offset = offset
+                self._last_qn = ""  # a new time base: QNs follow it
                 log.warning("hj212 %s: platform set time, offset now %s", point.name, self._clock_offset)
                 await done(ExeRtn.SUCCESS)
             elif cn == "1061":
@@ -519,8 +566,9 @@ class Hj212Client:
             else:
                 log.warning("hj212 %s: unsupported platform command CN=%s", point.name, cn)
                 await reply(QnRtn.CN_ERROR)
-        except (FrameError, ValueError) as exc:
-            log.warning("hj212 %s: rejected command CN=%s: %s", point.name, cn, exc)
+        except (FrameError, ValueError, OverflowError) as exc:
+            self.metrics.refused += 1
+            log.warning("hj212 %s: refused command CN=%s QN %s: %s", point.name, cn, request.qn, exc)
             await reply(QnRtn.REJECTED)
 
     async def _answer_history(
@@ -540,6 +588,11 @@ class Hj212Client:
             raise ValueError(f"EndTime {cp['EndTime']} is before BeginTime {cp['BeginTime']}")
         if end - begin > timedelta(hours=self.point.history_max_span_h):
             raise ValueError(f"window longer than history_max_span_h={self.point.history_max_span_h}")
+        now = self._clock()
+        if begin < now - timedelta(days=self.point.history_max_age_d):
+            raise ValueError(f"BeginTime {cp['BeginTime']} is older than history_max_age_d={self.point.history_max_age_d}")
+        if begin > now + timedelta(seconds=self.point.max_clock_offset_s):
+            raise ValueError(f"BeginTime {cp['BeginTime']} is in the future")
         if self._history is None:
             raise ValueError("no history provider configured")
         await reply(QnRtn.READY)

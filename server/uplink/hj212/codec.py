@@ -10,7 +10,8 @@ separated by `,` (`a34001-Rtd=0.123,a34001-Flag=N`); each field is `key=value`.
 
 Decoding is strict where a wrong guess would corrupt data (CRC, length,
 structure) and lenient where field receivers are (missing QN or Flag as in
-HJ/T 212-2005, MN of any length, unknown CNs such as vendor heartbeats).
+HJ/T 212-2005, a QN of epoch milliseconds, MN of any length, unknown CNs such
+as vendor heartbeats).
 Every malformed frame raises `FrameError` with a message that names the
 culprit; nothing else escapes `decode_frame`, whatever the bytes.
 
@@ -31,6 +32,12 @@ from greenmine.server.uplink.hj212.crc import hj212_crc, hj212_crc_hex
 
 #: The data segment limit of HJ 212-2017 §6.3; longer messages are split (PNUM/PNO).
 MAX_DATA_BYTES = 1024
+
+#: QNs accepted from a platform. The standard's form is 17 digits YYYYMMDDhhmmsszzz (and that is the
+#: only form we generate), but platforms in the field send epoch milliseconds (13 digits), and a QN
+#: is only an id echoed in the reply: any 13 to 20 digits are accepted and echoed as sent.
+QN_MIN_DIGITS = 13
+QN_MAX_DIGITS = 20
 
 #: Flag bits, high to low `V5..V0 D A`.
 FLAG_A = 0b01  # a reply is wanted
@@ -304,27 +311,20 @@ def parse_frame(frame: bytes | str) -> Frame:
         raise FrameError(f"non-numeric length {_show(length_text)}")
     declared = int(length_text)
     rest = raw[6:]
-    tail = rest[-4:]
-    if len(rest) >= 6 and _HEX4.fullmatch(tail.decode("latin-1")) and rest[:-4].endswith(b"&&"):
-        # The frame is structurally whole (data segment ends in '&&', then a
-        # CRC), so a different size is the header's length being wrong.
-        data, crc_text = rest[:-4], tail
-        if len(data) != declared:
-            raise FrameError(
-                f"length mismatch: header says {length_text.decode()}, data segment is {len(data)} bytes"
-            )
-    elif len(rest) < declared + 4:
-        raise FrameError(
-            f"truncated frame: header says {length_text.decode()} data bytes plus a 4-digit CRC, "
-            f"only {len(rest)} bytes follow"
-        )
-    else:
-        data, crc_text = rest[:declared], rest[declared : declared + 4]
-        extra = rest[declared + 4 :]
-        if extra:
-            raise FrameError(f"{len(extra)} unexpected bytes after the CRC: {_show(extra[:16])}")
+    if len(rest) == declared + 4:
+        data, crc_text = rest[:declared], rest[declared:]
         if not _HEX4.fullmatch(crc_text.decode("latin-1")):
             raise FrameError(f"CRC {_show(crc_text)} is not 4 hex digits")
+    elif len(rest) > declared + 4 and rest[:declared].endswith(b"&&") and _HEX4.fullmatch(
+        rest[declared : declared + 4].decode("latin-1")
+    ):
+        # A whole frame of the declared size, then more: bytes were appended, the length is right.
+        extra = rest[declared + 4 :]
+        raise FrameError(f"{len(extra)} unexpected bytes after the CRC: {_show(extra[:16])}")
+    else:
+        # Whatever came between the header and the line end, less a 4-character CRC: a frame cut
+        # short and a header with a wrong length look the same from here, so name the numbers.
+        raise FrameError(f"length mismatch: header says {length_text.decode()}, got {max(len(rest) - 4, 0)}")
     computed = hj212_crc(data)
     got = int(crc_text, 16)
     if got != computed:
@@ -364,8 +364,8 @@ def parse_data_segment(text: str) -> Packet:
         if required not in header:
             raise FrameError(f"missing {required} field")
     qn = header.get("QN")
-    if qn is not None and not (len(qn) == 17 and qn.isdigit() and qn.isascii()):
-        raise FrameError(f"QN {qn!r} is not 17 digits YYYYMMDDhhmmsszzz")
+    if qn is not None and not (QN_MIN_DIGITS <= len(qn) <= QN_MAX_DIGITS and qn.isdigit() and qn.isascii()):
+        raise FrameError(f"QN {qn!r} is not {QN_MIN_DIGITS} to {QN_MAX_DIGITS} digits (YYYYMMDDhhmmsszzz, or epoch ms)")
     st, cn = header["ST"], header["CN"]
     if not (st.isdigit() and st.isascii()):
         raise FrameError(f"ST {st!r} is not numeric")

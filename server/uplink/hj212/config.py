@@ -145,6 +145,28 @@ class PointConfig(_Model):
     history_max_span_h: int = Field(
         default=31 * 24, ge=1, description="longest BeginTime..EndTime window a history request may ask for",
     )
+    history_max_age_d: int = Field(
+        default=366, ge=1,
+        description="a history request whose BeginTime is older than this many days is refused (QnRtn=2)",
+    )
+    max_clock_offset_s: int = Field(
+        default=86_400, ge=0, le=366 * 86_400,
+        description="a 1012 set-time whose SystemTime is further than this from the server's clock is refused "
+        "(QnRtn=2) and the offset kept; 0 refuses every 1012",
+    )
+    max_frame_bytes: int = Field(
+        default=4096, ge=1040, le=1_048_576,
+        description="a frame from the platform longer than this (## to CRLF; the standard's largest is 1036) "
+        "is dropped unparsed and counted; the link stays up",
+    )
+    max_frames_per_s: float = Field(
+        default=20.0, gt=0, le=10_000,
+        description="frames per second accepted from the platform (token bucket); the excess is dropped "
+        "unparsed and counted; the link stays up",
+    )
+    frame_burst: int = Field(
+        default=100, ge=1, le=100_000, description="frames the platform may send at once above max_frames_per_s",
+    )
     noise_day_start_h: int = Field(
         default=6, ge=0, le=23,
         description="local hour the noise day (Ld) starts; GB 12348: 06:00, local government may shift it",

@@ -22,11 +22,15 @@ state (intervals set by the platform, last scheduled periods).
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from greenmine.sqlite import connect, transaction
+from greenmine.sqlite import MovedAside, open_or_move_aside, transaction
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -61,15 +65,18 @@ class QueuedMessage:
 class PacketQueue:
     """SQLite-backed FIFO of upload messages for one monitoring point."""
 
-    def __init__(self, path: Path | str, *, max_messages: int = 200_000) -> None:
+    def __init__(self, path: Path | str, *, max_messages: int = 200_000,
+                 on_moved: Callable[[MovedAside], None] | None = None) -> None:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         self.path = Path(path)
         self.max_messages = max_messages
         self.dropped = 0
         self.expired = 0
-        self._db = connect(path, synchronous="normal")
-        self._db.executescript(_SCHEMA)
+        # Checked at open: a damaged or empty queue is moved aside and the point starts with an empty one.
+        self._db, self.moved_aside = open_or_move_aside(
+            path, "hj212_queue", log=log, on_moved=on_moved, prepare=lambda con: con.executescript(_SCHEMA),
+            synchronous="normal")
 
     def close(self) -> None:
         self._db.close()

@@ -263,7 +263,8 @@ class Hj212Service:
     `client_options` are passed to every `Hj212Client` (tests inject a clock).
     """
 
-    def __init__(self, cfg, agents, reader, *, period_delay_s: float = 60.0, client_options: Mapping | None = None) -> None:
+    def __init__(self, cfg, agents, reader, *, period_delay_s: float = 60.0, client_options: Mapping | None = None,
+                 on_moved=None) -> None:
         self.cfg = cfg
         self.agents = agents
         self.points: list[PointConfig] = list(cfg.hj212)
@@ -272,6 +273,8 @@ class Hj212Service:
         )
         self._period_delay_s = period_delay_s
         self._client_options = dict(client_options or {})
+        if on_moved is not None:  # a damaged queue file found when a client opens it
+            self._client_options.setdefault("on_moved", on_moved)
         self.clients: dict[str, Hj212Client] = {}
         self._reader = reader
         self._executor: ThreadPoolExecutor | None = None
@@ -292,12 +295,14 @@ class Hj212Service:
         return self.agents.device_state(site, agent, device) != "offline"
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        """Counters per point, plus `queued` and `connected` (for /metrics)."""
+        """Counters per point, plus `queued`, `connected`, `refused` and `platform_dropped:<reason>` (for /metrics)."""
         out = {}
         for name, c in list(self.clients.items()):
             d = {k: getattr(c.metrics, k) for k in COUNTERS}
             d["queued"] = c.metrics.queued
             d["connected"] = 1 if c.connected else 0
+            d["refused"] = c.metrics.refused
+            d.update({f"platform_dropped:{k}": v for k, v in c.metrics.platform_dropped.items()})
             out[name] = d
         return out
 

@@ -3,7 +3,8 @@
 `PlatformSim` is a real asyncio TCP server on 127.0.0.1 (port 0) that speaks
 the standard's reply rules with the same codec the client uses: it answers
 every upload that asks for a reply (Flag A bit) with 9014 and the same QN,
-unless told to stay silent.
+unless told to stay silent. `send_raw` makes it a hostile or a field platform:
+it writes whatever bytes the test hands it.
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ class PlatformSim:
         """Send a command on the newest connection."""
         writer = self._writers[-1]
         writer.write(encode_packet(packet))
+        await writer.drain()
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are on the newest connection (a hostile or a field platform's frames)."""
+        writer = self._writers[-1]
+        writer.write(data)
         await writer.drain()
 
     def of_cn(self, cn: str) -> list[Packet]:
