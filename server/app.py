@@ -14,6 +14,13 @@ the broker and their own files, never through in-process callbacks:
   (`--sites` / `--partition`): KPIs, alert rules, email.
 - **uplink** (`server.uplink.role`): its own session, for the sites its HJ 212
   points report.
+- **web** (`server.web.role`): the officers' console on `[web] host:port`. It
+  reads the monitor's KPI store and alert state, the store and the spool, and
+  writes acknowledgements and its users database. `all` includes it when the
+  config has a `[web]` section (`--role web` runs it with the section's defaults).
+
+Every process with `http_port` also serves `/metrics`, `/health` and, with the
+monitor, the alerts' JSON API (`server.web.app`), in a uvicorn thread.
 
 `run(cfg)` is `greenmine server run`: it starts the app and, on SIGTERM or
 SIGINT, shuts down gracefully. For ingest:
@@ -47,7 +54,7 @@ from greenmine.server.spool.agents import AgentRegistry
 from greenmine.server.config import ServerConfig
 from greenmine.server.errors import ServerError
 from greenmine.server.ingest.ingestor import Ingestor
-from greenmine.server.metrics import HttpEndpoint, Metrics
+from greenmine.server.metrics import Metrics
 from greenmine.server.ingest.mqtt import MqttSubscriber
 from greenmine.server.spool.spool import Spool
 from greenmine.server.store import open_sink
@@ -57,7 +64,7 @@ from greenmine.server.store.writer import Writer
 log = logging.getLogger(__name__)
 
 
-ROLES = ("ingest", "monitor", "uplink")
+ROLES = ("ingest", "monitor", "uplink", "web")
 
 
 class App:
@@ -76,7 +83,8 @@ class App:
         if not self.roles or not self.roles <= set(ROLES):
             raise ServerError(f"roles must be some of {', '.join(ROLES)}, not {sorted(self.roles)}")
         self.spool = self.sink = self.ingestor = self.writer = self.mqtt = None
-        self.monitor = self.uplink = None
+        self.monitor = self.uplink = self.web = self.http = None
+        self._http_ctx = None
         self.agents = AgentRegistry()
         try:
             if "ingest" in self.roles:
@@ -92,12 +100,28 @@ class App:
 
                 self.uplink = UplinkRole(cfg, clock=clock)
                 self.metrics.bind_hj212(self.uplink.hj212.snapshot)
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
-                                     api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
+            if "web" in self.roles and cfg.web is not None:
+                from greenmine.server.web.role import WebRole
+
+                self.web = WebRole(cfg, metrics=self.metrics, health=self.health, clock=clock)
+            if cfg.http_port is not None:
+                self._build_http(cfg, clock)
         except BaseException:
+            if self.web is not None:
+                self.web.close()
             self._close_files()
             raise
         self._started = False
+
+    def _build_http(self, cfg: ServerConfig, clock: Callable[[], float]) -> None:
+        from greenmine.server.web.app import WebContext, create_app
+        from greenmine.server.web.config import web_config
+        from greenmine.server.web.server import WebServer
+
+        engine = self.monitor.monitor.alerts if self.monitor else (self.web.console.alerts if self.web else None)
+        self._http_ctx = WebContext(cfg, web=web_config(cfg), metrics=self.metrics, health=self.health, alerts=engine,
+                                    users=self.web.users if self.web else None, clock=clock)
+        self.http = WebServer(create_app(self._http_ctx), cfg.http_host, cfg.http_port, name="greenmine-http")
 
     def _build_ingest(self, cfg: ServerConfig, sink: Sink | None, clock: Callable[[], float]) -> None:
         ing = cfg.ingest
@@ -150,6 +174,8 @@ class App:
         if self.uplink is not None:
             doc["uplink_connected"] = self.uplink.connected
             ok = ok and self.uplink.connected
+        if self.web is not None:
+            doc["web_port"] = self.web.port
         return {"status": "ok" if ok else "degraded", **doc}
 
     def start(self) -> None:
@@ -160,6 +186,8 @@ class App:
             self.monitor.start()
         if self.uplink is not None:
             self.uplink.start()
+        if self.web is not None:
+            self.web.start()
         if self.http is not None:
             self.http.start()
             log.info("server: /metrics and /health on http://%s:%d", self.cfg.http_host, self.http.port)
@@ -170,13 +198,17 @@ class App:
                 ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
             )
         self._started = True
-        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles))
+        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles and (r != "web" or self.web)))
 
     def stop(self, flush_timeout_s: float | None = None) -> None:
         """Graceful stop (see the module docstring). Safe to call once after start."""
         if flush_timeout_s is None:
             flush_timeout_s = self.cfg.ingest.shutdown_flush_timeout_s
         if self._started:
+            if self.http is not None:
+                self.http.stop()
+            if self.web is not None:
+                self.web.stop()
             if self.mqtt is not None:
                 self.mqtt.stop_consuming()
                 self.ingestor.stop()
@@ -186,18 +218,22 @@ class App:
                 self.uplink.stop()
             if self.monitor is not None:
                 self.monitor.stop()
-            if self.http is not None:
-                self.http.stop()
         else:
             if self.monitor is not None:
                 self.monitor.monitor.close()
             if self.uplink is not None:
                 self.uplink.replica.close()
+            if self.http is not None:
+                self.http.stop()
+            if self.web is not None:
+                self.web.close()
         self._close_files()
         self._started = False
         log.info("server: stopped")
 
     def _close_files(self) -> None:
+        if self._http_ctx is not None:
+            self._http_ctx.close()
         if self.sink is not None:
             self.sink.close()
         if self.spool is not None:

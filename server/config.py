@@ -25,6 +25,7 @@ from greenmine.server.monitor.kpi import dust, energy, noise, water
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.notify.config import NotifyConfig
+from greenmine.server.web.config import WebConfig
 
 
 class ServerMqttConfig(ConfigModel):
@@ -153,6 +154,7 @@ class Limits(ConfigModel):
 class SiteConfig(ConfigModel):
     id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
     name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
+    prefecture: str = Field(default="", max_length=40, description="prefecture (市州) the console groups the site under, e.g. 金昌市")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
     limits: Limits = Field(default_factory=Limits, description="the site's limits; defaults: the published figures (docs/kpi-alerts.md)")
     recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
@@ -192,6 +194,9 @@ class ServerConfig(FileConfig):
     kpi: KpiConfig = Field(default_factory=KpiConfig, description="how KPIs are computed (docs/kpi-alerts.md)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, state file, re-notify and reminders")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="email templates, digests, outbox retries, .eml folder")
+    web: WebConfig | None = Field(
+        default=None, description="the officers' console (role web, docs/console.md); absent: `--role all` runs no console",
+    )
     clock: ClockConfig = Field(
         default_factory=ClockConfig,
         description="time that ingest, KPIs, alerts and emails judge by; absent: the system clock. accelerated is for "
