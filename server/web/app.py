@@ -201,12 +201,12 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     @app.get("/health")
     @app.get("/healthz")
-    def health():
+    async def health():
         doc = ctx.health() if ctx.health is not None else {"status": "ok", "roles": ["web"]}
         return JSONResponse(doc, 200 if doc.get("status") == "ok" else 503)
 
     @app.get("/metrics")
-    def metrics(request: Request):
+    async def metrics(request: Request):
         if not web.metrics_public:
             need_user(request)
         if ctx.metrics is None:
@@ -232,11 +232,11 @@ def create_app(ctx: WebContext) -> FastAPI:
         return JSONResponse([alert_doc(a) for a in rows])
 
     @app.get("/api/alerts")
-    def api_alerts_route(request: Request):
+    async def api_alerts_route(request: Request):
         return api_alerts(request)
 
     @app.get("/alerts")
-    def alerts_route(request: Request):
+    async def alerts_route(request: Request):
         if console is not None and _wants_html(request):
             return alerts_page(request)
         return api_alerts(request)
@@ -291,7 +291,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return await do_ack(request, alert_id)
 
     @app.get("/alerts/{alert_id}/ack")
-    def ack_get(alert_id: int):
+    async def ack_get(alert_id: int):
         return JSONResponse({"error": "use POST"}, 405)
 
     if console is None:
@@ -300,7 +300,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- login --------------------------------------------------------------
 
     @app.get("/login")
-    def login_form(request: Request, next: str = "/", failed: str = ""):
+    async def login_form(request: Request, next: str = "/", failed: str = ""):
         current(request)
         cookie, tok = sessions().pre_csrf()
         resp = _page(request, "login.html", {"next": _safe_next(next), "login_csrf": tok, "error": failed})
@@ -354,7 +354,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- overview -----------------------------------------------------------
 
     @app.get("/")
-    def overview(request: Request):
+    async def overview(request: Request):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -385,7 +385,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return rng, end_day
 
     @app.get("/sites/{site}")
-    def site_page(request: Request, site: str):
+    async def site_page(request: Request, site: str):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -456,7 +456,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- device ------------------------------------------------------------------
 
     @app.get("/sites/{site}/devices/{device}")
-    def device_page(request: Request, site: str, device: str):
+    async def device_page(request: Request, site: str, device: str):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -523,7 +523,7 @@ def create_app(ctx: WebContext) -> FastAPI:
                 "acked": console.fmt(a.acked_ts, tz=tz) if a.acked_ts else ""}
 
     @app.get("/alerts/{alert_id}")
-    def alert_page(request: Request, alert_id: int):
+    async def alert_page(request: Request, alert_id: int):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -546,7 +546,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- system health ---------------------------------------------------------
 
     @app.get("/system")
-    def system_page(request: Request):
+    async def system_page(request: Request):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -565,7 +565,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- export -----------------------------------------------------------------
 
     @app.get("/export")
-    def export_page(request: Request):
+    async def export_page(request: Request):
         user = page_user(request)
         if user is None:
             return login_redirect(request)
@@ -576,7 +576,7 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     @app.get("/export.csv")
     @app.get("/api/export.csv")
-    def export_csv(request: Request):
+    async def export_csv(request: Request):
         user = need_user(request) if bearer(request) else page_user(request)
         if user is None:
             raise _Denied(401, "authentication required")
@@ -600,7 +600,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         def local(ts: float) -> str:
             return datetime.fromtimestamp(ts, z).isoformat(timespec="seconds")
 
-        def rows():
+        async def rows():  # async: starlette would iterate a plain generator on a worker thread
             buf = io.StringIO()
             w = csv.writer(buf)
             if kind == "readings":
@@ -630,13 +630,13 @@ def create_app(ctx: WebContext) -> FastAPI:
     # --- JSON API ---------------------------------------------------------------
 
     @app.get("/api/sites")
-    def api_sites(request: Request):
+    async def api_sites(request: Request):
         user = need_user(request)
         return JSONResponse([{"id": s.id, "name": s.name, "prefecture": s.prefecture, "timezone": s.timezone}
                              for s in visible(user)])
 
     @app.get("/api/sites/{site}/kpis")
-    def api_kpis(request: Request, site: str, kpi: str = "water_reuse_daily", days: int = 30):
+    async def api_kpis(request: Request, site: str, kpi: str = "water_reuse_daily", days: int = 30):
         user = need_user(request)
         see(user, site)
         now = ctx.clock()
