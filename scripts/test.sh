@@ -5,14 +5,15 @@
 #
 # - Debian packages: mosquitto (MQTT broker), victoria-metrics (time-series store
 #   speaking InfluxDB's /api/v2/write), socat (pty pairs for RTU tests), mbpoll,
-#   openssl (test certificates).
+#   openssl (test certificates), chromium and chromium-driver (the console tests in a
+#   headless browser, driven by selenium).
 #   Installed with apt-get when missing, as root or through sudo; otherwise the
 #   exact command to run is printed and the script stops.
 # - Python: a virtual environment in .venv with greenmine[test] (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(mosquitto victoria-metrics socat mbpoll openssl)
+PKGS=(mosquitto victoria-metrics socat mbpoll openssl chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -106,6 +106,12 @@ def console(tmp_path_factory):
     try:
         wait_for(lambda: app.mqtt.subscribed and app.monitor.consumer.mqtt.subscribed, 10, what="roles subscribed")
         pub.publish_many([(topic(site=s), b) for s in SITES for b in day_batches(s)])
+        seen = (DAY + timedelta(days=1, hours=11)).isoformat()
+        for site, state in (("gs-red", "online"), ("gs-green", "online"), ("gs-other", "offline")):
+            pub.publish(topic("status", site=site), json.dumps({
+                "schema": "greenmine.status.v1", "site": site, "agent": "gw1", "state": state, "ts": seen,
+                "version": "0.1.0", "outbox_depth": 3, "dropped_batches": 0, "dropped_readings": 0}).encode())
+        wait_for(lambda: len(app.spool.agents.load()) == 3, 20, what="the agents' status")
         kpis = app.monitor.monitor.kpi_store
         def missing():
             return [(s, k) for s in SITES for k in ("water_reuse_daily", "energy_intensity_daily", "noise_leq_night")
