@@ -15,7 +15,7 @@ class WebConfig(ConfigModel):
         description="the server's database of users, API tokens and the audit log; relative to the config file",
     )
     public_url: str | None = Field(
-        default=None, description="the console's address as officers reach it (e.g. https://console.example.cn); "
+        default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the console's address as officers reach it (e.g. https://console.example.cn); "
         "emails link each alert id to <public_url>/alerts/<id>",
     )
     metrics_public: bool = Field(

@@ -163,6 +163,10 @@ class ConsoleData:
         pct = lambda vs: f"{min(v.value for v in vs):.1f} %"  # noqa: E731
         mx = lambda vs: f"{max(v.value for v in vs):.3g} {vs[0].unit}"  # noqa: E731
         row: dict = {}
+        # an alert firing now on a KPI of a group makes today's light red, whatever the completeness rule of
+        # its rule (a rule may judge incomplete periods, require_complete = false)
+        firing = {a.facts.get("kpi") for a in self.alerts.alerts(("firing",), site=site)}
+        groups = {"water": ("water_",), "energy": ("energy_intensity",), "dust": ("dust_",), "noise": ("noise_",)}
         for key, (a, b) in wins.items():
             if key == "today":
                 water = [v for v in self.values(site, "water_reuse_24h", a - 86400, b) if v.period_end <= b][-1:]
@@ -189,6 +193,10 @@ class ConsoleData:
                 "noise": self.light(noisy, mx, t),
                 "complete": comp,
             }
+            if key == "today":
+                for g, prefixes in groups.items():
+                    if any(k and k.startswith(prefixes) for k in firing) and row[key][g].color != "red":
+                        row[key][g] = Light("red", row[key][g].text, t("alert_firing"))
         return row
 
     # --- alerts ------------------------------------------------------------

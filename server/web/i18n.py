@@ -33,6 +33,7 @@ T: dict[str, tuple[str, str]] = {
     "incomplete": ("数据不完整", "incomplete"),
     "exceed_hours": ("超标小时", "hours over"),
     "light_red": ("超标", "breach"),
+    "alert_firing": ("告警中", "alert firing"),
     "light_green": ("达标", "within limit"),
     "light_amber": ("数据不完整", "incomplete"),
     "light_grey": ("无限值/无数据", "no limit or no data"),
