@@ -69,6 +69,10 @@ class ConsoleData:
             self.has_rollups = False
         self._spool = None
         self._spool_lock = threading.Lock()
+        #: KPI periods read recently: (site, kpi, start, end) -> (monotonic time, values). KPI values change when a
+        #: period closes (hourly at most), so 20 officers on the overview need not each parse the month again.
+        self._cache: dict[tuple, tuple[float, list[KpiValue]]] = {}
+        self.cache_s = 10.0
 
     def close(self) -> None:
         self.kpi.close()
@@ -121,7 +125,16 @@ class ConsoleData:
     # --- KPIs ------------------------------------------------------------
 
     def values(self, site: str, kpi: str, start: float, end: float) -> list[KpiValue]:
-        return self.kpi.values(site, kpi, start, end)
+        key = (site, kpi, start, end)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        vals = self.kpi.values(site, kpi, start, end)
+        if len(self._cache) > 5000:
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.cache_s}
+        self._cache[key] = (now, vals)
+        return vals
 
     def per_slot(self, w: Window, values: list[KpiValue], pick=max) -> tuple[list[float | None], list[bool], list[KpiValue | None]]:
         """One value per slot of the window (the worst over devices by `pick`), whether it is incomplete,
@@ -159,7 +172,7 @@ class ConsoleData:
         d_today = periods.day(today, tz)
         d_yday = periods.day(today - timedelta(days=1), tz)
         m = periods.month(today.year, today.month, tz)
-        wins = {"today": (d_today.start, now + 1), "yesterday": (d_yday.start, d_yday.end), "month": (m.start, m.end)}
+        wins = {"today": (d_today.start, d_today.end), "yesterday": (d_yday.start, d_yday.end), "month": (m.start, m.end)}
         pct = lambda vs: f"{min(v.value for v in vs):.1f} %"  # noqa: E731
         mx = lambda vs: f"{max(v.value for v in vs):.3g} {vs[0].unit}"  # noqa: E731
         row: dict = {}
@@ -169,7 +182,7 @@ class ConsoleData:
         groups = {"water": ("water_",), "energy": ("energy_intensity",), "dust": ("dust_",), "noise": ("noise_",)}
         for key, (a, b) in wins.items():
             if key == "today":
-                water = [v for v in self.values(site, "water_reuse_24h", a - 86400, b) if v.period_end <= b][-1:]
+                water = [v for v in self.values(site, "water_reuse_24h", a - 86400, b) if v.period_end <= now][-1:]
             else:
                 water = self.values(site, "water_reuse_daily", a, b)
             energy = self.values(site, "energy_intensity_daily", a, b)
