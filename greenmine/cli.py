@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("greenmine.server.monitor.alerts.cli", fromlist=["register"]).register(sub)  # greenmine alerts list|ack|test-email
     __import__("greenmine.server.monitor.kpi.cli", fromlist=["register"]).register(sub)  # greenmine kpi recompute|show
     __import__("greenmine.server.supervision.cli", fromlist=["register"]).register(sub)  # greenmine supervision ...|report ...
+    __import__("greenmine.server.web.cli", fromlist=["register"]).register(sub)  # greenmine users add|list|passwd|disable|token
     sim_cli.register(sub)
     demo.register(sub)
     checkcmd.register(sub)

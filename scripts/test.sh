@@ -6,7 +6,8 @@
 # - Debian packages: mosquitto (MQTT broker), victoria-metrics (time-series store
 #   speaking InfluxDB's /api/v2/write), socat (pty pairs for RTU tests), mbpoll,
 #   openssl (test certificates), systemd (systemd-analyze verify for deploy/systemd),
-#   fonts-noto-cjk, poppler-utils and pango (the PDF
+#   chromium and chromium-driver (the console tests in a headless browser, driven by
+#   selenium), fonts-noto-cjk, poppler-utils and pango (the PDF
 #   reports: CJK fonts, pdftoppm/pdftotext checks, WeasyPrint's text layout).
 #   Installed with apt-get when missing, as root or through sudo; otherwise the
 #   exact command to run is printed and the script stops.
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(mosquitto victoria-metrics socat mbpoll openssl systemd fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0)
+PKGS=(mosquitto victoria-metrics socat mbpoll openssl systemd chromium chromium-driver fonts-noto-cjk poppler-utils libpango-1.0-0 libpangoft2-1.0-0)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

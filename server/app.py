@@ -18,6 +18,13 @@ the broker and their own files, never through in-process callbacks:
   energy-platform enterprises: the KPI engine's code over its own replica, a
   queue per data centre, HTTPS. Runs (also under `all`) when `[energy]` has
   centres and enterprises.
+- **web** (`server.web.role`): the officers' console on `[web] host:port`. It
+  reads the monitor's KPI store and alert state, the store and the spool, and
+  writes acknowledgements and its users database. `all` includes it when the
+  config has a `[web]` section (`--role web` runs it with the section's defaults).
+
+Every process with `http_port` also serves `/metrics`, `/health` and, with the
+monitor, the alerts' JSON API (`server.web.app`), in a uvicorn thread.
 
 `run(cfg)` is `greenmine server run`: it starts the app and, on SIGTERM or
 SIGINT, shuts down gracefully. For ingest:
@@ -58,7 +65,7 @@ from greenmine.server.spool.agents import AgentRegistry
 from greenmine.server.config import ServerConfig
 from greenmine.server.errors import ServerError
 from greenmine.server.ingest.ingestor import Ingestor
-from greenmine.server.metrics import HttpEndpoint, Metrics
+from greenmine.server.metrics import Metrics
 from greenmine.server.ingest.mqtt import MqttSubscriber
 from greenmine.server.spool.spool import Spool
 from greenmine.server.store import open_sink
@@ -72,7 +79,7 @@ log = logging.getLogger(__name__)
 EXIT_THREAD_DIED = 70
 
 
-ROLES = ("ingest", "monitor", "uplink", "energy")
+ROLES = ("ingest", "monitor", "uplink", "energy", "web")
 
 
 class App:
@@ -91,7 +98,8 @@ class App:
         if not self.roles or not self.roles <= set(ROLES):
             raise ServerError(f"roles must be some of {', '.join(ROLES)}, not {sorted(self.roles)}")
         self.spool = self.sink = self.ingestor = self.writer = self.mqtt = None
-        self.monitor = self.uplink = self.energy = None
+        self.monitor = self.uplink = self.energy = self.web = self.http = None
+        self._http_ctx = None
         self.agents = AgentRegistry()
         self.supervisor = Supervisor(log)
         try:
@@ -121,12 +129,28 @@ class App:
             self.supervisor.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
             for sup in self._role_supervisors():
                 sup.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
-            self.http = HttpEndpoint(cfg.http_host, cfg.http_port, self.metrics, self.health,
-                                     api=self.monitor.api if self.monitor else None) if cfg.http_port is not None else None
+            if "web" in self.roles and cfg.web is not None:
+                from greenmine.server.web.role import WebRole
+
+                self.web = WebRole(cfg, metrics=self.metrics, health=self.health, clock=clock)
+            if cfg.http_port is not None:
+                self._build_http(cfg, clock)
         except BaseException:
+            if self.web is not None:
+                self.web.close()
             self._close_files()
             raise
         self._started = False
+
+    def _build_http(self, cfg: ServerConfig, clock: Callable[[], float]) -> None:
+        from greenmine.server.web.app import WebContext, create_app
+        from greenmine.server.web.config import web_config
+        from greenmine.server.web.server import WebServer
+
+        engine = self.monitor.monitor.alerts if self.monitor else (self.web.console.alerts if self.web else None)
+        self._http_ctx = WebContext(cfg, web=web_config(cfg), metrics=self.metrics, health=self.health, alerts=engine,
+                                    users=self.web.users if self.web else None, clock=clock)
+        self.http = WebServer(create_app(self._http_ctx), cfg.http_host, cfg.http_port, name="greenmine-http")
 
     def _build_ingest(self, cfg: ServerConfig, sink: Sink | None, clock: Callable[[], float]) -> None:
         ing = cfg.ingest
@@ -218,6 +242,8 @@ class App:
         if self.energy is not None:
             doc["energy_connected"] = self.energy.connected
             ok = ok and self.energy.connected
+        if self.web is not None:
+            doc["web_port"] = self.web.port
         return {"status": "ok" if ok else "degraded", **doc}
 
     def stalled(self) -> list[str]:
@@ -235,6 +261,8 @@ class App:
             out += self.energy.stalled()
         if self.http is not None and not self.http.alive:
             out.append("HTTP endpoint")
+        if self.web is not None and not self.web.server.alive:
+            out.append("web console")
         return out
 
     def start(self) -> None:
@@ -247,6 +275,8 @@ class App:
             self.uplink.start()
         if self.energy is not None:
             self.energy.start()
+        if self.web is not None:
+            self.web.start()
         if self.http is not None:
             self.http.start()
             log.info("server: /metrics and /health on http://%s:%d", self.cfg.http_host, self.http.port)
@@ -257,13 +287,17 @@ class App:
                 ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
             )
         self._started = True
-        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles))
+        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles and (r != "web" or self.web)))
 
     def stop(self, flush_timeout_s: float | None = None) -> None:
         """Graceful stop (see the module docstring). Safe to call once after start."""
         if flush_timeout_s is None:
             flush_timeout_s = self.cfg.ingest.shutdown_flush_timeout_s
         if self._started:
+            if self.http is not None:
+                self.http.stop()
+            if self.web is not None:
+                self.web.stop()
             if self.mqtt is not None:
                 self.mqtt.stop_consuming()
                 self.ingestor.stop()
@@ -275,8 +309,6 @@ class App:
                 self.energy.stop()
             if self.monitor is not None:
                 self.monitor.stop()
-            if self.http is not None:
-                self.http.stop()
         else:
             if self.monitor is not None:
                 self.monitor.monitor.close()
@@ -284,11 +316,17 @@ class App:
                 self.uplink.replica.close()
             if self.energy is not None:
                 self.energy.close()
+            if self.http is not None:
+                self.http.stop()
+            if self.web is not None:
+                self.web.close()
         self._close_files()
         self._started = False
         log.info("server: stopped")
 
     def _close_files(self) -> None:
+        if self._http_ctx is not None:
+            self._http_ctx.close()
         if self.sink is not None:
             self.sink.close()
         if self.spool is not None:

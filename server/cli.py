@@ -1,7 +1,7 @@
 """`greenmine server ...` subcommands.
 
     server run --config FILE [--role R] [--instance NAME] [--sites A,B | --partition I/N] [--http-port N] [--mqtt-port N]
-                                        run roles (ingest, monitor, uplink, energy; default all) until SIGTERM
+                                        run roles (ingest, monitor, uplink, energy, web; default all) until SIGTERM
     server status --config FILE         spool depth, dead letters by reason, agents (from the spool file)
     server dead-letters --config FILE   the newest rejected messages, with reason and payload
 """
@@ -49,6 +49,10 @@ def _run(args) -> int:
         cfg = cfg.model_copy(update={"http_port": http_port})
     if mqtt_port is not None:
         cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"port": mqtt_port})})
+    if "web" in args.role and cfg.web is None:  # asked for by name: the console with the [web] defaults
+        from greenmine.server.web.config import WebConfig
+
+        cfg = cfg.model_copy(update={"web": WebConfig()})
     sites = [s.strip() for s in args.sites.split(",") if s.strip()] if args.sites else None
     if args.partition is not None:
         from greenmine.server.monitor.config import parse_partition
@@ -136,10 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = p.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
 
     run = ssub.add_parser(
-        "run", help="run the server's roles (ingest, monitor, uplink) until SIGTERM",
+        "run", help="run the server's roles (ingest, monitor, uplink, web) until SIGTERM",
         description="Run server roles, each a consumer of the broker: ingest (subscribe on the shared group, "
-        "validate, spool, acknowledge, write to the store), monitor (KPIs, alerts, email for the sites it judges) "
-        "uplink (HJ 212) and energy (the provincial energy platform, when [energy] is configured). /metrics and /health are served if http_port is set. SIGTERM stops consuming, "
+        "validate, spool, acknowledge, write to the store), monitor (KPIs, alerts, email for the sites it judges), "
+        "uplink (HJ 212), energy (the provincial energy platform, when [energy] is configured) and web (the officers' console on [web] host:port, 127.0.0.1:8470 by default). "
+        "/metrics, /health and the alerts' JSON API are served if http_port is set. SIGTERM stops consuming, "
         "flushes the spool and exits. One config can serve every process: give each its own --instance.",
         epilog="examples:\n"
         "  greenmine server run --config server.toml                    # every role, one process\n"
@@ -148,8 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_arguments(run, instance=False)
-    run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "energy", "all"), default=None,
-                     help="role to run; repeat for several (default: all)")
+    run.add_argument("--role", action="append", choices=("ingest", "monitor", "uplink", "energy", "web", "all"), default=None,
+                     help="role to run; repeat for several (default: all; all includes web when the config has a [web] section)")
     run.add_argument("--instance", metavar="NAME",
                      help="one of several processes sharing this config: suffixes the MQTT client ids and the state "
                      "files (spool, alert and KPI state, replica) with -NAME")

@@ -28,6 +28,7 @@ from greenmine.server.uplink.config import UplinkConfig
 from greenmine.server.uplink.energy.config import EnergyConfig
 from greenmine.server.notify.config import NotifyConfig
 from greenmine.server.supervision.config import SupervisionConfig
+from greenmine.server.web.config import WebConfig
 
 
 class ServerMqttConfig(ConfigModel):
@@ -190,6 +191,7 @@ class Limits(ConfigModel):
 class SiteConfig(ConfigModel):
     id: str = Field(pattern=IDENT, description="site id, as the agents publish it")
     name: str = Field(default="", description="human name, used in emails, e.g. 金昌某铜矿")
+    prefecture: str = Field(default="", max_length=40, description="prefecture (市州) the console groups the site under, e.g. 金昌市")
     timezone: str = Field(default="Asia/Shanghai", description="local time zone for days, nights and reports")
     limits: Limits = Field(default_factory=Limits, description="the site's limits; defaults: the published figures (docs/kpi-alerts.md)")
     recipients: list[str] = Field(default_factory=list, description="officers' email addresses for this site")
@@ -236,6 +238,9 @@ class ServerConfig(FileConfig):
     supervision: SupervisionConfig = Field(
         default_factory=SupervisionConfig,
         description="the green-mine supervision database: mines, inspectors, rectification defaults (docs/supervision.md)",
+    )
+    web: WebConfig | None = Field(
+        default=None, description="the officers' console (role web, docs/console.md); absent: `--role all` runs no console",
     )
     clock: ClockConfig = Field(
         default_factory=ClockConfig,

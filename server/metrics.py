@@ -1,4 +1,4 @@
-"""Prometheus metrics and the HTTP endpoint serving `/metrics` and `/health`.
+"""Prometheus metrics, served on `/metrics` by the server's HTTP app (`server.web.app`).
 
 Each `Metrics` has its own registry (no module-level state), so several server
 instances can live in one process, as the tests run them.
@@ -32,15 +32,12 @@ instances can live in one process, as the tests run them.
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from greenmine.server.spool.deadletter import REASONS
 
@@ -167,69 +164,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class HttpEndpoint:
-    """`/metrics` (Prometheus text format) and `/health` (JSON; 200 healthy, 503 not) on one port."""
-
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Callable[[], dict], api=None) -> None:
-        # api(method, path, query, body) -> (code, JSON doc) | None: extra routes, e.g. server.alerts.api.AlertsApi
-        class Handler(BaseHTTPRequestHandler):
-            def _api(self, method: str) -> bool:
-                path, _, query = self.path.partition("?")
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(min(n, 65536)) if n else None
-                res = api(method, path, query, body) if api is not None else None
-                if res is None:
-                    return False
-                out = json.dumps(res[1], ensure_ascii=False).encode()
-                self.send_response(res[0])
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-                return True
-
-            def do_POST(self) -> None:  # noqa: N802
-                if not self._api("POST"):
-                    self.send_error(404)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?", 1)[0]
-                if path.startswith("/alerts") and self._api("GET"):
-                    return
-                if path == "/metrics":
-                    body, ctype, code = metrics.exposition(), CONTENT_TYPE_LATEST, 200
-                elif path in ("/health", "/healthz"):
-                    doc = health()
-                    body, ctype = json.dumps(doc).encode(), "application/json"
-                    code = 200 if doc.get("status") == "ok" else 503
-                else:
-                    body, ctype, code = b"not found: try /metrics or /health\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args) -> None:
-                log.debug("http: " + fmt, *args)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="greenmine-http", kwargs={"poll_interval": 0.2})
-
-    @property
-    def alive(self) -> bool:
-        """Its thread is running (for the systemd watchdog)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()

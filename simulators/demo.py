@@ -235,6 +235,8 @@ def build_configs(run_dir: Path, agent_mqtt: dict, server_mqtt: dict, clock: Clo
     server["store"] = {"kind": "sqlite", "path": str(run_dir / "greenmine.sqlite")}
     server.setdefault("alerts", {})["db_path"] = str(run_dir / "alerts.sqlite")  # alert state + email outbox
     server["http_port"] = free_port()
+    # the officers' console (web role) on a free port; its users in this run's folder
+    server["web"] = {**server.get("web", {}), "host": "127.0.0.1", "port": free_port(), "users_db": str(run_dir / "users.sqlite")}
     server.pop("smtp", None)  # demo mode: emails are written as .eml files
     server.setdefault("notify", {})["eml_dir"] = str(run_dir / "emails")
     sup = server.setdefault("supervision", {})  # the registry and the reports (greenmine report annual ...)
@@ -266,6 +268,23 @@ def _accelerate(site: dict, agent: dict, server: dict, clock: ClockConfig) -> No
     server.setdefault("kpi", {})["rolling_every_s"] = ROLLING_EVERY_S
     rules = server.setdefault("alerts", {}).setdefault("rules", [])
     rules += [r for r in DEMO_RULES if r["name"] not in {x.get("name") for x in rules}]
+
+
+def _console_login(server_doc: dict, run_dir: Path) -> str:
+    """Create this run's console user with a one-time password; the line that tells the user how to log in."""
+    import secrets
+
+    from greenmine.server.web.users import UserDb
+
+    password = secrets.token_urlsafe(12)
+    db = UserDb(run_dir / "users.sqlite")
+    try:
+        db.add("demo", "operator", password, by="demo")
+    finally:
+        db.close()
+    web = server_doc["web"]
+    return (f"  console    http://{web['host']}:{web['port']}/  user demo, password {password} (made for this run; "
+            f"more users: greenmine users add NAME --role officer --config {run_dir / 'server.toml'})")
 
 
 class Child:
@@ -571,6 +590,7 @@ def run(args: argparse.Namespace) -> int:
               "limit (demo rule noise_night_leq_hourly), and the shipped device_offline rule (5 min silence)")
         print("  Ctrl-C stops the demo." if args.duration is None else f"  stopping after {args.duration:g} s.")
 
+        print(_console_login(server_doc, run_dir))
         alerts = AlertWatcher(server_doc["http_port"])
         script = Script(site_doc["control_port"], clock)
         emails: set[str] = set()

@@ -22,6 +22,9 @@ COMMANDS = [
     ["check-config"],
     ["hj212"],
     ["hj212", "decode"],
+    ["users"],
+    ["users", "add"],
+    ["users", "token", "create"],
 ]
 
 

@@ -140,3 +140,35 @@ def test_demo_breaches_reuse_and_night_noise_takes_a_meter_offline_and_emails(tm
     assert annual["listed"]["end"] == 3 and annual["evidence"]["gs-jinchang-cu01"]["has_data"]
     assert annual["evidence"]["gs-jinchang-cu01"]["alerts"]["raised"] >= 3
     assert (run_dir / "reports" / f"annual-金昌市-{year}.xlsx").exists()
+    # The console: the demo printed its address and a login made for the run; on the run's files the
+    # breaches show red on the overview.
+    m = re.search(r"console    http://127\.0\.0\.1:(\d+)/  user demo, password (\S+)", text)
+    assert m, text[:3000]
+    _console_shows_the_breaches(run_dir, m.group(2))
+
+
+def _console_shows_the_breaches(run_dir: Path, password: str) -> None:
+    import urllib.parse
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    from greenmine.clock import Clock
+    from greenmine.server.app import App
+    from greenmine.server.config import load_server_config
+
+    cfg = load_server_config(run_dir / "server.toml")
+    cfg = cfg.model_copy(update={"web": cfg.web.model_copy(update={"port": 0})})
+    app = App(cfg, roles={"web"}, clock=Clock(cfg.clock).now)
+    app.start()
+    try:
+        base = f"http://127.0.0.1:{app.web.port}"
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        page = opener.open(base + "/login", timeout=10).read().decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode({"csrf": csrf, "username": "demo", "password": password, "next": "/"}).encode()
+        overview = opener.open(base + "/login", data=form, timeout=30).read().decode()
+        row = re.search(r'<tr data-site="gs-jinchang-cu01">(.*?)</tr>', overview, re.S).group(1)
+        assert re.search(r'light-red" data-kpi="water" data-window="today"', row), row
+        assert re.search(r'light-red" data-kpi="noise" data-window="today"', row), row
+    finally:
+        app.stop()

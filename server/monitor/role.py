@@ -26,7 +26,6 @@ from collections.abc import Callable
 from greenmine.latch import Latch
 from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
-from greenmine.server.monitor.alerts.api import AlertsApi
 from greenmine.server.monitor.alerts.service import Monitor
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ class MonitorRole:
         self.clock = clock
         self.tick_s = tick_s
         self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock, on_moved=on_moved)
-        self.api = AlertsApi(self.monitor.alerts)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS
         self.consumer = StreamConsumer(
             cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,

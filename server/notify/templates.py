@@ -36,7 +36,7 @@ NOTICE_VARS = frozenset({
     "notice", "rule_kind", "alert_id", "rule", "severity", "site_id", "site_name", "subject", "title_zh", "title_en",
     "value", "worst", "limit", "unit", "comparison", "standard", "period_label", "period_start", "period_end",
     "timezone", "since_ts", "resolved_ts", "devices", "completeness_pct", "extra", "last_seen", "reported_offline",
-    "resolves_zh", "resolves_en", "decimals",
+    "resolves_zh", "resolves_en", "decimals", "alert_url",
 })
 DIGEST_VARS = frozenset({"count", "sites", "items"})
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -139,7 +139,9 @@ _SAMPLES = (
 
 
 class Templates:
-    def __init__(self, override_dir: str | Path | None = None) -> None:
+    def __init__(self, override_dir: str | Path | None = None, *, console_url: str | None = None) -> None:
+        #: the console's address ([web] public_url): notices link their alert id to <console_url>/alerts/<id>
+        self.console_url = console_url.rstrip("/") if console_url else None
         loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(SHIPPED, encoding="utf-8")]
         if override_dir is not None:
             _check_override_dir(Path(override_dir))
@@ -195,11 +197,16 @@ class Templates:
             raise TemplateError(f"template {self.path(name)}: the subject has a control character: {escape(subject)}")
         return subject, body.lstrip("\n")
 
+    def _context(self, facts: dict, kind: str) -> dict:
+        ctx = context(facts, kind)
+        ctx["alert_url"] = f"{self.console_url}/alerts/{ctx['alert_id']}" if self.console_url and ctx["alert_id"] != "" else ""
+        return ctx
+
     def notice(self, kind: str, facts: dict) -> tuple[str, str]:
-        return self.render(kind, context(facts, kind))
+        return self.render(kind, self._context(facts, kind))
 
     def digest(self, notices: list[tuple[str, dict]]) -> tuple[str, str]:
-        items = [self._render("digest_item", context(f, k)) for k, f in notices]
+        items = [self._render("digest_item", self._context(f, k)) for k, f in notices]
         sites = sorted({escape(str(f.get("site_name") or f.get("site_id"))) for _, f in notices})
         return self.render("digest", {"count": len(notices), "sites": sites, "items": items})
 

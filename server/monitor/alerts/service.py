@@ -61,6 +61,7 @@ class Monitor:
         clock: Callable[[], float] = time.time,
         ssl_context=None,
         on_moved=None,
+        console_url: str | None = None,
     ) -> None:
         self.clock = clock
         self.alerts_cfg = alerts or AlertsConfig()
@@ -79,7 +80,7 @@ class Monitor:
             transport = EmlDirTransport(eml_dir or Path(alerts_db).parent / notify.eml_dir)
         if replica.metrics is None:  # keep only what the KPIs and the metric rules read back
             replica.metrics = self.replica_metrics
-        self.notifier = Notifier(notify, open_db(alerts_db), transport, templates=Templates(templates_dir), clock=clock)
+        self.notifier = Notifier(notify, open_db(alerts_db), transport, templates=Templates(templates_dir, console_url=console_url), clock=clock)
         self._next_run = float("-inf")
 
     @classmethod
@@ -97,7 +98,8 @@ class Monitor:
             sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=alerts_db,
             kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),
             templates_dir=cfg.resolve(cfg.notify.templates_dir) if cfg.notify.templates_dir else None,
-            default_recipients=cfg.default_recipients, clock=clock, **kw,
+            default_recipients=cfg.default_recipients, clock=clock,
+            console_url=cfg.web.public_url if getattr(cfg, "web", None) is not None else None, **kw,
         )
 
     def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
