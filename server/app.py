@@ -287,7 +287,13 @@ class App:
                 ", ".join(self.mqtt.subscriptions), self.sink.name, self.spool.path,
             )
         self._started = True
-        log.info("server: running %s", ", ".join(r for r in ROLES if r in self.roles and (r != "web" or self.web)))
+        log.info("server: running %s", ", ".join(self.running_roles))
+
+    @property
+    def running_roles(self) -> list[str]:
+        """The roles asked for that have work: energy needs centres and enterprises, web a [web] section."""
+        idle = {"energy": self.energy is None, "web": self.web is None}
+        return [r for r in ROLES if r in self.roles and not idle.get(r, False)]
 
     def stop(self, flush_timeout_s: float | None = None) -> None:
         """Graceful stop (see the module docstring). Safe to call once after start."""
@@ -355,7 +361,7 @@ def run(cfg: ServerConfig, *, roles: Iterable[str] = ROLES, sites: list[str] | N
     app = App(cfg, roles=roles, clock=clock.now, sites=sites, partition=partition)
     app.start()
     watchdog = Watchdog(notifier, app.stalled)
-    notifier.ready("running " + ", ".join(r for r in ROLES if r in app.roles))
+    notifier.ready("running " + ", ".join(app.running_roles))
     try:
         while not stop.is_set():
             if app.wait_failed(min(watchdog.interval_s or 1.0, 1.0)):

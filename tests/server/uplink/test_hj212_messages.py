@@ -176,9 +176,11 @@ def test_server_example_point_loads_when_uncommented(tmp_path) -> None:
     example = Path(__file__).resolve().parents[3] / "config" / "server.example.toml"
     text = example.read_text(encoding="utf-8")
     start = text.index("# [[hj212]]")
-    block = "\n".join(line[2:] if line.startswith("# ") else line for line in text[start:].splitlines())
+    end = text.find("\n\n", start)  # the block ends at the first blank line; what follows stays as it is
+    end = len(text) if end < 0 else end
+    block = "\n".join(line[2:] if line.startswith("# ") else line for line in text[start:end].splitlines())
     cfg_file = tmp_path / "server.toml"
-    cfg_file.write_text(text[:start] + block + "\n", encoding="utf-8")
+    cfg_file.write_text(text[:start] + block + text[end:] + "\n", encoding="utf-8")
     kind, cfg = load_any(cfg_file)
     assert kind == "server"
     (p,) = cfg.hj212
