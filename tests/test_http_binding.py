@@ -12,7 +12,9 @@ import urllib.request
 from greenmine.agent.config import AgentConfig, load_agent_config
 from greenmine.agent.metrics import AgentMetrics
 from greenmine.server.config import ServerConfig, load_server_config
-from greenmine.server.metrics import HttpEndpoint, Metrics
+from greenmine.server.metrics import Metrics
+from greenmine.server.web.app import WebContext, create_app
+from greenmine.server.web.server import WebServer
 from tests.support.processes import ROOT
 
 
@@ -45,9 +47,10 @@ def test_the_defaults_and_the_example_configs_bind_to_loopback():
         assert load_agent_config(ROOT / "config" / name).metrics_host == "127.0.0.1"
 
 
-def test_the_server_endpoint_answers_on_loopback_only():
-    cfg = ServerConfig()
-    http = HttpEndpoint(cfg.http_host, 0, Metrics("none"), lambda: {"status": "ok"})
+def test_the_server_endpoint_answers_on_loopback_only(tmp_path):
+    cfg = load_server_config(tmp_path / "server.toml", doc={"kind": "server"})
+    ctx = WebContext(cfg, metrics=Metrics("none"), health=lambda: {"status": "ok"})
+    http = WebServer(create_app(ctx), cfg.http_host, 0, name="greenmine-http")
     http.start()
     try:
         assert urllib.request.urlopen(f"http://127.0.0.1:{http.port}/health", timeout=5).status == 200
@@ -55,6 +58,7 @@ def test_the_server_endpoint_answers_on_loopback_only():
         assert not [a for a in others if _reachable(a, http.port)], others
     finally:
         http.stop()
+        ctx.close()
 
 
 def test_the_agent_metrics_answer_on_loopback_only():
