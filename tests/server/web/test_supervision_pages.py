@@ -76,6 +76,9 @@ def test_operator_lists_mines_opens_one_and_downloads_reports(console, registry)
     # the 20 November readings are in the report as numbers (one of the days judged)
     assert any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cells)
 
+    req = c.opener.open(c.base + "/supervision/reports/monthly?site=gs-red&month=2026-11&format=pdf", timeout=120)
+    assert req.status == 200 and req.headers["content-type"] == "application/pdf" and req.read(5) == b"%PDF-"
+
     code, headers, body = c.request("GET", "/supervision/reports/annual?prefecture=金昌市&year=2026&until=2026-11-21&format=json"
                                     .replace("金昌市", "%E9%87%91%E6%98%8C%E5%B8%82"))
     assert code == 200 and headers["content-type"].startswith("application/json")
@@ -122,4 +125,9 @@ def test_downloads_need_a_login_and_valid_arguments(console, registry):
     assert c.request("GET", "/supervision/reports/monthly?site=gs-red&month=2026-13&format=xlsx")[0] == 400
     assert c.request("GET", "/supervision/reports/monthly?site=gs-red&month=2026-11&format=doc")[0] == 400
     assert c.request("GET", "/supervision/reports/monthly?site=ghost&month=2026-11&format=json")[0] == 404
+    assert c.request("GET", "/supervision/reports/monthly?site=gs-red&month=0000-11&format=json")[0] == 400
     assert c.request("GET", "/supervision/reports/annual?prefecture=x&year=abc&format=json")[0] == 400
+    assert c.request("GET", "/supervision/reports/annual?prefecture=x&year=99999&format=json")[0] == 400
+    assert c.request("GET", "/supervision/reports/annual?prefecture=%E9%87%91%E6%98%8C%E5%B8%82&year=2026&until=2025-01-01"
+                            "&format=json")[0] == 400  # until before the year
+    assert c.request("GET", "/supervision/reports/annual?prefecture=nowhere&year=2026&format=json")[0] == 404
