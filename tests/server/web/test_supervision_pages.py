@@ -82,6 +82,7 @@ def test_operator_lists_mines_opens_one_and_downloads_reports(console, registry)
     code, headers, body = c.request("GET", "/supervision/reports/annual?prefecture=金昌市&year=2026&until=2026-11-21&format=json"
                                     .replace("金昌市", "%E9%87%91%E6%98%8C%E5%B8%82"))
     assert code == 200 and headers["content-type"].startswith("application/json")
+    assert "filename*=UTF-8''annual-%E9%87%91%E6%98%8C%E5%B8%82-2026.json" in headers["content-disposition"]
     doc = json.loads(body)
     assert doc["prefecture"] == "金昌市" and doc["until"] == "2026-11-21"
     text = json.dumps(doc, ensure_ascii=False)
