@@ -13,6 +13,7 @@ can run on another host than ingest.
 Two threads: the consumer's, which commits each group (replica, dirty KPI
 periods, metric rules, agent states) before it is acknowledged; and the tick
 thread, which closes KPI periods, runs the deadman and lifecycle checks and
+the supervision's overdue-rectification check (`supervision.overdue`), and
 delivers email. A lock keeps them from touching the monitor's state at once.
 """
 
@@ -53,6 +54,9 @@ class MonitorRole:
             cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.monitor_client_id, sites=self.site_ids if few else None,
             accept=self.site_ids.__contains__, clock=clock, name="monitor", resolve=cfg.resolve,
         )
+        from greenmine.server.supervision.overdue import OverdueWatch
+
+        self.overdue = OverdueWatch(cfg, self.monitor.notifier)  # overdue rectifications -> their officers
         self._lock = threading.Lock()
         self._link: bool | None = None  # the broker link's last change, applied on the tick thread
         self._stop = threading.Event()
@@ -107,6 +111,7 @@ class MonitorRole:
                     if now >= self._next_prune:
                         self._next_prune = now + _PRUNE_EVERY_S
                         self.monitor.replica.prune(int(now * 1000))
+                    self.overdue.tick(now)
                 self.ticks += 1
                 latch.ok("monitor: working again")
             except Exception as exc:  # noqa: BLE001

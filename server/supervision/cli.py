@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--date", type=_date, help="date (default: today)")
     c.add_argument("--by", default="", help="who removes it")
 
-    c = cmd("check-overdue", _overdue, "raise one notice per rectification past its deadline (run daily, e.g. from a timer)")
+    c = cmd("check-overdue", _overdue, "raise one notice per rectification past its deadline now (a running monitor does it hourly: supervision.overdue_check_s)")
     c.add_argument("--date", type=_date, help="the day judged (default: today)")
 
     c = cmd("export-list", _export, "the public green-mine list (名录) as CSV or JSON, published fields only")

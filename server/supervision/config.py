@@ -110,6 +110,10 @@ class SupervisionConfig(ConfigModel):
     inspectors: list[InspectorConfig] = Field(default_factory=list, description="[[supervision.inspectors]]: the inspector pool for draws")
     officers: list[str] = Field(default_factory=list, description="who is told of an overdue rectification when the mine names no officer")
     rectification_days: int = Field(default=90, ge=1, le=730, description="default deadline of a rectification, days after the failed check")
+    overdue_check_s: float = Field(
+        default=3600.0, ge=0, description="a running monitor checks for overdue rectifications this often (seconds) and "
+        "tells their officers once; 0: never (run 'greenmine supervision check-overdue' yourself)",
+    )
     report_dir: str = Field(default="reports", description="where `greenmine report` writes its files; relative to the config file")
 
     @model_validator(mode="after")

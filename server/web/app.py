@@ -12,7 +12,8 @@ Ops endpoints (every process with `http_port`, and the console's port):
     GET  /api/alerts, POST /api/alerts/<id>/ack, GET /api/sites, GET /api/sites/<site>/kpis
 
 Console pages (the web role): / (overview), /sites/<site>, /sites/<site>/devices/<device>,
-/alerts, /alerts/<id>, /system (health), /export, /login. Server-rendered; the
+/alerts, /alerts/<id>, /system (health), /export, /login; the supervision pages /supervision...
+(`server.web.supervision`). Server-rendered; the
 charts are SVG drawn here (`charts`), so no page needs JavaScript.
 """
 
@@ -643,6 +644,10 @@ def create_app(ctx: WebContext) -> FastAPI:
         days = max(1, min(days, 400))
         return JSONResponse([v.to_dict() for v in console.values(site, kpi, now - days * 86400, now)])
 
+    from greenmine.server.web import supervision
+
+    supervision.register(app, ctx, supervision.Hooks(page=_page, page_user=page_user, need_user=need_user, bearer=bearer,
+                                                     login_redirect=login_redirect, denied=_Denied))
     return app
 
 
