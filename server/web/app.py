@@ -560,7 +560,8 @@ def create_app(ctx: WebContext) -> FastAPI:
                 for r in doc["dead"]] if user.all_sites else []
         hj = [dict(h, oldest=console.fmt(h["oldest"], h["site"]) if h["oldest"] else "—") for h in doc["hj212"] if h["site"] in ids]
         return _page(request, "system.html", {"agents": agents, "spool": doc["spool"], "dead_counts": doc["dead_counts"],
-                                               "dead": dead, "hj212": hj, "process": ctx.health() if ctx.health else None})
+                                               "dead": dead, "hj212": hj, "process": ctx.health() if ctx.health else None,
+                                               "energy": doc.get("energy") if user.all_sites else None})
 
     # --- export -----------------------------------------------------------------
 

@@ -45,6 +45,14 @@ WORDS: dict[str, tuple[str, str]] = {
     "m_hint": ("维护时段内开始的告警只记录、不发邮件;超出时段仍未恢复的告警照常发出。",
                "Alerts that begin inside a window are recorded, not emailed; a breach that outlasts the window is sent as usual."),
     "m_config": ("配置文件", "config file"),
+    # the health page's energy-platform uplink (server.web.app system_page)
+    "energy_uplink": ("能耗在线监测平台上传", "Energy-platform uplink"),
+    "centre": ("数据中心", "Data centre"),
+    "acked_n": ("已确认", "Acked"),
+    "rejected_n": ("被拒", "Rejected"),
+    "last_ack": ("最近确认", "Last ack"),
+    "last_error": ("最近错误", "Last error"),
+    "never": ("从未", "never"),
 }
 i18n.T.update({k: v for k, v in WORDS.items() if k not in i18n.T})
 
