@@ -12,8 +12,8 @@ Ops endpoints (every process with `http_port`, and the console's port):
     GET  /api/alerts, POST /api/alerts/<id>/ack, GET /api/sites, GET /api/sites/<site>/kpis
 
 Console pages (the web role): / (overview), /sites/<site>, /sites/<site>/devices/<device>,
-/alerts, /alerts/<id>, /system (health), /export, /login; the supervision pages /supervision...
-(`server.web.supervision`). Server-rendered; the
+/alerts, /alerts/<id>, /maintenance (`maintenance`), /system (health), /export, /login; the supervision pages
+/supervision... (`server.web.supervision`). Server-rendered; the
 charts are SVG drawn here (`charts`), so no page needs JavaScript.
 """
 
@@ -561,7 +561,8 @@ def create_app(ctx: WebContext) -> FastAPI:
                 for r in doc["dead"]] if user.all_sites else []
         hj = [dict(h, oldest=console.fmt(h["oldest"], h["site"]) if h["oldest"] else "—") for h in doc["hj212"] if h["site"] in ids]
         return _page(request, "system.html", {"agents": agents, "spool": doc["spool"], "dead_counts": doc["dead_counts"],
-                                               "dead": dead, "hj212": hj, "process": ctx.health() if ctx.health else None})
+                                               "dead": dead, "hj212": hj, "process": ctx.health() if ctx.health else None,
+                                               "energy": doc.get("energy") if user.all_sites else None})
 
     # --- export -----------------------------------------------------------------
 
@@ -643,6 +644,12 @@ def create_app(ctx: WebContext) -> FastAPI:
         now = ctx.clock()
         days = max(1, min(days, 400))
         return JSONResponse([v.to_dict() for v in console.values(site, kpi, now - days * 86400, now)])
+
+    from greenmine.server.web import maintenance as maintenance_pages
+
+    maintenance_pages.register(app, maintenance_pages.Pages(
+        ctx=ctx, console=console, page=_page, page_user=page_user, login_redirect=login_redirect, need_user=need_user,
+        need_csrf=need_csrf, see=see, visible=visible, denied=_Denied))
 
     from greenmine.server.web import supervision
 

@@ -344,7 +344,31 @@ class ConsoleData:
                 except sqlite3.Error:
                     n = None
             doc["hj212"].append({"point": p.name, "site": p.site, "queued": n, "oldest": oldest})
+        doc["energy"] = self.energy_status()
         return doc
+
+    def energy_status(self) -> dict | None:
+        """The energy-platform uplink's queues, as `greenmine energy status` reads them; None: no [energy] centres.
+        {"centres": {name: {...}}, "events": [...], "error": text or None}."""
+        energy = getattr(self.cfg, "energy", None)
+        if energy is None or not energy.centres:
+            return None
+        from greenmine.server.uplink.energy.queue import EnergyState
+        from greenmine.server.uplink.energy.service import state_paths, status_doc
+
+        centres = [c.name for c in energy.centres]
+        path = state_paths(self.cfg)[0]
+        if not path.exists():
+            return {"centres": {c: None for c in centres}, "events": [],
+                    "error": f"no energy state at {path} yet (the energy role has not run)"}
+        try:
+            state = EnergyState(path)
+            try:
+                return {**status_doc(state, centres, time.time()), "error": None}  # its times are real
+            finally:
+                state.close()
+        except Exception as exc:  # noqa: BLE001 - a damaged state file is shown, the page still renders
+            return {"centres": {c: None for c in centres}, "events": [], "error": f"energy state {path}: {exc}"}
 
     def agents_offline(self, sites: set[str] | None) -> list:
         with self._spool_lock:

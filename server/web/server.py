@@ -3,7 +3,7 @@
     srv = WebServer(asgi_app, "127.0.0.1", 0, name="greenmine-web")
     srv.start(); srv.port; ...; srv.stop()
 
-The socket is bound in the constructor, so a port in use fails at build time
+The socket is bound (`greenmine.asgi.listen`) in the constructor, so a port in use fails at build time
 and `port` is known (port 0: any free port) before start.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 
 import uvicorn
 
+from greenmine import asgi
 from greenmine.server.errors import ServerError
 
 log = logging.getLogger(__name__)
@@ -23,21 +23,14 @@ log = logging.getLogger(__name__)
 
 class WebServer:
     def __init__(self, app, host: str, port: int, *, name: str = "greenmine-web") -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._sock.bind((host, port))
-            self._sock.listen(128)
-        except OSError as exc:
-            self._sock.close()
-            raise ServerError(f"{name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            self._sock = asgi.listen(host, port, name)
+        except asgi.ListenError as exc:
+            raise ServerError(str(exc)) from None
         self.host = host
         self.port = self._sock.getsockname()[1]
         self.name = name
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, server_header=False)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(asgi.config(app))
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
 

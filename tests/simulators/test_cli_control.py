@@ -165,3 +165,18 @@ def test_control_rejects_malformed_bodies(tmp_path, bad):
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req, timeout=5)
         assert exc.value.code == 400
+
+
+def test_control_unknown_method_and_oversized_body(tmp_path):
+    from greenmine.simulators.control import MAX_BODY_BYTES
+
+    with make_runner(tmp_path, site_doc(control_port=0)) as sim:
+        port = sim.control_port
+        status, err = _http(port, "GET", "/inject")  # a known path with the wrong method: no such endpoint
+        assert status == 404 and err["error"] == "no such endpoint: GET /inject"
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/inject", data=b" " * (MAX_BODY_BYTES + 1), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=5)
+        assert exc.value.code == 413 and "body over" in json.loads(exc.value.read())["error"]
+        # the site still answers after the refusals
+        assert _http(port, "GET", "/state")[0] == 200

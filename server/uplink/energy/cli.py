@@ -84,28 +84,16 @@ def _state(cfg):
     return EnergyState(path)
 
 
-def _iso(ts) -> str | None:
-    from datetime import datetime, timezone
-
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
-
-
 def _status(args) -> int:
     import json
     import time
 
+    from greenmine.server.uplink.energy.service import status_doc
+
     cfg, _, centres = _setup(args, need_site=False)
     state = _state(cfg)
     try:
-        now = time.time()
-        doc = {"centres": {}, "events": [
-            {"at": _iso(at), "site": site, "kind": kind, "detail": detail} for at, site, kind, detail in state.events(20)]}
-        for c in centres:
-            s = state.status(c)
-            doc["centres"][c] = {"queue_depth": s["depth"],
-                                 "oldest_unsent_age_s": round(now - s["oldest_queued_at"], 1) if s["oldest_queued_at"] else 0,
-                                 "acked": s["acked"], "rejected": s["rejected"], "last_ack": _iso(s["last_ack_at"]),
-                                 "last_error": s["last_error"], "last_error_at": _iso(s["last_error_at"])}
+        doc = status_doc(state, centres, time.time())
     finally:
         state.close()
     if args.json:

@@ -53,6 +53,26 @@ def state_paths(cfg) -> tuple[Path, Path]:
     return d / "energy.sqlite", d / "energy-kpi.sqlite"
 
 
+def _iso(ts) -> str | None:
+    from datetime import timezone
+
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def status_doc(state: EnergyState, centres: list[str], now: float, events: int = 20) -> dict:
+    """Per centre: queue depth, age of the oldest unsent record, acked/rejected counts, last ack, last error (UTC ISO
+    times); and the newest events. What `greenmine energy status` prints and the console's health page shows."""
+    doc: dict = {"centres": {}, "events": [
+        {"at": _iso(at), "site": site, "kind": kind, "detail": detail} for at, site, kind, detail in state.events(events)]}
+    for c in centres:
+        s = state.status(c)
+        doc["centres"][c] = {"queue_depth": s["depth"],
+                             "oldest_unsent_age_s": round(now - s["oldest_queued_at"], 1) if s["oldest_queued_at"] else 0,
+                             "acked": s["acked"], "rejected": s["rejected"], "last_ack": _iso(s["last_ack_at"]),
+                             "last_error": s["last_error"], "last_error_at": _iso(s["last_error_at"])}
+    return doc
+
+
 def load_profiles(cfg) -> dict[str, PlatformProfile]:
     base = cfg.resolve(".")
     out = {}

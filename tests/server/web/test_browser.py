@@ -158,6 +158,23 @@ def test_officer_workflow_in_chromium(console, browser, tmp_path):
     rendered(b, tmp_path, "system")
     assert "gw1" in b.find_element("id", "agents").text
 
+    # maintenance windows: the operator adds one from the alerts page's link, sees it listed, removes it
+    b.get(f"{base}/alerts")
+    b.find_element("id", "maintenance-link").click()
+    wait_for(lambda: b.current_url.endswith("/maintenance"), 10, what="the maintenance page")
+    b.execute_script("document.querySelector('#m-site').value='gs-green';"
+                     "document.querySelector('#m-from').value='2026-12-03T08:00';"
+                     "document.querySelector('#m-to').value='2026-12-03T10:00';")
+    b.find_element("id", "m-reason").send_keys("更换噪声仪 replacing the noise meter")
+    b.find_element("id", "m-submit").click()
+    wait_for(lambda: b.find_elements("id", "maintenance-added"), 10, what="the window added")
+    rendered(b, tmp_path, "maintenance")
+    [w] = [w for w in console.engine.maintenance_windows(include_past=True) if w.reason.startswith("更换噪声仪")]
+    assert w.site == "gs-green" and "2026-12-03 10:00" in b.find_element("id", "maintenance").text
+    b.find_element("id", f"remove-{w.id}").click()
+    wait_for(lambda: b.find_elements("id", "maintenance-removed"), 10, what="the window removed")
+    assert all(x.id != w.id for x in console.engine.maintenance_windows(include_past=True))
+
     # export: yesterday's readings of gs-red as CSV
     b.get(f"{base}/export")
     rendered(b, tmp_path, "export")
