@@ -10,7 +10,7 @@ import pytest
 
 from greenmine.agent.config import load_agent_config
 from greenmine.agent.config import counter_widths
-from greenmine.schemas import AgentState, AgentStatus, WireError, parse_status
+from greenmine.schemas import STATUS_SCHEMA_V2, AgentState, AgentStatus, WireError, parse_status
 from greenmine.server.config import SiteConfig
 from greenmine.server.monitor.kpi import periods
 from greenmine.server.monitor.kpi.config import KpiConfig, MeterConfig
@@ -52,7 +52,7 @@ def _status_from_agent(tmp_path) -> AgentStatus:
     """What the server receives: the agent's counters, through the wire contract's JSON."""
     (tmp_path / "agent.toml").write_text(AGENT)
     counters = counter_widths(load_agent_config(tmp_path / "agent.toml"))
-    status = AgentStatus(site="s1", agent="gw1", state=AgentState.ONLINE, ts=datetime.now(timezone.utc), counters=counters)
+    status = AgentStatus(schema_=STATUS_SCHEMA_V2, site="s1", agent="gw1", state=AgentState.ONLINE, ts=datetime.now(timezone.utc), counters=counters)
     return parse_status(status.to_json())
 
 
