@@ -293,7 +293,11 @@ class EnergyPlatformSim:
 
     def summary(self) -> dict:
         with self._lock:
-            return {"variant": self.variant, "records": len(self.state.records), "duplicates": self.state.duplicates,
+            by_stat: dict[str, int] = {}
+            for (_ent, _code, stat, _date) in self.state.records:
+                by_stat[str(stat)] = by_stat.get(str(stat), 0) + 1
+            return {"variant": self.variant, "records": len(self.state.records), "by_stat_type": by_stat,
+                    "duplicates": self.state.duplicates,
                     "uploads": self.state.uploads, "registrations": self.state.registrations,
                     "tokens_issued": self.state.tokens_issued, "unauthorized": self.state.unauthorized,
                     "errors": self.state.errors[-20:], "fault": self._fault}

@@ -1,6 +1,6 @@
 """`greenmine demo --duration N` runs the whole chain and exits 0 by itself; within its first
 minutes (issue 6, "Demo") the reuse, night-noise and offline alerts fire, one resolves, and the
-emails appear as .eml files."""
+emails appear as .eml files; the energy uplink's records arrive at the simulated energy platform."""
 
 from __future__ import annotations
 
@@ -123,6 +123,28 @@ def test_demo_breaches_reuse_and_night_noise_takes_a_meter_offline_and_emails(tm
     assert "GB 12348-2008 2类 夜间 50 dB(A)" in body
     email("[警告]", "设备离线", "mill-feed-belt")
     email("[已解除]", "设备离线", "mill-feed-belt")
+
+    # The energy uplink's records arrive at the simulated energy platform (one data centre, HTTPS): the
+    # 15-minute slots closed since the start (21:45 .. 22:45 by about 72 s), the site's kWh and kgce each.
+    # The line comes from the platform's own count (GET /_sim/state); its log's final summary agrees, and
+    # the role's state has each of them acknowledged by dc1, none accepted twice.
+    m = re.search(r"^energy platform: (\d+) records received \(15-min (\d+), day (\d+), month (\d+)\), "
+                  r"(\d+) duplicates", text, re.M)
+    assert m, text[-3000:]
+    received, slots15 = int(m.group(1)), int(m.group(2))
+    assert slots15 >= 4 and slots15 % 2 == 0 and received == slots15 and int(m.group(5)) == 0, m.group(0)
+    assert "ENERGY energy platform:" in text  # shown as they arrive, too
+    import json as _json
+
+    stopped = [ln for ln in (run_dir / "energy-platform.log").read_text().splitlines() if ln.startswith("stopped: ")]
+    assert stopped and _json.loads(stopped[-1][len("stopped: "):])["records"] >= received
+    con = sqlite3.connect(run_dir / "energy" / "energy.sqlite")
+    try:
+        acked = con.execute("SELECT r.stat_type, count(*) FROM records r JOIN deliveries d ON d.record_id = r.id "
+                            "WHERE d.centre = 'dc1' AND d.acked_at IS NOT NULL GROUP BY r.stat_type").fetchall()
+    finally:
+        con.close()
+    assert dict(acked).get(0, 0) >= received, acked
 
     # The 10 December report works on the demo's data: the demo site is a provincial green mine of 金昌市.
     # (The demo runs on yesterday's date, site time: the report is for that year.)

@@ -135,6 +135,8 @@ _SAMPLES = (
      "extra": {"arithmetic_mean_db": 44.0, "samples": 1}},
     {"kind": "deadman", "alert_id": 3, "value": 300, "limit": 300.0, "comparison": ">=", "unit": "s",
      "last_seen_local": "2026-01-01 00:00", "reported_offline": True},
+    {"kind": "energy_consistency", "alert_id": 4, "value": 6.0, "limit": 5.0, "comparison": ">", "unit": "%", "decimals": 2,
+     "extra": {"month_value": 100.0, "day_sum": 94.0, "days": 30, "day_kpi": "energy_kwh_daily", "kpi_unit": "kWh"}},
 )
 
 

@@ -7,6 +7,9 @@ Rules have a discriminated `kind`:
   limit applies (e.g. the site's reuse floor, its GB 12348 class limit).
 - `deadman`: no data from a device or an agent for `silence_s`, or the agent
   reported itself offline and did not come back within `for_s`.
+- `energy_consistency`: when a month energy KPI (site or meter kWh, site kgce)
+  is computed or recomputed, the sum of that month's day values differs from
+  it by more than `tolerance_pct` (the energy-platform data-quality rule).
 
 Maintenance windows (`maintenance`, `server.monitor.alerts.maintenance`) hold
 the alerts that begin inside them.
@@ -81,9 +84,27 @@ class DeadmanRule(_Model):
     devices: list[str] = Field(default_factory=list, description="only these devices or agents; empty: every one")
 
 
-Rule = Annotated[ThresholdRule | DeadmanRule, Field(discriminator="kind")]
+class EnergyConsistencyRule(_Model):
+    kind: Literal["energy_consistency"] = Field(default="energy_consistency", description="rule kind: energy_consistency")
+    name: str = Field(pattern=IDENT, description="rule name, unique")
+    series: list[Literal["energy_kwh_monthly", "energy_kgce_monthly"]] = Field(
+        default_factory=lambda: ["energy_kwh_monthly", "energy_kgce_monthly"], min_length=1,
+        description="the month KPIs checked against the sum of their day KPIs (energy_kwh_monthly, energy_kgce_monthly)",
+    )
+    tolerance_pct: float = Field(
+        default=5.0, ge=0, le=100,
+        description="fires when the month value and the sum of its day values differ by more than this, in % of the larger",
+    )
+    severity: Severity = Field(default=Severity.WARNING, description="info | warning | critical")
+    recipients: list[str] = Field(default_factory=list, description="extra recipients, besides the site's")
+    sites: list[str] = Field(default_factory=list, description="only these site ids; empty: every site")
+    devices: list[str] = Field(default_factory=list, description="only these KPI subjects (site, or a meter); empty: every one")
 
-DEFAULT_RULES: list[ThresholdRule | DeadmanRule] = [
+
+Rule = Annotated[ThresholdRule | DeadmanRule | EnergyConsistencyRule, Field(discriminator="kind")]
+AnyRule = ThresholdRule | DeadmanRule | EnergyConsistencyRule
+
+DEFAULT_RULES: list[AnyRule] = [
     ThresholdRule(name="water_reuse_daily", series="water_reuse_daily", clear_hysteresis=1.0, severity=Severity.CRITICAL),
     ThresholdRule(name="dust_tsp_hourly", series="dust_tsp_hourly", clear_hysteresis=0.05, severity=Severity.WARNING),
     ThresholdRule(name="noise_night_leq", series="noise_leq_night", clear_hysteresis=1.0, severity=Severity.WARNING),
@@ -92,13 +113,14 @@ DEFAULT_RULES: list[ThresholdRule | DeadmanRule] = [
     ThresholdRule(name="energy_intensity_daily", series="energy_intensity_daily", severity=Severity.WARNING),
     DeadmanRule(name="device_offline", target="device", silence_s=300.0, severity=Severity.WARNING),
     DeadmanRule(name="agent_offline", target="agent", silence_s=300.0, severity=Severity.CRITICAL),
+    EnergyConsistencyRule(name="energy_consistency", severity=Severity.WARNING),
 ]
 
 
 class AlertsConfig(_Model):
     db_path: str = Field(default="alerts.sqlite", description="alert state and email outbox (SQLite); relative to the config file")
     default_rules: bool = Field(default=True, description="include the shipped rule set (a rule of the same name overrides one)")
-    rules: list[Rule] = Field(default_factory=list, description="rules, [[alerts.rules]] with kind = threshold | deadman")
+    rules: list[Rule] = Field(default_factory=list, description="rules, [[alerts.rules]] with kind = threshold | deadman | energy_consistency")
     min_renotify_s: float = Field(
         default=1800.0, ge=0, description="a key fires by email at most once in this interval; brief re-breaches inside it stay quiet"
     )
@@ -119,7 +141,7 @@ class AlertsConfig(_Model):
             seen.add(r.name)
         return self
 
-    def effective_rules(self) -> list[ThresholdRule | DeadmanRule]:
+    def effective_rules(self) -> list[AnyRule]:
         mine = {r.name for r in self.rules}
         base = [r for r in DEFAULT_RULES if r.name not in mine] if self.default_rules else []
         return base + list(self.rules)

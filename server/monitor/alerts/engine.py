@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greenmine.server.monitor.alerts import maintenance
-from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, ThresholdRule
+from greenmine.server.monitor.alerts.config import AlertsConfig, DeadmanRule, EnergyConsistencyRule, ThresholdRule
 from greenmine.server.config import SiteConfig
+from greenmine.server.monitor.kpi.energy import daily_of, day_month_deviation
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
 from greenmine.server.monitor.kpi.rounding import default_decimals, round_half_even
@@ -116,8 +117,12 @@ class AlertEngine:
         *,
         default_recipients: list[str] | None = None,
         clock: Callable[[], float] = time.time,
+        kpi_values: Callable[..., list[KpiValue]] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: the KPI store's `values(site, kpi, start, end, subject=)`, for energy_consistency rules (the day values
+        #: of a month); None: those rules judge nothing
+        self.kpi_values = kpi_values
         self.rules = cfg.effective_rules()
         self._metric_rules: dict[str, list[ThresholdRule]] = {}
         for r in self.rules:
@@ -170,7 +175,56 @@ class AlertEngine:
                 if (isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi
                         and self._applies(rule, v.site, v.subject)):
                     self._judge(rule, v.site, v.subject, v.value, v.period_end, now, kpi=v)
+                elif (isinstance(rule, EnergyConsistencyRule) and v.period_kind == "month" and v.kpi in rule.series
+                      and self._applies(rule, v.site, v.subject)):
+                    self._judge_consistency(rule, v, now)
         self._notify(now)
+
+    def _judge_consistency(self, rule: EnergyConsistencyRule, month: KpiValue, now: float) -> None:
+        """A month energy KPI, just computed (or recomputed), against the sum of its day values in the KPI store
+        (`kpi.energy.day_month_deviation`, the check the energy uplink makes before sending)."""
+        if self.kpi_values is None or month.value is None:
+            return
+        day_kpi = daily_of(month.kpi)
+        days = [d for d in self.kpi_values(month.site, day_kpi, month.period_start, month.period_end,
+                                           subject=month.subject) if d.value is not None]
+        if not days:
+            return  # no day values to compare with (the month of a freshly started monitor, say)
+        dev, total = day_month_deviation(month.value, (d.value for d in days))
+        dev = round_half_even(dev, 2)
+        breached = dev > rule.tolerance_pct
+        s = self.sites.get(month.site)
+        tz = s.timezone if s else "Asia/Shanghai"
+        i = info(month.kpi)
+        subject = f"{month.kpi}/{month.subject}"  # a key per KPI: the site's kWh and kgce are separate alerts
+        facts = {
+            "kind": "energy_consistency", "rule": rule.name, "site_id": month.site,
+            "site_name": s.name if s and s.name else month.site, "subject": subject,
+            "title_zh": f"月度能耗与日数据之和不一致: {i.title_zh} ({month.subject})",
+            "title_en": f"month energy does not match the sum of its days: {i.title_en} ({month.subject})",
+            "kpi": month.kpi, "value": dev, "unit": "%", "limit": rule.tolerance_pct, "comparison": ">",
+            "decimals": 2, "standard": "重点用能单位能耗在线监测: 日/月数据一致性 (day sums against month totals)",
+            "period_label": month.period_label, "period_start_local": fmt_local(month.period_start, tz),
+            "period_end_local": fmt_local(month.period_end, tz), "devices": list(month.devices),
+            "completeness_pct": round(month.completeness * 100, 1),
+            "resolves_zh": "月合计与日数据之和的差不超过容差", "resolves_en": "the month total within the tolerance of its day sum",
+            "extra": {"month_value": month.value, "day_sum": total, "days": len(days), "day_kpi": day_kpi,
+                      "kpi_unit": month.unit},
+            "timezone": tz, "hysteresis": 0.0,
+        }
+        if breached:
+            log.warning("alert %s site %s: %s %s: month %g vs the sum of %d days %g (%.2f %% > %g %%)", rule.name,
+                        month.site, month.kpi, month.period_label, month.value, len(days), total, dev, rule.tolerance_pct)
+        with self._tx() as db:
+            key = db.execute("SELECT last_eval_ts FROM alert_keys WHERE rule=? AND site=? AND subject=?",
+                             (rule.name, month.site, subject)).fetchone()
+            if key and key[0] is not None and month.period_end < key[0]:
+                return  # an older month recomputed after a newer one: it must not move the state back
+            db.execute("INSERT INTO alert_keys (rule, site, subject, last_eval_ts) VALUES (?,?,?,?) "
+                       "ON CONFLICT DO UPDATE SET last_eval_ts=excluded.last_eval_ts",
+                       (rule.name, month.site, subject, month.period_end))
+            self._transition(db, rule, month.site, subject, breached, not breached, month.period_end, 0.0, facts,
+                             (month.period_start, month.period_end))
 
     def observe_metric(self, site: str, device: str, metric: str, ts: float, value: float, unit: str = "",
                        now: float | None = None) -> None:

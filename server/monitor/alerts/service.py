@@ -71,7 +71,8 @@ class Monitor:
         self.kpi_store = KpiStore(kpi_db, on_moved=on_moved)
         self.replica = replica
         self.kpis = KpiEngine(kpi or KpiConfig(), sites, StoreSource(replica), self.kpi_store)
-        self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db, on_moved=on_moved), default_recipients=default_recipients, clock=clock)
+        self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db, on_moved=on_moved), default_recipients=default_recipients, clock=clock,
+                                  kpi_values=self.kpi_store.values)
         if smtp is not None:
             from greenmine.server.notify.smtp import SmtpTransport
 

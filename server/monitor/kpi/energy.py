@@ -1,9 +1,12 @@
 """Energy: kWh per day and month (per meter and per site), standard coal
 equivalent (kgce) with configurable coefficients, and intensity in kgce per
-tonne of ore from the belt-scale increments.
+tonne of ore from the belt-scale increments. `day_month_deviation` is the
+consistency check (a month against the sum of its days).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from greenmine.server.monitor.kpi.config import DEFAULT_ENERGY_METRICS, DEFAULT_KGCE_PER_UNIT
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData
@@ -79,3 +82,21 @@ def energy_kpis(
             extra={"kgce": kgce_total, "ore_t": tonnes},
         ))
     return out
+
+
+#: the month energy KPIs whose days must add up to them (intensity is a ratio: its days do not sum)
+SUMMED_MONTHLY = ("energy_kwh_monthly", "energy_kgce_monthly")
+
+
+def daily_of(monthly_kpi: str) -> str:
+    """The day KPI whose values add up to a month KPI: energy_kwh_monthly -> energy_kwh_daily."""
+    return monthly_kpi.removesuffix("_monthly") + "_daily"
+
+
+def day_month_deviation(month_value: float, day_values: Iterable[float]) -> tuple[float, float]:
+    """(deviation in %, the day sum): how far a month total and the sum of its day values are apart, relative
+    to the larger of the two (0 when both are 0). The one check both the monitor's `energy_consistency` alert
+    rule and the energy uplink's pre-send check use, so they agree."""
+    total = sum(day_values)
+    ref = max(abs(month_value), abs(total))
+    return (abs(month_value - total) / ref * 100.0 if ref > 0 else 0.0), total

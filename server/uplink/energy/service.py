@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from greenmine.backoff import Backoff
 from greenmine.latch import Latch
 from greenmine.server.monitor.kpi import periods
+from greenmine.server.monitor.kpi.energy import day_month_deviation
 from greenmine.server.monitor.kpi.engine import KpiEngine
 from greenmine.server.monitor.kpi.periods import Period
 from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
@@ -226,16 +227,16 @@ class EnergyService:
 
     def consistency(self, ent: EnterpriseConfig, month: Period, records: list[Record]) -> list[tuple[str, str]]:
         """The month total against the sum of its day records, per item: more than month_day_tolerance_pct apart
-        is a consistency failure (logged at warning, counted, kept as an event for `energy status`)."""
+        is a consistency failure (logged at warning, counted, kept as an event for `energy status`). The check is
+        `kpi.energy.day_month_deviation`, the one the monitor's `energy_consistency` alert rule uses (that rule
+        is how an officer learns of it)."""
         out = []
         tol = self.ecfg.month_day_tolerance_pct
         for r in records:
             days = self.state.records(ent.site, month.start, month.end, stat_type=StatType.DAY.code, code=r.code)
             if not days:
                 continue
-            total = sum(d.value for d in days)
-            ref = max(abs(r.value), abs(total))
-            dev = abs(r.value - total) / ref * 100.0 if ref > 0 else 0.0
+            dev, total = day_month_deviation(r.value, (d.value for d in days))
             if dev > tol:
                 self.consistency_failures += 1
                 detail = (f"{r.code} {month.label}: month {r.value:g} vs the sum of {len(days)} day records {total:g} "
