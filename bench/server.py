@@ -231,6 +231,11 @@ def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
             return json.load(resp)["mqtt_subscribed"]
+    except urllib.error.HTTPError as exc:  # 503 while a role is not yet connected: the body still says
+        try:
+            return json.load(exc)["mqtt_subscribed"]
+        except (ValueError, KeyError):
+            return False
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return False
 
