@@ -87,6 +87,7 @@ class Writer:
         self._check_s = min(1.0, max(0.1, self.window_s / 4))
         self._next_check = 0.0
         self._store_start: float | None = None  # the store's start time as last seen; None: not yet known
+        self._probe_failed = False  # the last start-time probe could not reach the store
         self._probe_latch = Latch(log)
         self._no_start_time = False
         self.supervisor = supervisor or Supervisor(log)
@@ -184,9 +185,17 @@ class Writer:
         except Exception as exc:  # noqa: BLE001 - store down: keep everything retained, ask again later
             self._probe_latch.fail("writer: cannot ask store %s for its start time (%s); keeping acknowledged "
                                    "batches in the spool", self.sink.name, exc, level=logging.WARNING)
+            self._probe_failed = True
             return
         self._probe_latch.ok("writer: store %s answers for its start time again", self.sink.name)
         q = self.spool.queue
+        if self._probe_failed and start is not None and start == self._store_start:
+            # it was unreachable and reports the same start time: it may have restarted within the start
+            # time's resolution; writing the window again costs nothing (idempotent), losing it would
+            n = q.requeue()
+            if n:
+                log.info("writer: store %s is back; writing the %d batches of the last window again", self.sink.name, n)
+        self._probe_failed = False
         if start is None:  # the store does not say when it started: the window alone has to do
             if not self._no_start_time:
                 self._no_start_time = True

@@ -232,7 +232,7 @@ def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path
     and the writer sees the store's new start time and writes them again."""
     from tests.server.conftest import make_config
 
-    window_s = 12.0  # above VictoriaMetrics' default -inmemoryDataFlushInterval of 5 s, with room for a slow restart
+    window_s = 20.0  # above VictoriaMetrics' default -inmemoryDataFlushInterval of 5 s, with room for a slow restart
     cfg = make_config(tmp_path, mosquitto.port, store={"kind": "influxdb", "url": victoria_dedup.url, "timeout_ms": 1000},
                       store_durability_window_s=window_s)
     n, messages = 20, 30
@@ -246,7 +246,7 @@ def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path
         assert app.spool.queue.depth()[0] == 0 and app.spool.queue.retained()[0] == messages
         victoria_dedup.stop(kill=True)  # SIGKILL before its in-memory data is flushed
         victoria_dedup.start()
-        wait_for(lambda: m.value("greenmine_store_restarts_total", sink="influxdb") == 1, 30, what="the restart seen")
+        wait_for(lambda: m.value("greenmine_store_restarts_total", sink="influxdb") == 1, 60, what="the restart seen")
         wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == 2 * messages * n, 10,
                  what="the window written again")
         assert _vm_timestamps(victoria_dedup) == messages * n
