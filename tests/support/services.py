@@ -39,6 +39,16 @@ def need_binary(name: str, package: str) -> str:
     return path
 
 
+def need_root(why: str) -> None:
+    """Return if running as root. Otherwise: a failure under CI=true, a skip elsewhere (`why` says what needs it)."""
+    if os.geteuid() == 0:
+        return
+    msg = f"needs root: {why}"
+    if IN_CI:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)  # only outside CI: a developer without root still runs the rest
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

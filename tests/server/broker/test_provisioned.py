@@ -21,7 +21,7 @@ from greenmine.server.broker.conf import Sizing
 from greenmine.server.broker.dynsec import DynsecError, Endpoint, connect
 from greenmine.server.store.sqlite import SqliteReader
 from tests.server.conftest import ROOT, SITE, batch, dumps, running, server_doc, topic
-from tests.support.services import ProvisionedMosquitto, wait_for
+from tests.support.services import ProvisionedMosquitto, need_root, wait_for
 
 OTHER = "gs-other"
 
@@ -108,8 +108,7 @@ def test_init_refuses_a_folder_the_broker_user_cannot_reach(tmp_path):
     """Mosquitto as user 'mosquitto' under a folder only root may enter could not save anything."""
     from greenmine.server.broker.provision import InitOptions, ProvisionError, init
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root: only root can give the data folder to another user")
+    need_root("only root can give the data folder to another user")
     os.chmod(tmp_path.parent, 0o700)
     with pytest.raises(ProvisionError, match="out of reach of 'mosquitto'"):
         init(tmp_path / "b", InitOptions(sizing=Sizing(), make_ca=True, hostnames=("localhost",), user="mosquitto"))
@@ -123,8 +122,7 @@ def test_as_user_mosquitto_sessions_survive_a_restart(tmp_path):
     import tempfile
     from pathlib import Path
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root: Mosquitto switches to the user 'mosquitto' only when started as root")
+    need_root("Mosquitto switches to the user 'mosquitto' only when started as root")
     pwd.getpwnam("mosquitto")  # Debian's package makes it
     base = Path(tempfile.mkdtemp(prefix="greenmine-broker-", dir="/tmp"))
     os.chmod(base, 0o755)
