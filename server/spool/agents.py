@@ -160,13 +160,15 @@ class AgentRegistry:
     def applied(self, infos: list[AgentInfo]) -> None:
         """Record states that are now durable, log changes and notify listeners."""
         for info in infos:
+            # the gauge moves before the state is visible, so whoever sees
+            # the new state through get() also sees it on /metrics
+            if self._on_change:
+                self._on_change(info)
             with self._lock:
                 prev = self._agents.get((info.site, info.agent))
                 self._agents[(info.site, info.agent)] = info
             if prev is None or prev.state != info.state:
                 log.info("agent %s/%s is %s", info.site, info.agent, info.state)
-            if self._on_change:
-                self._on_change(info)
             for fn in self._listeners:
                 try:
                     fn(info, prev)
