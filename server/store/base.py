@@ -2,8 +2,10 @@
 
 A sink is the last stage of the pipeline. `Sink` declares
 everything the writer (`server.store.writer`) calls: `write`, `ping`,
-`maintain` every `maintenance_interval_s`, `close`. It is driven by one writer
-thread; writes must be idempotent on a reading's identity (site, device,
+`maintain` every `maintenance_interval_s`, `close`. A store that holds
+acknowledged writes in memory (InfluxDB, VictoriaMetrics) also implements
+`RestartAware`, so that the writer can tell when it restarted and lost them.
+It is driven by one writer thread; writes must be idempotent on a reading's identity (site, device,
 metric, ts), because the spool delivers at least once.
 """
 
@@ -53,3 +55,21 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections. Idempotent."""
+
+
+class StoreStart(NamedTuple):
+    """When the store's process started (epoch seconds, by the store's own clock), and how long it has been up
+    by that clock (None: the store does not say)."""
+
+    at: float
+    age_s: float | None
+
+
+@runtime_checkable
+class RestartAware(Protocol):
+    """A sink whose store may acknowledge writes it still holds in memory (`server.store.writer`'s durability
+    window)."""
+
+    def started_at(self) -> StoreStart | None:
+        """The store process's start, which changes when it restarts; None if it does not report one. Raises
+        StoreUnavailable if it cannot be asked now."""

@@ -22,10 +22,11 @@ slower. One line per reading:
 - VictoriaMetrics maps this to the metrics `<metric>_value` and
   `<metric>_quality`. It keeps duplicate samples unless started with
   `-dedup.minScrapeInterval=1ms`; run it so (docs/server.md).
-- `started_at()` reads the store's process start time from its Prometheus
-  `/metrics` (`process_start_time_seconds`, or VictoriaMetrics'
-  `vm_app_start_timestamp`), at the URL's origin: the writer's durability
-  window re-sends what the store acknowledged when it changes.
+- `started_at()` (`RestartAware`) reads the store's process start time from
+  its Prometheus `/metrics` (`process_start_time_seconds`, or
+  VictoriaMetrics' `vm_app_start_timestamp`), at the URL's origin, and its
+  age from the response's `Date` header: the writer's durability window
+  re-sends what the store acknowledged when it changes.
 - Escaping follows influxdb-client's own tables: backslash, comma, space (and
   `=` in tag keys and values) are backslash-escaped, and newline, CR and tab
   become the two-character escapes, so no name can break or inject a line.
@@ -33,6 +34,7 @@ slower. One line per reading:
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import urllib.parse
 from collections.abc import Sequence
@@ -43,7 +45,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from greenmine.server.errors import StoreRejected, StoreUnavailable
-from greenmine.server.store.base import QUALITY_CODES, StoredReading
+from greenmine.server.store.base import QUALITY_CODES, StoreStart, StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +147,10 @@ class InfluxSink:
     def maintain(self) -> int:
         return 0
 
-    def started_at(self) -> float | None:
-        """The store process's start time (epoch seconds), which changes when it restarts; None if it does not
-        report one (no /metrics, or no start-time metric). Raises StoreUnavailable if it cannot be asked now."""
+    def started_at(self) -> StoreStart | None:
+        """The store process's start time (epoch seconds), which changes when it restarts, and its age by the
+        store's own clock (the response's Date header); None if it reports no start time (no /metrics, or no
+        start-time metric). Raises StoreUnavailable if it cannot be asked now."""
         headers = {"Authorization": f"Token {self._token}"} if self._token else {}
         try:
             r = self._http.request("GET", self.metrics_url, headers=headers, preload_content=True)
@@ -165,7 +168,15 @@ class InfluxSink:
                     found[name] = float(value.split()[0])
                 except (ValueError, IndexError):
                     continue
-        return found.get("process_start_time_seconds", found.get("vm_app_start_timestamp"))
+        start = found.get("process_start_time_seconds", found.get("vm_app_start_timestamp"))
+        if start is None:
+            return None
+        age = None
+        try:
+            age = max(0.0, email.utils.parsedate_to_datetime(r.headers["Date"]).timestamp() - start)
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # no usable Date header: the age is unknown
+        return StoreStart(start, age)
 
     def close(self) -> None:
         self._client.close()

@@ -24,7 +24,12 @@ is the one it saw before they were written. If it changed, the store
 restarted: every retained batch is written again (writes are idempotent, so
 that costs no duplicates) and `greenmine_store_restarts_total` counts it. At
 start, the start time is not known yet, so what a previous run retained is
-written again too. The SQLite store is durable when its commit returns
+written again too. VictoriaMetrics reports its start time in whole seconds,
+so a restart within the second it started in would not show: while the
+store is younger than `YOUNG_S` by its own clock (the response's Date
+header), nothing is pruned, and once it is older every retained batch is
+written once more. A probe that fails and is followed by the same start
+time rewrites the window too (it may have restarted in between). The SQLite store is durable when its commit returns
 (synchronous FULL), so its batches are deleted at once.
 
 Listeners (`add_listener(fn)`) are called on the writer thread with the
@@ -50,10 +55,14 @@ from greenmine.server.metrics import Metrics
 from greenmine.server.spool.batches import SpooledBatch
 from greenmine.server.spool.deadletter import STORE_REJECTED, DeadLetter
 from greenmine.server.spool.spool import SpoolStage
-from greenmine.server.store.base import Sink, StoredReading
+from greenmine.server.store.base import RestartAware, Sink, StoredReading
 from greenmine.supervisor import Policy, Supervisor
 
 log = logging.getLogger(__name__)
+
+#: A store younger than this (by its own clock) could restart without its start time changing (VictoriaMetrics
+#: reports it in whole seconds); what it takes meanwhile is written again once it is older.
+YOUNG_S = 2.0
 
 Listener = Callable[[Sequence[StoredReading]], None]
 
@@ -82,12 +91,13 @@ class Writer:
         self._draining = False
         self._deadline = float("inf")
         self._failures = 0
-        self._started_at = getattr(sink, "started_at", None)
+        self._started_at = sink.started_at if isinstance(sink, RestartAware) else None
         self.window_s = cfg.store_durability_window_s if self._started_at is not None else 0.0
         self._check_s = min(1.0, max(0.1, self.window_s / 4))
         self._next_check = 0.0
         self._store_start: float | None = None  # the store's start time as last seen; None: not yet known
         self._probe_failed = False  # the last start-time probe could not reach the store
+        self._young = False  # the last probe saw a store started under YOUNG_S ago (its own clock)
         self._probe_latch = Latch(log)
         self._no_start_time = False
         self.supervisor = supervisor or Supervisor(log)
@@ -189,28 +199,43 @@ class Writer:
             return
         self._probe_latch.ok("writer: store %s answers for its start time again", self.sink.name)
         q = self.spool.queue
-        if self._probe_failed and start is not None and start == self._store_start:
-            # it was unreachable and reports the same start time: it may have restarted within the start
-            # time's resolution; writing the window again costs nothing (idempotent), losing it would
-            n = q.requeue()
-            if n:
-                log.info("writer: store %s is back; writing the %d batches of the last window again", self.sink.name, n)
+        if start is not None and start.at == self._store_start:
+            if self._probe_failed:
+                # it was unreachable and reports the same start time: it may have restarted within the start
+                # time's resolution; writing the window again costs nothing (idempotent), losing it would
+                n = q.requeue()
+                if n:
+                    log.info("writer: store %s is back; writing the %d batches of the last window again", self.sink.name, n)
+            elif self._young and (start.age_s is None or start.age_s >= YOUNG_S):
+                # VictoriaMetrics reports its start in whole seconds: a restart within the second it started in
+                # shows the same start time. Now that second is over, a restart would show; write again what it
+                # took while it was that young
+                n = q.requeue()
+                if n:
+                    log.info("writer: store %s took the %d batches of the last window in its first seconds, when a "
+                             "restart would not show in its start time; writing them again", self.sink.name, n)
         self._probe_failed = False
         if start is None:  # the store does not say when it started: the window alone has to do
+            self._young = False
             if not self._no_start_time:
                 self._no_start_time = True
                 log.warning("writer: store %s does not report its start time; acknowledged batches are deleted after "
                             "%g s without a restart check", self.sink.name, self.window_s)
-        elif start != self._store_start:
-            n = q.requeue()  # the store restarted, or (at our start) we cannot tell whether they survived
-            if self._store_start is not None:
-                self.metrics.store_restarts.labels(self.metrics.sink).inc()
-                log.warning("writer: store %s restarted (start time %s, was %s); writing the %d batches it acknowledged "
-                            "in the last %g s again", self.sink.name, start, self._store_start, n, self.window_s)
-            elif n:
-                log.info("writer: writing the %d batches of the last durability window again", n)
-            self._store_start = start
-            return
+        else:
+            self._young = start.age_s is not None and start.age_s < YOUNG_S
+            if start.at != self._store_start:
+                n = q.requeue()  # the store restarted, or (at our start) we cannot tell whether they survived
+                if self._store_start is not None:
+                    self.metrics.store_restarts.labels(self.metrics.sink).inc()
+                    log.warning("writer: store %s restarted (start time %s, was %s); writing the %d batches it "
+                                "acknowledged in the last %g s again", self.sink.name, start.at, self._store_start, n,
+                                self.window_s)
+                elif n:
+                    log.info("writer: writing the %d batches of the last durability window again", n)
+                self._store_start = start.at
+                return
+            if self._young:
+                return  # nothing is deleted while a restart could still go unseen
         upto = q.expired(int(time.monotonic() * 1000) - int(self.window_s * 1000))
         if upto:
             try:

@@ -230,6 +230,7 @@ def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path
     """Defect 9: VictoriaMetrics holds the last -inmemoryDataFlushInterval (5 s) of acknowledged writes in memory;
     SIGKILL lost them after the spool had deleted them. Now they stay in the spool for the durability window,
     and the writer sees the store's new start time and writes them again."""
+    from greenmine.server.store.writer import YOUNG_S
     from tests.server.conftest import make_config
 
     window_s = 20.0  # above VictoriaMetrics' default -inmemoryDataFlushInterval of 5 s, with room for a slow restart
@@ -239,6 +240,10 @@ def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path
     with running(cfg) as app:
         m = app.metrics
         wait_for(lambda: app.writer.store_started_at is not None, 10, what="the writer knows the store's start time")
+        # its start time is in whole seconds: a restart shows in it only after the second it started in (what a
+        # younger store took is written again anyway: test_a_store_restarted_within_its_first_second_loses_nothing)
+        wait_for(lambda: time.time() >= app.writer.store_started_at + YOUNG_S + 1, YOUNG_S + 5,
+                 what="the store older than its start time's resolution")
         for seq in range(messages):
             publisher.publish(topic(), dumps(batch(seq, n=n)))
         wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == messages * n, 10,
@@ -247,9 +252,68 @@ def test_victoriametrics_killed_right_after_acknowledging_loses_nothing(tmp_path
         victoria_dedup.stop(kill=True)  # SIGKILL before its in-memory data is flushed
         victoria_dedup.start()
         wait_for(lambda: m.value("greenmine_store_restarts_total", sink="influxdb") == 1, 60, what="the restart seen")
-        wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") == 2 * messages * n, 10,
+        wait_for(lambda: m.value("greenmine_readings_written_total", sink="influxdb") >= 2 * messages * n, 10,
                  what="the window written again")
-        assert _vm_timestamps(victoria_dedup) == messages * n
+        # (and once more when the new process is past its first seconds, where a second restart would not show)
         # after the window the retained batches go: the spool does not grow
-        wait_for(lambda: app.spool.queue.retained()[0] == 0, window_s + 5, what="the window pruned")
-        assert app.spool.queue.depth()[0] == 0
+        wait_for(lambda: app.spool.queue.retained()[0] == 0 and app.spool.queue.depth()[0] == 0, window_s + 10,
+                 what="the window pruned")
+        assert _vm_timestamps(victoria_dedup) == messages * n
+
+
+class WholeSecondStore:
+    """A store that, like VictoriaMetrics, reports its start time in whole seconds, and loses what it held in
+    memory when it is restarted within that second (`restart_unseen`): the start time it reports stays the same."""
+
+    name = "influxdb"
+    maintenance_interval_s = None
+
+    def __init__(self) -> None:
+        self.rows: set = set()
+        self.age_s = 0.3
+
+    def started_at(self):
+        from greenmine.server.store.base import StoreStart
+
+        return StoreStart(1_800_000_000.0, self.age_s)
+
+    def write(self, readings) -> None:
+        self.rows.update((r.device, r.metric, r.ts_ms) for r in readings)
+
+    def restart_unseen(self) -> None:
+        self.rows = set()
+
+    def ping(self) -> None:
+        pass
+
+    def maintain(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_store_restarted_within_its_first_second_loses_nothing(tmp_path, mosquitto, publisher):
+    """A restart within the second the store started in shows no new start time: what the store took while it
+    was that young is kept past the window and written again once it is older."""
+    from greenmine.server.store.base import RestartAware
+    from greenmine.server.store.writer import YOUNG_S
+
+    window_s = 0.3
+    cfg = _cfg(tmp_path, mosquitto.port, store_durability_window_s=window_s)
+    store = WholeSecondStore()
+    assert isinstance(store, RestartAware)
+    n, messages = 4, 5
+    with running(cfg, sink=store) as app:
+        for seq in range(messages):
+            publisher.publish(topic(), dumps(batch(seq, n=n)))
+        wait_for(lambda: len(store.rows) == messages * n, 10, what="every reading taken by the store")
+        written = time.monotonic()
+        # the window passes and the writer probes again (every 0.1 s here), but a store this young is not pruned
+        wait_for(lambda: time.monotonic() > written + window_s + 0.5, 5, what="the window over")
+        assert app.spool.queue.retained()[0] == messages
+        store.restart_unseen()
+        store.age_s = YOUNG_S + 0.5
+        wait_for(lambda: len(store.rows) == messages * n, 10, what="the young store's writes written again")
+        assert app.metrics.value("greenmine_store_restarts_total", sink="influxdb") == 0  # not seen, not counted
+        wait_for(lambda: app.spool.queue.retained()[0] == 0, 10, what="the window pruned once the store is older")

@@ -133,7 +133,7 @@ def test_unreachable_store_is_unavailable():
 
 def test_every_sink_declares_what_the_writer_calls(tmp_path):
     """The writer calls the sink only through `Sink`: both stores implement all of it."""
-    from greenmine.server.store.base import Sink
+    from greenmine.server.store.base import RestartAware, Sink
     from greenmine.server.store.sqlite import SqliteStore
 
     sinks = [SqliteStore(tmp_path / "s.sqlite"), InfluxSink(url=f"http://127.0.0.1:{free_port()}")]
@@ -141,6 +141,29 @@ def test_every_sink_declares_what_the_writer_calls(tmp_path):
         for sink in sinks:
             assert isinstance(sink, Sink), type(sink).__name__
             assert sink.maintain() == 0
+        # only the store that acknowledges from memory is asked when it started
+        assert [isinstance(s, RestartAware) for s in sinks] == [False, True]
     finally:
         for sink in sinks:
             sink.close()
+
+
+def test_victoriametrics_start_time_and_age(victoria_dedup):
+    """Its start time in whole seconds from /metrics, its age by its own clock from the Date header."""
+    import time
+
+    sink = InfluxSink(url=victoria_dedup.url)
+    try:
+        start = sink.started_at()
+        assert start is not None and start.at == int(start.at)
+        assert abs(start.at - time.time()) < 60
+        assert start.age_s is not None and 0 <= start.age_s < 60
+        assert sink.started_at().at == start.at
+    finally:
+        sink.close()
+    down = InfluxSink(url=f"http://127.0.0.1:{free_port()}", timeout_ms=500)
+    try:
+        with pytest.raises(StoreUnavailable):
+            down.started_at()
+    finally:
+        down.close()
