@@ -270,13 +270,21 @@ class AlertEngine:
         """Deadman checks, delayed notifications and reminders. Call periodically."""
         now = self.clock() if now is None else now
         deadman = [r for r in self.rules if isinstance(r, DeadmanRule)]
-        with self._lock:
-            seen = self.db.execute("SELECT site, target, name, last_ts, reported_offline FROM seen").fetchall()
-            # only a breach or an open alert can change state: the rest (nearly every device, every tick) is skipped
-            # without a transaction, so a tick costs one query per thousand quiet devices, not one commit each
-            open_keys = {tuple(r) for r in self.db.execute(
-                "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")} if deadman else set()
-        for site, target, name, last_ts, offline in seen if self._ingest_up else ():
+        seen: list = []
+        open_keys: set = set()
+        if deadman and self._ingest_up:
+            # only a breach or an open alert can change state: SQLite picks those rows (silent for at least the
+            # shortest rule's silence, reported offline, or with an alert open), so a tick does not walk every
+            # quiet device in Python; the verdicts below are exact
+            cutoff = now - min(r.silence_s for r in deadman)
+            with self._lock:
+                seen = self.db.execute(
+                    "SELECT site, target, name, last_ts, reported_offline FROM seen WHERE reported_offline!=0 OR "
+                    "last_ts<=? OR (site, name) IN (SELECT site, subject FROM alerts WHERE state IN ('pending','firing'))",
+                    (cutoff,)).fetchall()
+                open_keys = {tuple(r) for r in self.db.execute(
+                    "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")}
+        for site, target, name, last_ts, offline in seen:
             for rule in deadman:
                 if rule.target == target and self._applies(rule, site, name):
                     silent = now - last_ts

@@ -7,7 +7,7 @@ devices and the data completeness.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ class KpiValue:
         return self.value < self.limit if self.comparison == "<" else self.value > self.limit
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # not dataclasses.asdict: its deep copy was most of the cost of storing a KPI value
+        d = dict(self.__dict__)
         d["devices"] = list(self.devices)
+        d["extra"] = dict(self.extra)
         return d
 
     @classmethod

@@ -8,6 +8,7 @@ so a Shanghai day is 16:00 UTC to 16:00 UTC.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -35,11 +36,13 @@ def _ts(d: date, h: int, tz: ZoneInfo) -> float:
     return datetime.combine(d, time(h), tzinfo=tz).timestamp()
 
 
+@lru_cache(maxsize=4096)
 def day(d: date, tz: str) -> Period:
     z = ZoneInfo(tz)
     return Period("day", _ts(d, 0, z), _ts(d + timedelta(days=1), 0, z), d.isoformat())
 
 
+@lru_cache(maxsize=1024)
 def month(year: int, mon: int, tz: str) -> Period:
     z = ZoneInfo(tz)
     first = date(year, mon, 1)
@@ -72,7 +75,13 @@ def rolling24h(end_ts: float) -> Period:
 
 
 def local_date(ts: float, tz: str) -> date:
-    return datetime.fromtimestamp(ts, ZoneInfo(tz)).date()
+    # every local midnight falls on a multiple of SLOT_S of UTC: one conversion per slot
+    return _slot_date(int(ts // SLOT_S), tz)
+
+
+@lru_cache(maxsize=16384)
+def _slot_date(slot: int, tz: str) -> date:
+    return datetime.fromtimestamp(slot * SLOT_S, ZoneInfo(tz)).date()
 
 
 def fmt_local(ts: float, tz: str) -> str:
