@@ -25,20 +25,24 @@ What it does, all on loopback:
    2-core machine the two processes, the broker and this script share the
    cores.
 
-6. the monitor keeps up: a monitor role (`server.monitor.role.MonitorRole`,
-   its own session and replica) on an accelerated clock (`--monitor-speed`
-   simulated seconds per real second, from 21:58 to 00:02 site-local, so the
-   hours, the noise day and the day close), while this script publishes live
-   batches stamped with the simulated "now" at the SQLite ingest rate just
-   measured. The clock runs `speed` times faster than the data: a simulated
-   hour holds 3600 / speed seconds of the ingest rate, and its KPIs must be
-   computed in 60 / speed real seconds, so this is stricter than real time
-   for the closing work and equal to it for the stream. For every KPI
-   period that ends in the window, the lag is the simulated time from the
-   period's end to when its value first appeared in the monitor's KPI store
-   (polled every 20 ms). Target: `monitor.max_lag_sim_s` <= 60 (periods
-   close within one simulated minute of their end). The tick runs every
-   0.1 s real, so the floor is 0.1 x speed simulated seconds.
+6. the monitor keeps up: `greenmine server run --role monitor` in its own
+   process (its own session and replica), on an accelerated `[clock]` from
+   21:58 to 00:02 site-local, so the hours, the noise day and the day close,
+   while this script publishes pre-built batches of `--monitor-sites` sites
+   of 10 gateways (one batch per gateway per simulated minute), stamped with
+   the simulated "now", at the SQLite ingest rate just measured. The clock
+   runs `speed` = rate x 60 / gateways times faster than real time, so a
+   simulated hour holds 3600 / speed seconds of the ingest rate, and its KPIs
+   must be computed in 60 / speed real seconds: stricter than real time for
+   the closing work and equal to it for the stream. For every KPI period that
+   ends in the window, the lag is the time from the period's end to when its
+   value first appeared in the monitor's KPI store (polled every 20 ms), in
+   simulated seconds (`monitor.max_lag_sim_s`; target <= 60: periods close
+   within one simulated minute of their end) and real ones. The role ticks at
+   least twice per `alerts.tick_interval_s` of its clock, at most every
+   0.05 s real, so the floor is about 0.05 x speed simulated seconds.
+   `consumed_behind_s` is how long after the last publish the monitor had
+   committed every batch (`greenmine_role_messages_total{role="monitor"}`).
 
 7. VictoriaMetrics' own capacity on this machine, for the sizing table:
    pre-built, gzip-compressed line-protocol bodies (10,000 readings each,
@@ -277,14 +281,20 @@ def drain_shared(tmp: Path, port: int, msgs: list[tuple[str, bytes]], n_readings
             stop_process(proc)
 
 
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readings: int) -> dict:
     """Step 6: `n_sites` sites of 10 gateways, each sending a batch per simulated minute, on a clock
-    accelerated so that the stream is `rate_msgs_s`; how late, in real seconds, each KPI period closes."""
+    accelerated so that the stream is `rate_msgs_s`, to a `greenmine server run --role monitor` process;
+    how late, in simulated and real seconds, each KPI period closes."""
+    import urllib.error
+    import urllib.request
     from zoneinfo import ZoneInfo
-
-    from greenmine.server.config import load_server_config
-    from greenmine.server.monitor.alerts.service import kpi_db_path
-    from greenmine.server.monitor.role import MonitorRole
 
     tz = ZoneInfo("Asia/Shanghai")
     base = datetime(2026, 11, 20, 21, 58, tzinfo=tz).timestamp()
@@ -292,84 +302,110 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readin
     agents = [(f"bench-site{i:03d}", f"gw{k}") for i in range(n_sites) for k in range(10)]
     interval = 60.0  # simulated seconds between one gateway's batches
     speed = rate_msgs_s * interval / len(agents)
-    real0 = [None]
-
-    def clock() -> float:
-        return base if real0[0] is None else base + (time.time() - real0[0]) * speed
-
+    # the stream, built before the clock starts so that publishing costs this process little
+    stream: list[tuple[float, str, bytes]] = []
+    j = 0
+    while base + j * interval < end:
+        for k, (site, agent) in enumerate(agents):
+            t = base + j * interval + k * interval / len(agents)
+            ts = datetime.fromtimestamp(t, timezone.utc).isoformat()
+            doc_ = {
+                "schema": "greenmine.telemetry.v1", "site": site, "agent": agent, "seq": j, "sent_at": ts,
+                "readings": [
+                    {"device": f"{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts,
+                     "value": 1000.0 + j * (1 + i) if METRICS[i % 10][0].endswith("_total") else 0.5 + (i % 3) / 10,
+                     "unit": METRICS[i % 10][1], "quality": "good"}
+                    for i in range(n_readings)
+                ],
+            }
+            stream.append((t, f"greenmine/v1/{site}/{agent}/telemetry", json.dumps(doc_).encode()))
+        j += 1
+    http_port = free_port()
+    real0 = time.time() + 5.0  # when simulated time is `base`: after the monitor has started and subscribed
     doc = server_doc(tmp, port, "monitor", {"kind": "sqlite", "path": str(tmp / "monitor-unused.sqlite")}, "full")
+    doc["http_port"] = http_port
     doc["sites"] = [{"id": site, "timezone": "Asia/Shanghai", "recipients": ["officer@example.test"]}
                     for site in dict.fromkeys(s for s, _ in agents)]
     doc["monitor"] = {"replica_path": str(tmp / "monitor-replica.sqlite")}
     doc["notify"] = {"eml_dir": str(tmp / "monitor-mail")}
-    cfg = load_server_config(tmp / "monitor.toml", doc=doc)
-    role = MonitorRole(cfg, clock=clock, tick_s=0.1)
-    kpi_db = kpi_db_path(cfg)
-    role.start()
+    doc["clock"] = {"mode": "accelerated", "sim_start": datetime.fromtimestamp(base, tz).isoformat(),
+                    "real_start_epoch_s": real0, "speed": speed}
+    config = write_toml(tmp / "monitor.toml", doc)
+    kpi_db = tmp / "monitor-alerts" / "kpi.sqlite"
+    url = f"http://127.0.0.1:{http_port}"
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(url + path, timeout=5) as r:
+            return r.read().decode()
+
+    def health() -> dict:
+        try:
+            return json.loads(get("/health"))
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+        except OSError:
+            return {}
+
+    def consumed() -> float:
+        return _metric(get("/metrics"), 'greenmine_role_messages_total{role="monitor"}') or 0.0
+
     first_seen: dict[tuple, tuple[float, float]] = {}
     stop = threading.Event()
 
-    def poll() -> None:
-        db = None
+    def poll() -> None:  # new and replaced rows only (INSERT OR REPLACE gives a replaced row a new rowid)
+        db, last = None, 0
         while not stop.wait(0.02):
             try:
                 db = db or sqlite3.connect(f"file:{kpi_db}?mode=ro", uri=True, timeout=1)
-                rows = db.execute("SELECT site, kpi, subject, period_kind, period_start, period_end FROM kpi_values").fetchall()
+                rows = db.execute("SELECT rowid, site, kpi, subject, period_kind, period_start, period_end FROM kpi_values "
+                                  "WHERE rowid>?", (last,)).fetchall()
             except sqlite3.Error:
+                db = None
                 continue
             now = time.time()
             for r in rows:
-                first_seen.setdefault(r[:5], (r[5], now))
+                last = max(last, r[0])
+                first_seen.setdefault(r[1:6], (r[6], now))
 
+    proc = spawn_greenmine(["server", "run", "--config", str(config), "--role", "monitor"], tmp / "monitor.log")
     poller = threading.Thread(target=poll, daemon=True)
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-monitor-pub")
     pub.max_inflight_messages_set(1000)
-    published = 0
     try:
-        wait_for(lambda: role.consumer.mqtt.subscribed, 30, what="monitor subscribed")
+        wait_for(lambda: health().get("monitor_subscribed"), 30, what="monitor subscribed")
         pub.connect("127.0.0.1", port, 30)
         pub.loop_start()
         poller.start()
-        real0[0] = t0 = time.time()
-        j = 0
-        while base + j * interval < end:
-            for k, (site, agent) in enumerate(agents):
-                t = base + j * interval + k * interval / len(agents)
-                ahead = (t - base) / speed - (time.time() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing the publisher to the stream's schedule
-                ts = datetime.fromtimestamp(t, timezone.utc).isoformat()
-                doc_ = {
-                    "schema": "greenmine.telemetry.v1", "site": site, "agent": agent, "seq": j, "sent_at": ts,
-                    "readings": [
-                        {"device": f"{agent}-m{i:02d}", "metric": METRICS[i % 10][0], "ts": ts,
-                         "value": 1000.0 + j * (1 + i) if METRICS[i % 10][0].endswith("_total") else 0.5 + (i % 3) / 10,
-                         "unit": METRICS[i % 10][1], "quality": "good"}
-                        for i in range(n_readings)
-                    ],
-                }
-                pub.publish(f"greenmine/v1/{site}/{agent}/telemetry", json.dumps(doc_), qos=1)
-                published += 1
-            j += 1
-        real_s = time.time() - t0
-        wait_for(lambda: role.consumer.messages >= published, 300, what="monitor consumed every batch")
-        behind_s = time.time() - t0 - real_s
+        if time.time() > real0:
+            raise SystemExit("step 6: the monitor took longer than 5 s to start; its clock started without data")
+        time.sleep(real0 - time.time())  # pacing: simulated time starts at `base` now
+        for t, topic_, body in stream:
+            ahead = real0 + (t - base) / speed - time.time()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the publisher to the stream's schedule
+            pub.publish(topic_, body, qos=1)
+        real_s = time.time() - real0
+        wait_for(lambda: consumed() >= len(stream), 300, what="monitor consumed every batch")
+        behind_s = time.time() - real0 - real_s
         wait_for(lambda: len({first_seen[k][0] for k in list(first_seen) if base < first_seen[k][0] <= end}) >= 2, 60,
                  what="KPI periods closed")
     finally:
         stop.set()
         pub.disconnect()
         pub.loop_stop()
-        role.stop()
+        stop_process(proc, 30)
     lags: dict[str, float] = {}
     for (site, kpi, subject, kind, start), (pend, seen) in first_seen.items():
         if base < pend <= end and kind != "rolling24h":  # rolling 24 h is recomputed every rolling_every_s, not closed
-            lags[kind] = max(lags.get(kind, 0.0), seen - (t0 + (pend - base) / speed))
+            lags[kind] = max(lags.get(kind, 0.0), seen - (real0 + (pend - base) / speed))
+    worst = max(lags.values()) if lags else None
     return {
         "sites": n_sites, "gateways": len(agents), "speed": round(speed, 1), "target_msgs_per_s": round(rate_msgs_s),
-        "published_msgs_per_s": round(published / real_s), "consumed_behind_s": round(behind_s, 2),
+        "published_msgs_per_s": round(len(stream) / real_s), "consumed_behind_s": round(behind_s, 2),
         "max_lag_real_s_by_period": {k: round(v, 2) for k, v in sorted(lags.items())},
-        "max_lag_real_s": round(max(lags.values()), 2) if lags else None,
+        "max_lag_sim_s_by_period": {k: round(v * speed, 1) for k, v in sorted(lags.items())},
+        "max_lag_sim_s": round(worst * speed, 1) if worst is not None else None,
+        "max_lag_real_s": round(worst, 2) if worst is not None else None,
     }
 
 

@@ -126,6 +126,8 @@ class App:
                 self.metrics.bind_energy(self.energy.service.snapshot, self.energy.service.totals)
             elif "energy" in self.roles and self.roles != set(ROLES):
                 log.warning("server: --role energy, but [energy] has no centres and enterprises: the role does nothing")
+            self.metrics.bind_consumers(lambda: {r.consumer.name: (r.consumer.messages, dict(r.consumer.ignored))
+                                                 for r in (self.monitor, self.uplink, self.energy) if r is not None})
             self.supervisor.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
             for sup in self._role_supervisors():
                 sup.add_crash_listener(lambda name: self.metrics.thread_crashes.labels(name).inc())
@@ -235,6 +237,7 @@ class App:
             })
         if self.monitor is not None:
             doc["monitor_connected"] = self.monitor.connected
+            doc["monitor_subscribed"] = self.monitor.consumer.mqtt.subscribed
             ok = ok and self.monitor.connected
         if self.uplink is not None:
             doc["uplink_connected"] = self.uplink.connected

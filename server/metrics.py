@@ -16,6 +16,8 @@ instances can live in one process, as the tests run them.
     greenmine_spool_retained_batches                     acknowledged by the store, kept for the durability window
     greenmine_store_restarts_total{sink=...}             store restarts seen; the durability window was written again
     greenmine_mqtt_connected
+    greenmine_role_messages_total{role}                  messages a monitor/uplink/energy role's own consumer committed
+    greenmine_role_ignored_total{role,reason}            ... and skipped (other partition, invalid: ingest dead-letters those)
     greenmine_thread_crashes_total{thread}               supervised threads that died (restarted, or the process exits)
     greenmine_agent_online{site,agent}                   1 online, 0 offline (from birth and will)
     greenmine_hj212_packets_total{point,result}          HJ 212 uploads: sent, acked, retried, failed, dropped, expired
@@ -94,6 +96,25 @@ class Metrics:
         self.spool_readings.set_function(lambda: depth()[1])
         self.spool_bytes.set_function(lambda: depth()[2])
         self.spool_full.set_function(lambda: 1.0 if full() else 0.0)
+
+    def bind_consumers(self, snapshot: Callable[[], dict[str, tuple[int, dict[str, int]]]]) -> None:
+        """The monitor's, uplink's and energy role's own consumers of the stream (`server.ingest.consumer`):
+        role name -> (messages committed, {reason: messages ignored}), read at scrape time."""
+
+        class Collector:
+            def collect(self):
+                snap = snapshot()
+                messages = CounterMetricFamily("greenmine_role_messages", "messages the role's own consumer committed "
+                                               "(and acknowledged), per role", labels=["role"])
+                ignored = CounterMetricFamily("greenmine_role_ignored", "messages the role's consumer skipped, by "
+                                              "reason (invalid ones are ingest's dead letters)", labels=["role", "reason"])
+                for role, (n, why) in sorted(snap.items()):
+                    messages.add_metric([role], n)
+                    for reason, k in sorted(why.items()):
+                        ignored.add_metric([role, reason], k)
+                return [messages, ignored]
+
+        self.registry.register(Collector())
 
     def bind_hj212(self, snapshot: Callable[[], dict[str, dict[str, int]]]) -> None:
         """Export the HJ 212 points' counters, read from `snapshot()` at scrape time."""

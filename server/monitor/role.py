@@ -38,7 +38,9 @@ _PRUNE_EVERY_S = 3600.0
 
 class MonitorRole:
     def __init__(self, cfg, *, clock: Callable[[], float] = time.time, sites: list[str] | None = None,
-                 partition: str | None = None, tick_s: float = 1.0, on_moved=None) -> None:
+                 partition: str | None = None, tick_s: float | None = None, on_moved=None) -> None:
+        """`tick_s`: real seconds between ticks; default once a second, and at least twice per
+        `alerts.tick_interval_s` of an accelerated clock (a demo or a benchmark), at most 20 times a second."""
         unknown = sorted(set(sites or ()) - {s.id for s in cfg.sites})
         if unknown:
             from greenmine.server.errors import ServerError
@@ -47,6 +49,9 @@ class MonitorRole:
         judged = [s for s in cfg.sites if (sites is None or s.id in sites) and cfg.monitor.judges(s.id, partition)]
         self.site_ids = frozenset(s.id for s in judged)
         self.clock = clock
+        if tick_s is None:
+            speed = cfg.clock.speed if cfg.clock.mode.value == "accelerated" else 1.0
+            tick_s = min(1.0, max(0.05, cfg.alerts.tick_interval_s / (2 * speed)))
         self.tick_s = tick_s
         self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock, on_moved=on_moved)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS

@@ -221,6 +221,28 @@ def test_a_monitor_consumer_that_dies_is_fatal_and_fails_health(tmp_path, mosqui
         app.stop()
 
 
+def test_a_monitor_role_reports_what_its_consumer_committed(tmp_path, mosquitto, publisher):
+    """An operator sees a role falling behind: greenmine_role_messages_total{role} beside ingest's counters, and
+    /health says whether the role is subscribed."""
+    from greenmine.server.app import App
+
+    cfg = _cfg(tmp_path, mosquitto.port)
+    app = App(cfg, roles={"monitor"})
+    app.start()
+    try:
+        wait_for(lambda: _health(app)[1].get("monitor_subscribed"), 10, what="monitor subscribed")
+        for seq in range(3):
+            publisher.publish(topic(), dumps(batch(seq, n=2)))
+        publisher.publish(topic(), b"not json")
+        wait_for(lambda: app.metrics.value("greenmine_role_messages_total", role="monitor") == 4, 10,
+                 what="the monitor's messages counted")
+        assert app.metrics.value("greenmine_role_ignored_total", role="monitor", reason="not_json") == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.http.port}/metrics", timeout=5) as r:
+            assert 'greenmine_role_messages_total{role="monitor"} 4.0' in r.read().decode()
+    finally:
+        app.stop()
+
+
 def _vm_timestamps(vm) -> int:
     """Distinct (series, timestamp) samples of power_kw in VictoriaMetrics (a re-sent sample counts once)."""
     return sum(len(set(s["timestamps"])) for s in vm.export('{__name__="power_kw_value"}'))

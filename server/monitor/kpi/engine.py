@@ -306,6 +306,7 @@ class KpiEngine:
                 have = sum(p.ts >= period.end for p in by_dev[dev])
                 by_dev[dev] += sorted(pts, key=lambda p: p.ts)[:2 - have]
         out = []
+        kept = []  # the increments series is kept per closed day; rolling and monthly runs only read
         for dev, pts in sorted(by_dev.items()):
             pts.sort(key=lambda p: p.ts)
             tr = CounterTracker(self.counter_spec(site_id, dev, metric))
@@ -315,12 +316,12 @@ class KpiEngine:
                 incs += i
                 events += e
             if self.store is not None and period.kind == "day":
-                # the increments series is kept per closed day; rolling and monthly runs only read
-                self.store.put_increments(site_id, dev, metric,
-                                          [i for i in incs if period.start < i.end_ts <= period.end],
-                                          [e for e in events if period.start <= e.ts < period.end])
+                kept.append((dev, [i for i in incs if period.start < i.end_ts <= period.end],
+                             [e for e in events if period.start <= e.ts < period.end]))
             for e in events:
                 if period.start <= e.ts < period.end:
                     log.debug("site %s meter %s %s: %s %g -> %g (%s)", site_id, dev, metric, e.kind.value, e.prev, e.new, e.detail)
             out.append(MeterData(dev, incs, [p.ts for p in pts if period.start <= p.ts < period.end]))
+        if kept:
+            self.store.put_increments(site_id, metric, kept)
         return out

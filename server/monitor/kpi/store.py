@@ -148,11 +148,18 @@ class KpiStore:
             rows = self._db.execute(sql + " ORDER BY period_start, subject", args).fetchall()
         return [KpiValue.from_dict(json.loads(r[0])) for r in rows]
 
-    def put_increments(self, site: str, device: str, metric: str, incs: list[Increment], events: list[CounterEvent]) -> None:
-        self._tx("INSERT OR REPLACE INTO increments VALUES (?,?,?,?,?,?,?)",
-                 [(site, device, metric, i.start_ts, i.end_ts, i.value, i.flag.value) for i in incs])
-        self._tx("INSERT OR REPLACE INTO counter_events VALUES (?,?,?,?,?,?,?,?)",
-                 [(site, device, metric, e.ts, e.kind.value, e.prev, e.new, e.detail) for e in events])
+    def put_increments(self, site: str, metric: str,
+                       meters: Iterable[tuple[str, list[Increment], list[CounterEvent]]]) -> None:
+        """The increments and counter events of a metric's meters, (device, increments, events) each, in one
+        transaction (a day's close writes every meter of a site at once)."""
+        meters = list(meters)
+        with transaction(self._db, "kpi store", lock=self._lock):
+            self._db.executemany("INSERT OR REPLACE INTO increments VALUES (?,?,?,?,?,?,?)",
+                                 [(site, device, metric, i.start_ts, i.end_ts, i.value, i.flag.value)
+                                  for device, incs, _ in meters for i in incs])
+            self._db.executemany("INSERT OR REPLACE INTO counter_events VALUES (?,?,?,?,?,?,?,?)",
+                                 [(site, device, metric, e.ts, e.kind.value, e.prev, e.new, e.detail)
+                                  for device, _, events in meters for e in events])
 
     def increments(self, site: str, device: str, metric: str, start: float, end: float) -> list[tuple[float, float, float, str]]:
         with self._lock:
