@@ -12,7 +12,8 @@ sites it serves) and receive exactly what the agents published:
 - Subscriptions: telemetry and status of the configured sites (one filter per
   site when the role serves a list of sites, the `+` wildcard otherwise);
   `accept(site)` filters further (hash partitions).
-- Group commit and manual acks: up to `max_group` messages are validated with
+- Group commit and manual acks: up to `max_group` messages (what arrives
+  within `linger_s`, 50 ms, of the first) are validated with
   the v1 wire contract, handed to `handler.on_messages(batches, statuses)`,
   which commits them durably (the role's own SQLite files) and returns; only
   then is every message of the group acknowledged. A crash before that leaves
@@ -86,6 +87,7 @@ class StreamConsumer:
         sites: Iterable[str] | None = None,
         accept: Callable[[str], bool] = lambda site: True,
         max_group: int = 500,
+        linger_s: float = 0.05,
         clock: Callable[[], float] = time.time,
         name: str = "consumer",
         resolve: Callable[[str], object] = str,
@@ -96,6 +98,7 @@ class StreamConsumer:
         self.handler = handler
         self.accept = accept
         self.max_group = max_group
+        self.linger_s = linger_s
         self._clock = clock
         self.ignored: Counter[str] = Counter()  # invalid or foreign messages, by reason
         self.messages = 0
@@ -144,11 +147,20 @@ class StreamConsumer:
                 group = [self._q.get(timeout=0.2)]
             except queue.Empty:
                 continue
+            # group commit with a linger: one commit (a few fsyncs) for what arrives within `linger_s`, instead of
+            # one per message when the stream trickles in at the pace the role keeps up with
+            until = time.monotonic() + self.linger_s
             while len(group) < self.max_group:
                 try:
                     group.append(self._q.get_nowait())
                 except queue.Empty:
-                    break
+                    wait = until - time.monotonic()
+                    if wait <= 0:
+                        break
+                    try:
+                        group.append(self._q.get(timeout=wait))
+                    except queue.Empty:
+                        break
             batches, statuses = self._validate(group)
             if not self._commit(batches, statuses):
                 return  # stopping: the group stays unacknowledged

@@ -14,11 +14,15 @@ Two threads: the consumer's, which commits each group (replica, dirty KPI
 periods, metric rules, agent states) before it is acknowledged; and the tick
 thread, which closes KPI periods, runs the deadman and lifecycle checks and
 the supervision's overdue-rectification check (`supervision.overdue`), and
-delivers email. A lock keeps them from touching the monitor's state at once.
+delivers email. A lock keeps them from touching the monitor's state at once,
+except while the tick computes the KPI periods that closed: the consumer
+goes on committing meanwhile, and a period it marks dirty again is computed
+again on the next tick (`KpiEngine.take_due`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -103,6 +107,16 @@ class MonitorRole:
             self._thread = None
         self.monitor.close()
 
+    @contextlib.contextmanager
+    def _unlocked(self):
+        """Let the consumer commit while the tick computes closed KPI periods (seconds, at a day's close for many
+        sites): the periods it marks again meanwhile stay dirty for the next tick (`KpiEngine.take_due`)."""
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
     def _run(self) -> None:
         latch = Latch(log)
         while not self._stop.wait(self.tick_s):
@@ -111,7 +125,7 @@ class MonitorRole:
                     link, self._link = self._link, None
                     if link is not None:
                         self.monitor.on_connection(link)
-                    self.monitor.tick()
+                    self.monitor.tick(unlocked=self._unlocked)
                     now = self.clock()
                     if now >= self._next_prune:
                         self._next_prune = now + _PRUNE_EVERY_S

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from greenmine.server.monitor.alerts.config import AlertsConfig
@@ -164,13 +165,19 @@ class Monitor:
         """The server's own MQTT link: while it is down, silence is ours, not the devices'."""
         self.alerts.ingest_connected(up, now=self.clock())
 
-    def tick(self, force: bool = False) -> int:
-        """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent."""
+    def tick(self, force: bool = False, unlocked: Callable[[], AbstractContextManager] = nullcontext) -> int:
+        """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent.
+
+        `unlocked()`: a context in which the caller lets `on_messages` run while the closed periods are computed
+        (the monitor role releases its lock); the rest runs where the caller called it."""
         now = self.clock()
         if not force and now < self._next_run:
             return self.notifier.deliver(now) if self.notifier.has_due(now) else 0
         self._next_run = now + self.alerts_cfg.tick_interval_s
-        values = self.kpis.run_due(now)
+        due = self.kpis.take_due(now)
+        with unlocked():
+            values = self.kpis.compute_due(due, now)
+        self.kpis.finish_due(due)
         self.alerts.observe_kpis(values, now=now)
         self.alerts.tick(now)
         return self.notifier.run_once(now)

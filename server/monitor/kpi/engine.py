@@ -4,6 +4,7 @@ local calendar period, stores the results, and returns them for the alerts.
     engine = KpiEngine(kpi_cfg, sites, source, store)
     engine.note_data(site, metric, [ts, ...])      # after each committed batch
     values = engine.run_due(now)                   # closed dirty periods + rolling 24 h
+                                                   # (or take_due / compute_due / finish_due, see run_due)
     engine.compute(site, period)                   # recompute any past period
 
 The engine holds no state of its own besides the store, so several server
@@ -194,18 +195,34 @@ class KpiEngine:
 
     def run_due(self, now: float) -> list[KpiValue]:
         """Compute every dirty period that has closed, plus each site's rolling 24 h reuse (every rolling_every_s)."""
+        due = self.take_due(now)
+        out = self.compute_due(due, now)
+        self.finish_due(due)
+        return out
+
+    def take_due(self, now: float) -> list[tuple[str, Period, int]]:
+        """The closed dirty periods to compute now. Call where no new readings are being noted (the monitor
+        role holds its lock); `compute_due` may then run beside `note_batch` / `note_counter_reads`, and a
+        period they mark again meanwhile stays dirty (`finish_due` clears only the mark it took)."""
+        due = self.store.dirty_closed(now) if self.store is not None else []
+        for site_id, p, _gen in due:
+            self._marked.discard((site_id, p.kind, p.start))  # a reading for it now writes a new mark
+        return due
+
+    def compute_due(self, due: list[tuple[str, Period, int]], now: float) -> list[KpiValue]:
         out: list[KpiValue] = []
-        if self.store is not None:
-            for site_id, p in self.store.dirty_closed(now):
-                if site_id in self.sites:
-                    out += self.compute(site_id, p, now=now)
-                self.store.clear_dirty(site_id, p)
-                self._marked.discard((site_id, p.kind, p.start))
+        for site_id, p, _gen in due:
+            if site_id in self.sites:
+                out += self.compute(site_id, p, now=now)
         if now >= self._next_rolling:
             self._next_rolling = now + self.cfg.rolling_every_s
             for site_id in self.sites:
                 out += self.compute(site_id, periods.rolling24h(now), now=now)
         return out
+
+    def finish_due(self, due: list[tuple[str, Period, int]]) -> None:
+        for site_id, p, gen in due:
+            self.store.clear_dirty(site_id, p, gen)
 
     # --- computing ----------------------------------------------------------
 

@@ -111,15 +111,23 @@ CREATE TABLE IF NOT EXISTS counter_widths (
     agent TEXT NOT NULL, reported_at REAL NOT NULL, PRIMARY KEY (site, device, metric));
 CREATE TABLE IF NOT EXISTS kpi_dirty (
     site TEXT NOT NULL, period_kind TEXT NOT NULL, period_start REAL NOT NULL, period_end REAL NOT NULL,
-    label TEXT NOT NULL, PRIMARY KEY (site, period_kind, period_start));
+    label TEXT NOT NULL, gen INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, period_kind, period_start));
 """
+
+
+def _prepare(con) -> None:
+    con.executescript(_SCHEMA)
+    # `gen` counts the marks of a dirty period, so a computation clears only the mark it read (files from before)
+    if "gen" not in {r[1] for r in con.execute("PRAGMA table_info(kpi_dirty)")}:
+        con.execute("ALTER TABLE kpi_dirty ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+        con.commit()
 
 
 class KpiStore:
     def __init__(self, path: str | Path, *, on_moved: Callable[[MovedAside], None] | None = None) -> None:
         # Checked at open: a damaged or empty file is moved aside; the KPIs are recomputed from the store.
         self._db, self.moved_aside = open_or_move_aside(
-            path, "kpi", log=log, on_moved=on_moved, prepare=lambda con: con.executescript(_SCHEMA), synchronous="full")
+            path, "kpi", log=log, on_moved=on_moved, prepare=_prepare, synchronous="full")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -185,15 +193,23 @@ class KpiStore:
         return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
 
     def mark_dirty(self, site: str, ps: Iterable[Period]) -> None:
-        self._tx("INSERT OR IGNORE INTO kpi_dirty VALUES (?,?,?,?,?)",
+        """Mark periods for (re)computation; marking one already marked counts up its generation, so that a
+        computation that read the earlier mark does not clear this one (`clear_dirty`)."""
+        self._tx("INSERT INTO kpi_dirty VALUES (?,?,?,?,?,0) ON CONFLICT DO UPDATE SET gen=gen+1",
                  [(site, p.kind, p.start, p.end, p.label) for p in ps])
 
-    def dirty_closed(self, now: float) -> list[tuple[str, Period]]:
+    def dirty_closed(self, now: float) -> list[tuple[str, Period, int]]:
+        """(site, period, generation of its mark) of every marked period that has ended by `now`."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT site, period_kind, period_start, period_end, label FROM kpi_dirty WHERE period_end<=? "
+                "SELECT site, period_kind, period_start, period_end, label, gen FROM kpi_dirty WHERE period_end<=? "
                 "ORDER BY period_end, site", (now,)).fetchall()
-        return [(r[0], Period(r[1], r[2], r[3], r[4])) for r in rows]
+        return [(r[0], Period(r[1], r[2], r[3], r[4]), r[5]) for r in rows]
 
-    def clear_dirty(self, site: str, p: Period) -> None:
+    def clear_dirty(self, site: str, p: Period, gen: int | None = None) -> None:
+        """Unmark a computed period; with `gen`, only if it was not marked again since that generation was read."""
+        if gen is not None:
+            self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=? AND gen=?",
+                     [(site, p.kind, p.start, gen)])
+            return
         self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=?", [(site, p.kind, p.start)])

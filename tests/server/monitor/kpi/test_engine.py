@@ -137,3 +137,29 @@ def test_a_citation_that_cannot_be_filled_fails_at_load(field, text, message):
 
     with pytest.raises(ValidationError, match=message):
         Limits(**{field: text})
+
+
+def test_a_period_marked_again_while_it_is_computed_stays_dirty(store):
+    """The monitor computes closed periods while its consumer goes on committing: a late reading noted between
+    take_due and finish_due keeps its period dirty, so the next run includes it."""
+    src = MemorySource()
+    eng = KpiEngine(KpiConfig(rolling_every_s=10**9), [SiteConfig(id="s1")], src, store)
+    feed_water(src, eng, 0.8, 0.2)
+    day = periods.day(D, "Asia/Shanghai")
+    now = day.end + 120
+    due = eng.take_due(now)
+    assert ("s1", day.kind, day.start) in {(s, p.kind, p.start) for s, p, _ in due}
+    first = [v for v in eng.compute_due(due, now) if v.kpi == "water_reuse_daily" and v.period_start == day.start]
+    assert first[0].value == pytest.approx(80.0)
+    # a late read inside the day, noted while the computation ran (before finish_due)
+    ts = day.start + 3600 + 30
+    src.add("s1", "water_fresh_m3_total", "fresh2", ts, 1.0)
+    eng.note_data("s1", "water_fresh_m3_total", [ts])
+    eng.finish_due(due)
+    again = {(s, p.kind, p.start) for s, p, _ in eng.take_due(now)}
+    assert ("s1", day.kind, day.start) in again
+    # and with nothing noted meanwhile, finishing clears it
+    due = eng.take_due(now)
+    eng.compute_due(due, now)
+    eng.finish_due(due)
+    assert ("s1", day.kind, day.start) not in {(s, p.kind, p.start) for s, p, _ in eng.take_due(now)}
