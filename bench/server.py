@@ -15,7 +15,7 @@ What it does, all on loopback:
    written to the store (server: validation, spool commit, ack, writer, sink);
    the bare subscriber drains twice, first and last, and the faster of its two
    runs is the reference (the machine may be busier during one of them);
-5. scale-out: two `greenmine server run` processes, each with its own
+5. scale-out: two `greenmine server run --role ingest` processes, each with its own
    client_id and spool, on one shared subscription (`mqtt.shared_group`) and
    one SQLite store. Both are started and subscribed, then stopped (SIGSTOP)
    while the same N batches are published (the broker splits them between
@@ -258,7 +258,7 @@ def drain_shared(tmp: Path, port: int, msgs: list[tuple[str, bytes]], n_readings
         doc["http_port"] = http_ports[-1]
         doc["mqtt"].update(shared_group="bench", keepalive_s=600)  # stopped for a while: the broker must not drop us
         path = write_toml(tmp / f"shared{i}.toml", doc)
-        procs.append(spawn_greenmine(["server", "run", "--config", str(path)], tmp / f"shared{i}.log"))
+        procs.append(spawn_greenmine(["server", "run", "--config", str(path), "--role", "ingest"], tmp / f"shared{i}.log"))
     reader = SqliteReader(store)
     try:
         wait_for(lambda: all(_healthy(p) for p in http_ports), 60, what="shared-subscription servers subscribed")
