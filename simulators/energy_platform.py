@@ -414,7 +414,13 @@ class EnergyPlatformSim:
                     float(value)
                 except ValueError:
                     return self._code("1", DECRYPT_FAILED)
-            parsed.append((str(row.get(f["data_code"])), int(row.get(f["stat_type"])), str(row.get(f["stat_date"])),
+            try:
+                stat = int(row.get(f["stat_type"]))
+            except (TypeError, ValueError):
+                stat = -1
+            if stat not in (0, 1, 2, 3):  # real-time, day, month, year
+                return self._code("1", f"statType {row.get(f['stat_type'])!r} 无效")
+            parsed.append((str(row.get(f["data_code"])), stat, str(row.get(f["stat_date"])),
                            AcceptedRecord(str(value), row.get(f["valid"]), row.get(f["input_type"]), row.get(f["scope"]),
                                           str(row.get(f["upload_date"])), time.time())))
         self.state.uploads += 1

@@ -50,6 +50,11 @@ def month(year: int, mon: int, tz: str) -> Period:
     return Period("month", _ts(first, 0, z), _ts(nxt, 0, z), f"{year:04d}-{mon:02d}")
 
 
+def year(y: int, tz: str) -> Period:
+    """The local calendar year (the energy platform's statType 3)."""
+    return Period("year", month(y, 1, tz).start, month(y + 1, 1, tz).start, f"{y:04d}")
+
+
 def hour(ts: float, tz: str) -> Period:
     """The local clock hour containing ts."""
     z = ZoneInfo(tz)

@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=_status)
 
     pv = esub.add_parser("preview", help="print the exact JSON that would be sent for one period, before and after encryption",
-                         epilog="--period 2026-11-30 (a day), 2026-11 (a month) or 2026-11-30T08:15 (a real-time slot)")
+                         epilog="--period 2026-11-30 (a day), 2026-11 (a month), 2026 (a year) or 2026-11-30T08:15 (a real-time slot)")
     config_arguments(pv)
     pv.add_argument("--site", required=True, help="site id")
-    pv.add_argument("--period", required=True, metavar="P", help="YYYY-MM-DD, YYYY-MM or YYYY-MM-DDTHH:MM (site-local)")
+    pv.add_argument("--period", required=True, metavar="P", help="YYYY-MM-DD, YYYY-MM, YYYY or YYYY-MM-DDTHH:MM (site-local)")
     pv.add_argument("--centre", help="only this data centre")
     pv.set_defaults(func=_preview)
 
@@ -123,6 +123,8 @@ def _period(text: str, tz: str, interval_s: int):
                 raise ValueError(f"a real-time slot starts on a multiple of {interval_s // 60} minutes")
             start = lt.timestamp()
             return StatType.REALTIME, Period("slot", start, start + interval_s, lt.strftime("%Y-%m-%d %H:%M"))
+        if len(text) == 4:
+            return StatType.YEAR, periods.year(int(text), tz)
         if len(text) == 7:
             y, m = (int(x) for x in text.split("-"))
             return StatType.MONTH, periods.month(y, m, tz)

@@ -37,15 +37,16 @@ def check_item_code(code: str) -> str:
 
 
 class StatType(str, Enum):
-    """The platform's statType: 0 real-time, 1 day, 2 month (3 year is not produced: the KPIs have no year period)."""
+    """The platform's statType: 0 real-time, 1 day, 2 month, 3 year (the sum of the item's twelve month records)."""
 
     REALTIME = "realtime"
     DAY = "day"
     MONTH = "month"
+    YEAR = "year"
 
     @property
     def code(self) -> int:
-        return {"realtime": 0, "day": 1, "month": 2}[self.value]
+        return {"realtime": 0, "day": 1, "month": 2, "year": 3}[self.value]
 
 
 class Source(str, Enum):
@@ -65,8 +66,9 @@ class ItemConfig(ConfigModel):
     kpi: str | None = Field(default=None, pattern=IDENT, description="kpi: the KPI name, e.g. energy_intensity_daily (the _daily/_monthly suffix follows the period)")
     subject: str = Field(default="site", pattern=IDENT, description="kpi: the KPI's subject (site or a device)")
     stat_types: list[StatType] = Field(
-        default_factory=lambda: [StatType.REALTIME, StatType.DAY, StatType.MONTH],
-        description="periods sent: realtime (every profile realtime_interval_min), day (00:00 site-local), month",
+        default_factory=lambda: [StatType.REALTIME, StatType.DAY, StatType.MONTH, StatType.YEAR],
+        description="periods sent: realtime (every profile realtime_interval_min), day (00:00 site-local), month, "
+                    "year (the sum of the item's month records: needs month; not for source kpi)",
     )
     scale: float = Field(default=1.0, allow_inf_nan=False, description="factor applied before sending (kgce -> tce is 0.001)")
     decimals: int = Field(default=2, ge=0, le=6, description="decimal places sent")
@@ -85,8 +87,11 @@ class ItemConfig(ConfigModel):
         if self.source is Source.KPI:
             if not self.kpi:
                 raise ValueError("source kpi needs kpi")
-            if StatType.REALTIME in self.stat_types:
-                raise ValueError("source kpi: KPIs have day and month periods only; drop realtime from stat_types")
+            if StatType.REALTIME in self.stat_types or StatType.YEAR in self.stat_types:
+                raise ValueError("source kpi: KPIs have day and month periods only (a KPI's months need not add up "
+                                 "to a year); stat_types may be day and month")
+        if StatType.YEAR in self.stat_types and StatType.MONTH not in self.stat_types:
+            raise ValueError("stat_types: year is the sum of the item's month records, so it needs month too")
         if not self.stat_types or len(set(self.stat_types)) != len(self.stat_types):
             raise ValueError("stat_types must be a non-empty list without repeats")
         if self.scale == 0:

@@ -166,6 +166,8 @@ class EnergyService:
         d = periods.local_date(start, tz)
         if stat is StatType.DAY:
             return periods.day(d, tz)
+        if stat is StatType.YEAR:
+            return periods.year(d.year, tz)
         return periods.month(d.year, d.month, tz)
 
     def period_containing(self, stat: StatType, ts: float, tz: str) -> Period:
@@ -207,7 +209,7 @@ class EnergyService:
 
     def build(self, ent: EnterpriseConfig, stat: StatType, p: Period) -> tuple[list[tuple[Record, list[str]]], list[tuple[str, str]]]:
         """The records of one period with the centres each goes to, and the events (held, inconsistent)."""
-        records, missing = self.values.records(ent, stat, p)
+        records, missing = self.year_records(ent, p) if stat is StatType.YEAR else self.values.records(ent, stat, p)
         events: list[tuple[str, str]] = [("no_value", f"{code} {stat.value} {p.label}: the KPI has no value") for code in missing]
         out = []
         for r in records:
@@ -224,6 +226,24 @@ class EnergyService:
         if stat is StatType.MONTH:
             events += self.consistency(ent, p, records)
         return out, events
+
+    def year_records(self, ent: EnterpriseConfig, year: Period) -> tuple[list[Record], list[str]]:
+        """Each year item's record: the sum of its month records of that year, as sent (so the year and its months
+        agree exactly). A month with no record (the uplink was not running then) counts as incomplete: the year is
+        complete only when all twelve are, and its completeness is the months' average, a missing one as 0."""
+        min_pct = self.cfg.kpi.completeness_min_pct
+        out = []
+        for it in ent.items:
+            if StatType.YEAR not in it.stat_types:
+                continue
+            months = self.state.records(ent.site, year.start, year.end, stat_type=StatType.MONTH.code, code=it.code)
+            comp = sum(m.completeness for m in months) / 12
+            out.append(Record(site=ent.site, code=it.code, stat_type=StatType.YEAR.code, period_start=year.start,
+                              period_end=year.end, value=round(sum(m.value for m in months), it.decimals),
+                              complete=len(months) == 12 and all(m.complete for m in months)
+                              and comp * 100.0 >= min_pct - 1e-9,
+                              completeness=comp, input_type=it.input_type, scope=it.scope))
+        return out, []
 
     def consistency(self, ent: EnterpriseConfig, month: Period, records: list[Record]) -> list[tuple[str, str]]:
         """The month total against the sum of its day records, per item: more than month_day_tolerance_pct apart
@@ -277,7 +297,7 @@ class EnergyService:
         now_real = self._real()
         rows = self.state.due(centre, now_real, ccfg.batch_max_records, (0,))
         if len(rows) < ccfg.batch_max_records:
-            later = self.state.due(centre, now_real, ccfg.batch_max_records, (1, 2))
+            later = self.state.due(centre, now_real, ccfg.batch_max_records, (1, 2, 3))  # day, month, year
             rows += later[: ccfg.batch_max_records - len(rows)]
         if not rows:
             return 0

@@ -24,7 +24,7 @@ from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
 from greenmine.server.uplink.energy.config import EnterpriseConfig, Source, StatType
 from greenmine.server.uplink.energy.queue import Record
 
-_SUFFIX = {StatType.REALTIME: "slot", StatType.DAY: "daily", StatType.MONTH: "monthly"}
+_SUFFIX = {StatType.REALTIME: "slot", StatType.DAY: "daily", StatType.MONTH: "monthly"}  # year: the service sums months
 
 
 class ItemValues:

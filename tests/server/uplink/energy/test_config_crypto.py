@@ -123,3 +123,16 @@ def test_readme_and_doc_energy_snippets_are_valid_server_config(tmp_path):
         energy = tomllib.loads(m.group(1))["energy"]
         sites = [{"id": e["site"]} for e in energy["enterprises"]]
         load_server_config(tmp_path / "server.toml", doc={"kind": "server", "sites": sites, "energy": energy})
+
+
+@pytest.mark.parametrize("item, needle", [
+    ({"source": "site_kwh", "stat_types": ["day", "year"]}, "year is the sum of the item's month records"),
+    ({"source": "kpi", "kpi": "energy_intensity", "stat_types": ["month", "year"]}, "source kpi"),
+])
+def test_year_needs_month_and_is_not_for_kpis(tmp_path, item, needle):
+    from greenmine.configfile import ConfigError
+    from tests.server.uplink.energy.conftest import energy_doc, server_cfg
+
+    with pytest.raises(ConfigError) as info:
+        server_cfg(tmp_path, energy_doc(tmp_path, [], item_docs=[{"code": "00-00-0000-010100-30", **item}]))
+    assert needle in str(info.value)

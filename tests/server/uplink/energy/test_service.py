@@ -340,3 +340,34 @@ def test_client_certificate_for_a_centre_that_requires_one(tmp_path, sims):
     finally:
         svc.close()
         replica.close()
+
+
+def test_year_record_is_the_sum_of_its_month_records(tmp_path, sims):
+    """statType 3: at the year's close each item's year record is the sum of the month records it sent, flagged
+    invalid while months are missing (here the uplink ran in December only)."""
+    sim = sims("variant-a")
+    dec31, jan1 = local("2026-12-31 00:00:00"), local("2027-01-01 00:00:00")
+    clock = Clock(dec31 - 600)
+    svc, replica = build(tmp_path, [centre("dc", sim, "variant-a")], clock)
+    try:
+        svc.produce_due()
+        fill(replica, meter_reads("meter-1", dec31 - 3600, jan1 + 600, kw=120.0)
+             + meter_reads("meter-2", dec31 - 3600, jan1 + 600, kw=30.0, base=50.0), svc)
+        clock.t = jan1 + 300
+        svc.produce_due()
+        drain(svc, "dc")
+        recs = {k: v for k, v in sim.records.items() if k[0] == ENTERPRISE}
+        for code in (CODE_M1, CODE_SITE):
+            month = recs[(ENTERPRISE, code, 2, "2026-12-01 00:00:00")]
+            year = recs[(ENTERPRISE, code, 3, "2026-01-01 00:00:00")]
+            assert float(year.value) == pytest.approx(float(month.value), abs=1e-9)
+            assert year.valid is False  # eleven months without a record
+        assert float(recs[(ENTERPRISE, CODE_SITE, 3, "2026-01-01 00:00:00")].value) == pytest.approx(150.0 * 25, abs=1e-2)
+        # the kgce item does not list year: none is made for it
+        assert not [k for k in recs if k[1] == CODE_KGCE and k[2] == 3]
+        (stored,) = svc.state.records(SITE, stat_type=3, code=CODE_SITE)
+        assert not stored.complete and stored.completeness < 1 / 12 + 1e-9
+        assert sim.duplicates == 0
+    finally:
+        svc.close()
+        replica.close()
