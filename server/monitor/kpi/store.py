@@ -169,6 +169,12 @@ class KpiStore:
                                  [(site, device, metric, e.ts, e.kind.value, e.prev, e.new, e.detail)
                                   for device, _, events in meters for e in events])
 
+    def prune_increments(self, before_ts: float) -> int:
+        """Forget the kept per-read increments that end before `before_ts` (the replica's retention: they cannot be
+        recomputed from further back anyway). Counter events are kept: they are few, and reports cite them."""
+        with transaction(self._db, "kpi store", lock=self._lock):
+            return self._db.execute("DELETE FROM increments WHERE end_ts < ?", (before_ts,)).rowcount
+
     def increments(self, site: str, device: str, metric: str, start: float, end: float) -> list[tuple[float, float, float, str]]:
         with self._lock:
             return self._db.execute(

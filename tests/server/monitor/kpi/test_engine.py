@@ -163,3 +163,14 @@ def test_a_period_marked_again_while_it_is_computed_stays_dirty(store):
     eng.compute_due(due, now)
     eng.finish_due(due)
     assert ("s1", day.kind, day.start) not in {(s, p.kind, p.start) for s, p, _ in eng.take_due(now)}
+
+
+def test_kept_increments_are_pruned_to_the_retention(store):
+    """The per-read increments a day's close keeps would grow by a row per meter and read forever."""
+    from greenmine.server.monitor.kpi.counters import Increment, IncrementFlag
+
+    incs = [Increment(T0 + 60 * i, T0 + 60 * (i + 1), 1.0, IncrementFlag.OK) for i in range(10)]
+    store.put_increments("s1", "energy_kwh_total", [("m1", incs, [])])
+    assert len(store.increments("s1", "m1", "energy_kwh_total", T0, T0 + 3600)) == 10
+    assert store.prune_increments(T0 + 60 * 4) == 3  # those ending at T0+60, +120, +180
+    assert len(store.increments("s1", "m1", "energy_kwh_total", T0, T0 + 3600)) == 7
