@@ -161,6 +161,10 @@ def running(cfg, **kw):
     app.start()
     try:
         wait_for(lambda: app.mqtt.subscribed, 10, what="server subscribed")
+        # the other roles' own sessions too: a message published before a role's subscription is granted is not its
+        for role in (app.monitor, app.uplink, app.energy):
+            if role is not None:
+                wait_for(lambda: role.consumer.mqtt.subscribed, 10, what=f"{role.consumer.name} subscribed")
         yield app
     finally:
         app.stop()

@@ -209,7 +209,7 @@ def test_a_monitor_consumer_that_dies_is_fatal_and_fails_health(tmp_path, mosqui
     app = App(cfg, roles={"monitor"}, clock=clock)
     app.start()
     try:
-        wait_for(lambda: app.monitor.connected, 10, what="monitor connected")
+        wait_for(lambda: app.monitor.consumer.mqtt.subscribed, 10, what="monitor subscribed")  # else the message is not its
         assert _health(app)[0] == 200
         clock.fail_on = "greenmine-monitor-consumer"
         publisher.publish(topic(), dumps(batch(1, n=1)))
