@@ -1,4 +1,4 @@
-"""Under CI=true a missing service binary fails the test; it never skips."""
+"""Under CI=true a missing service binary, or missing root, fails the test; it never skips."""
 
 import pytest
 
@@ -29,3 +29,23 @@ def test_ci_values_that_make_missing_services_fail(value):
 @pytest.mark.parametrize("value", [None, "", "false", "0", "no"])
 def test_ci_values_that_allow_a_local_skip(value):
     assert not services.ci_from_env(value)
+
+
+def test_missing_root_fails_under_ci(monkeypatch):
+    monkeypatch.setattr(services, "IN_CI", True)
+    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.fail.Exception, match="needs root: to test it"):
+        services.need_root("to test it")
+
+
+def test_missing_root_skips_outside_ci(monkeypatch):
+    monkeypatch.setattr(services, "IN_CI", False)
+    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception):
+        services.need_root("to test it")
+
+
+def test_root_is_enough(monkeypatch):
+    monkeypatch.setattr(services, "IN_CI", True)
+    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+    assert services.need_root("to test it") is None

@@ -27,15 +27,20 @@ def ci_from_env(value: str | None) -> bool:
 IN_CI = ci_from_env(os.environ.get("CI"))
 
 
+def missing(msg: str) -> None:
+    """What this machine lacks for a test: under CI=true the test fails; only outside CI it is skipped, so a
+    developer without the package (or root) still runs the rest."""
+    if IN_CI:
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
 def need_binary(name: str, package: str) -> str:
     """The binary's path. Missing: a failure under CI=true, a skip (with the install command) elsewhere."""
     # Debian puts daemons such as mosquitto in /usr/sbin, which a non-root PATH often lacks.
     path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"]))
     if path is None:
-        msg = f"{name} not found: install it with 'sudo apt-get install -y {package}'"
-        if IN_CI:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)  # only outside CI: a developer without the package still runs the rest
+        missing(f"{name} not found: install it with 'sudo apt-get install -y {package}'")
     return path
 
 
@@ -43,10 +48,7 @@ def need_root(why: str) -> None:
     """Return if running as root. Otherwise: a failure under CI=true, a skip elsewhere (`why` says what needs it)."""
     if os.geteuid() == 0:
         return
-    msg = f"needs root: {why}"
-    if IN_CI:
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)  # only outside CI: a developer without root still runs the rest
+    missing(f"needs root: {why}")
 
 
 def free_port() -> int:
