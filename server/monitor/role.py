@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from greenmine.clock import ClockMode
 from greenmine.latch import Latch
 from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
@@ -54,7 +55,7 @@ class MonitorRole:
         self.site_ids = frozenset(s.id for s in judged)
         self.clock = clock
         if tick_s is None:
-            speed = cfg.clock.speed if cfg.clock.mode.value == "accelerated" else 1.0
+            speed = cfg.clock.speed if cfg.clock.mode is ClockMode.ACCELERATED else 1.0
             tick_s = min(1.0, max(0.05, cfg.alerts.tick_interval_s / (2 * speed)))
         self.tick_s = tick_s
         self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock, on_moved=on_moved)

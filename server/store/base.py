@@ -5,8 +5,8 @@ everything the writer (`server.store.writer`) calls: `write`, `ping`,
 `maintain` every `maintenance_interval_s`, `close`. A store that holds
 acknowledged writes in memory (InfluxDB, VictoriaMetrics) also implements
 `RestartAware`, so that the writer can tell when it restarted and lost them.
-It is driven by one writer thread; writes must be idempotent on a reading's identity (site, device,
-metric, ts), because the spool delivers at least once.
+It is driven by one writer thread; writes must be idempotent on a reading's
+identity (site, device, metric, ts), because the spool delivers at least once.
 """
 
 from __future__ import annotations

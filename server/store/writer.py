@@ -29,8 +29,9 @@ so a restart within the second it started in would not show: while the
 store is younger than `YOUNG_S` by its own clock (the response's Date
 header), nothing is pruned, and once it is older every retained batch is
 written once more. A probe that fails and is followed by the same start
-time rewrites the window too (it may have restarted in between). The SQLite store is durable when its commit returns
-(synchronous FULL), so its batches are deleted at once.
+time rewrites the window too (it may have restarted in between). The
+SQLite store is durable when its commit returns (synchronous FULL), so its
+batches are deleted at once.
 
 Listeners (`add_listener(fn)`) are called on the writer thread with the
 `Sequence[StoredReading]` of every write the store has taken, after the write

@@ -212,10 +212,7 @@ class KpiStore:
                 "ORDER BY period_end, site", (now,)).fetchall()
         return [(r[0], Period(r[1], r[2], r[3], r[4]), r[5]) for r in rows]
 
-    def clear_dirty(self, site: str, p: Period, gen: int | None = None) -> None:
-        """Unmark a computed period; with `gen`, only if it was not marked again since that generation was read."""
-        if gen is not None:
-            self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=? AND gen=?",
-                     [(site, p.kind, p.start, gen)])
-            return
-        self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=?", [(site, p.kind, p.start)])
+    def clear_dirty(self, site: str, p: Period, gen: int) -> None:
+        """Unmark a computed period, unless it was marked again since generation `gen` was read (`dirty_closed`)."""
+        self._tx("DELETE FROM kpi_dirty WHERE site=? AND period_kind=? AND period_start=? AND gen=?",
+                 [(site, p.kind, p.start, gen)])

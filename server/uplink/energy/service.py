@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 _MAX_PERIODS_PER_TICK = 500
 
 
+#: the statTypes sent after the real-time ones in a batch: day, month, year
+_PERIOD_STATS = tuple(s.code for s in StatType if s is not StatType.REALTIME)
+
 def state_paths(cfg) -> tuple[Path, Path]:
     d = cfg.resolve(cfg.energy.state_dir)
     return d / "energy.sqlite", d / "energy-kpi.sqlite"
@@ -295,9 +298,9 @@ class EnergyService:
         ccfg: CentreConfig = next(c for c in self.ecfg.centres if c.name == centre)
         client = self.clients[centre]
         now_real = self._real()
-        rows = self.state.due(centre, now_real, ccfg.batch_max_records, (0,))
+        rows = self.state.due(centre, now_real, ccfg.batch_max_records, (StatType.REALTIME.code,))
         if len(rows) < ccfg.batch_max_records:
-            later = self.state.due(centre, now_real, ccfg.batch_max_records, (1, 2, 3))  # day, month, year
+            later = self.state.due(centre, now_real, ccfg.batch_max_records, _PERIOD_STATS)
             rows += later[: ccfg.batch_max_records - len(rows)]
         if not rows:
             return 0
