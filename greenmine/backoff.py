@@ -17,6 +17,9 @@ import math
 import random
 
 
+_RNG = random.Random()
+
+
 class Backoff:
     def __init__(self, initial_s: float, max_s: float, *, factor: float = 2.0, jitter: float = 0.2,
                  rng: random.Random | None = None) -> None:
@@ -28,7 +31,9 @@ class Backoff:
             raise ValueError("jitter must be in [0, 1)")
         self.initial_s, self.max_s = initial_s, max(max_s, initial_s)
         self.factor, self.jitter = factor, jitter
-        self._rng = rng or random.Random()
+        # one shared generator by default: seeding a new one reads the OS's entropy pool, and a back-off is
+        # made for every spool commit that might need one
+        self._rng = rng or _RNG
         # the attempt from which the cap applies; computing factor**n beyond it could overflow a float
         ratio = self.max_s / self.initial_s
         self._cap_at = 0 if factor == 1 or ratio <= 1 else math.ceil(math.log(ratio, factor))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -130,6 +131,7 @@ class WireLimits:
 
 
 _OLDEST = datetime(1, 1, 2, tzinfo=timezone.utc)  # a day after datetime.min, so any offset stays in range
+_TS = operator.attrgetter("ts")
 
 
 _ID_FIELDS = {"site", "agent", "device", "metric"}
@@ -273,9 +275,11 @@ def parse_telemetry(
         except ValidationError:
             pass
         else:
-            if "schema_" in batch.model_fields_set and len(batch.readings) <= limits.max_readings:
+            readings = batch.readings
+            if "schema_" in batch.model_fields_set and len(readings) <= limits.max_readings:
                 oldest, newest = limits.window(now)
-                if all(oldest <= r.ts <= newest for r in batch.readings):
+                # min and max in C: a per-reading Python comparison was a fifth of this function's own cost
+                if oldest <= min(map(_TS, readings)) and max(map(_TS, readings)) <= newest:
                     return batch
     return _parse_slow(payload, limits, now)
 

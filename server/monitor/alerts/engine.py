@@ -135,6 +135,7 @@ class AlertEngine:
         self.db = db
         self.clock = clock
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on this connection (under _lock): 0, or nested savepoints
         # Deadman silence is counted from the later of the last data and this moment, so a restart
         # (or our own broker outage) does not declare every device offline before data can arrive.
         self._grace_from = clock()
@@ -152,14 +153,28 @@ class AlertEngine:
         engine = self
 
         class _Tx:
+            # nested: a savepoint inside the outer transaction, so a tick or a batch of KPI values judges all
+            # its keys in one durable commit (one fsync), not one per key
             def __enter__(self):
                 engine._lock.acquire()
-                engine.db.execute("BEGIN IMMEDIATE")
+                try:
+                    engine.db.execute("BEGIN IMMEDIATE" if engine._depth == 0 else f"SAVEPOINT s{engine._depth}")
+                except BaseException:
+                    engine._lock.release()
+                    raise
+                engine._depth += 1
                 return engine.db
 
             def __exit__(self, et, ev, tb):
                 try:
-                    engine.db.execute("COMMIT" if et is None else "ROLLBACK")
+                    engine._depth -= 1
+                    depth = engine._depth
+                    if depth == 0:
+                        engine.db.execute("COMMIT" if et is None else "ROLLBACK")
+                    else:
+                        if et is not None:
+                            engine.db.execute(f"ROLLBACK TO s{depth}")
+                        engine.db.execute(f"RELEASE s{depth}")
                 finally:
                     engine._lock.release()
                 return False
@@ -170,14 +185,15 @@ class AlertEngine:
 
     def observe_kpis(self, values: list[KpiValue], now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        for v in values:
-            for rule in self.rules:
-                if (isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi
-                        and self._applies(rule, v.site, v.subject)):
-                    self._judge(rule, v.site, v.subject, v.value, v.period_end, now, kpi=v)
-                elif (isinstance(rule, EnergyConsistencyRule) and v.period_kind == "month" and v.kpi in rule.series
-                      and self._applies(rule, v.site, v.subject)):
-                    self._judge_consistency(rule, v, now)
+        with self._tx():  # one commit for the whole batch (a day's close judges every site at once)
+            for v in values:
+                for rule in self.rules:
+                    if (isinstance(rule, ThresholdRule) and rule.source == "kpi" and rule.series == v.kpi
+                            and self._applies(rule, v.site, v.subject)):
+                        self._judge(rule, v.site, v.subject, v.value, v.period_end, now, kpi=v)
+                    elif (isinstance(rule, EnergyConsistencyRule) and v.period_kind == "month" and v.kpi in rule.series
+                          and self._applies(rule, v.site, v.subject)):
+                        self._judge_consistency(rule, v, now)
         self._notify(now)
 
     def _judge_consistency(self, rule: EnergyConsistencyRule, month: KpiValue, now: float) -> None:
@@ -233,8 +249,9 @@ class AlertEngine:
         if not rules:
             return
         now = self.clock() if now is None else now
-        for rule in rules:
-            self._judge(rule, site, device, value, ts, now, unit=unit)
+        with self._tx():
+            for rule in rules:
+                self._judge(rule, site, device, value, ts, now, unit=unit)
         self._notify(now)
 
     def observe_seen_many(self, groups: dict[tuple[str, str], dict[str, float]], now: float | None = None) -> None:
@@ -284,6 +301,12 @@ class AlertEngine:
                     (cutoff,)).fetchall()
                 open_keys = {tuple(r) for r in self.db.execute(
                     "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")}
+        if seen:
+            with self._tx():  # every verdict of the tick in one commit: a site going dark is thousands of devices
+                self._deadman_verdicts(deadman, seen, open_keys, now)
+        self._notify(now)
+
+    def _deadman_verdicts(self, deadman: list[DeadmanRule], seen: list, open_keys: set, now: float) -> None:
         for site, target, name, last_ts, offline in seen:
             for rule in deadman:
                 if rule.target == target and self._applies(rule, site, name):
@@ -298,7 +321,6 @@ class AlertEngine:
                     # broker blip is followed by an online status within that grace, and the pending alert drops
                     self._judge_deadman(rule, site, name, breached, cleared, last_ts, silent, bool(offline), now,
                                         for_s=0.0 if by_silence else rule.for_s)
-        self._notify(now)
 
     # --- acknowledgement and queries ---------------------------------------
 

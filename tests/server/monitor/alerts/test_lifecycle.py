@@ -250,3 +250,36 @@ def test_restart_and_own_outage_do_not_declare_devices_offline(db_path):
     eng.tick()
     assert sorted((a.rule, a.subject) for a in eng.alerts()) == [("agent_offline", "gw1"), ("device_offline", "flow1")]
     eng.db.close()
+
+
+def test_a_site_going_dark_is_judged_in_one_commit(db_path):
+    """A tick's verdicts share one durable commit: a site of 2,000 silent devices is not 2,000 fsyncs (each
+    under the engine's lock, which the consumer waits on), and every device still gets its alert."""
+    clock = Clock()
+    eng = make(db_path, clock)
+    eng.observe_seen_many({("s1", "gw1"): {f"m{i:04d}": T0 for i in range(2000)}})
+    statements: list[str] = []
+    eng.db.set_trace_callback(statements.append)
+    clock.t = T0 + 300
+    eng.tick()
+    eng.db.set_trace_callback(None)
+    assert len(eng.alerts(("firing",))) == 2001  # every device, and the agent
+    commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+    assert len(commits) == 2, commits  # the verdicts, then the notices queued for them
+    assert len(eng.events()) == 2001
+    eng.db.close()
+
+
+def test_a_failed_step_inside_a_batch_rolls_back_only_itself(db_path):
+    """Nested transactions are savepoints: a step that fails inside a batch (and is handled there) undoes its own
+    writes, not the batch's."""
+    eng = make(db_path, Clock())
+    with eng._tx() as db:
+        db.execute("INSERT INTO seen VALUES ('s1', 'device', 'kept', ?, 0)", (T0,))
+        with pytest.raises(RuntimeError):
+            with eng._tx() as inner:
+                inner.execute("INSERT INTO seen VALUES ('s1', 'device', 'undone', ?, 0)", (T0,))
+                raise RuntimeError("a bug in one judgment")
+    names = [r[0] for r in eng.db.execute("SELECT name FROM seen ORDER BY name")]
+    assert names == ["kept"]
+    eng.db.close()
