@@ -211,8 +211,25 @@ def transaction(
     other exceptions pass through unchanged after the rollback.
     lock: held for the whole transaction, for a connection shared between threads.
     synchronous: this transaction's commit only (e.g. "normal" for deletes that may be lost).
+
+    Nested (the connection is already in a transaction, opened here): a savepoint. A block that raises
+    undoes only its own writes; the rest commit, or not, with the outer transaction, so a batch of
+    steps is one durable commit. `synchronous` is the outer transaction's to set.
     """
     with lock if lock is not None else contextlib.nullcontext():
+        if con.in_transaction:
+            with mapped(what):
+                con.execute("SAVEPOINT nested")
+                try:
+                    yield con
+                except BaseException:
+                    if con.in_transaction:  # SQLite may have rolled the whole transaction back already
+                        with contextlib.suppress(sqlite3.Error):
+                            con.execute("ROLLBACK TO nested")
+                            con.execute("RELEASE nested")
+                    raise
+                con.execute("RELEASE nested")
+            return
         with mapped(what):
             previous = None
             if synchronous is not None:

@@ -68,6 +68,28 @@ def test_transaction_commits_or_rolls_back_and_restores_synchronous(tmp_path):
     con.close()
 
 
+def test_a_nested_transaction_is_a_savepoint_of_the_outer_one(tmp_path):
+    con = connect(tmp_path / "t.sqlite", synchronous="full")
+    con.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    statements: list[str] = []
+    con.set_trace_callback(statements.append)
+    with transaction(con):
+        con.execute("INSERT INTO t VALUES (1)")
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(KeyError):  # undoes only its own step
+            with transaction(con):
+                con.execute("INSERT INTO t VALUES (3)")
+                raise KeyError("one step fails")
+        with pytest.raises(StateRejected, match="the step"):  # an SQLite error inside is mapped as outside
+            with transaction(con, "the step"):
+                con.execute("INSERT INTO t VALUES (1)")
+    con.set_trace_callback(None)
+    assert [r[0] for r in con.execute("SELECT x FROM t ORDER BY x")] == [1, 2] and not con.in_transaction
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    con.close()
+
+
 def test_an_int_beyond_64_bits_is_rejected_not_an_overflow(tmp_path):
     con = connect(tmp_path / "o.sqlite")
     con.execute("CREATE TABLE t (x)")

@@ -1,9 +1,9 @@
 """Real services for tests, each on a free loopback port: Mosquitto, VictoriaMetrics.
 
-A service whose binary is missing is a skip locally and a failure under CI=true
-(or CI=1/yes/on)
-(never a silent skip in CI). Each service can be stopped and started again on
-the same port, so tests can stage outages.
+A service whose binary is missing (or a test that needs root, without it) is a
+failure under CI=true (or CI=1/yes/on) and a skip only outside CI: `missing()`
+decides, and tests/test_services.py pins both. Each service can be stopped and
+started again on the same port, so tests can stage outages.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 
 def ci_from_env(value: str | None) -> bool:
     """CI's own convention is CI=true; CI=1 / yes / on count too, so no CI runner ever gets a silent skip."""

@@ -39,7 +39,7 @@ from greenmine.server.monitor.kpi.energy import daily_of, day_month_deviation
 from greenmine.server.monitor.kpi.model import KpiValue, info
 from greenmine.server.monitor.kpi.periods import fmt_local
 from greenmine.server.monitor.kpi.rounding import default_decimals, round_half_even
-from greenmine.sqlite import MovedAside, open_or_move_aside
+from greenmine.sqlite import MovedAside, open_or_move_aside, transaction
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,6 @@ class AlertEngine:
         self.db = db
         self.clock = clock
         self._lock = threading.RLock()
-        self._depth = 0  # transactions open on this connection (under _lock): 0, or nested savepoints
         # Deadman silence is counted from the later of the last data and this moment, so a restart
         # (or our own broker outage) does not declare every device offline before data can arrive.
         self._grace_from = clock()
@@ -150,36 +149,9 @@ class AlertEngine:
     # --- transactions -------------------------------------------------------
 
     def _tx(self):
-        engine = self
-
-        class _Tx:
-            # nested: a savepoint inside the outer transaction, so a tick or a batch of KPI values judges all
-            # its keys in one durable commit (one fsync), not one per key
-            def __enter__(self):
-                engine._lock.acquire()
-                try:
-                    engine.db.execute("BEGIN IMMEDIATE" if engine._depth == 0 else f"SAVEPOINT s{engine._depth}")
-                except BaseException:
-                    engine._lock.release()
-                    raise
-                engine._depth += 1
-                return engine.db
-
-            def __exit__(self, et, ev, tb):
-                try:
-                    engine._depth -= 1
-                    depth = engine._depth
-                    if depth == 0:
-                        engine.db.execute("COMMIT" if et is None else "ROLLBACK")
-                    else:
-                        if et is not None:
-                            engine.db.execute(f"ROLLBACK TO s{depth}")
-                        engine.db.execute(f"RELEASE s{depth}")
-                finally:
-                    engine._lock.release()
-                return False
-
-        return _Tx()
+        """A write transaction under the engine's lock; nested, a savepoint (a tick or a batch of KPI values
+        judges all its keys in one durable commit, one fsync, not one per key)."""
+        return transaction(self.db, "alert state", lock=self._lock)
 
     # --- inputs -------------------------------------------------------------
 
