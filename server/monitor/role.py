@@ -131,6 +131,7 @@ class MonitorRole:
                     if now >= self._next_prune:
                         self._next_prune = now + _PRUNE_EVERY_S
                         self.monitor.replica.prune(int(now * 1000))
+                        self.monitor.rollups.prune(now - self.monitor.replica.retention_ms / 1000)
                         self.monitor.kpi_store.prune_increments(now - self.monitor.replica.retention_ms / 1000)
                     self.overdue.tick(now)
                 self.ticks += 1

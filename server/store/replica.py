@@ -26,6 +26,7 @@ thread (one connection each, WAL).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -79,6 +80,8 @@ class SeriesReplica:
             raise StoreUnavailable(f"replica {self.path}: {exc}") from exc
         first.close()
         self._cons = sqlite_state.PerThread(self._open)
+        #: series known to be in replica_series (so a group lists only new ones)
+        self._listed: set[tuple[str, str, str]] = set()
         con = self._con()
         if con.execute("SELECT 1 FROM replica_series LIMIT 1").fetchone() is None:  # a file from before the table
             with sqlite_state.transaction(con, f"replica {self.path}"):
@@ -114,19 +117,33 @@ class SeriesReplica:
         for i in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[i:i + _ROWS_PER_INSERT]
             args = [x for r in chunk for x in (r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[1])]
-            keys = {tuple(k) for k in c.execute(_insert_sql(len(chunk)), args)}
-            if keys:
-                c.executemany("INSERT OR IGNORE INTO replica_series VALUES (?, ?, ?)", {k[:3] for k in keys})
-            for r in chunk:
-                key = (r[0], r[2], r[3], r[4])
-                if key in keys:
-                    keys.discard(key)
-                    new.append(r)
+            returned = c.execute(_insert_sql(len(chunk)), args).fetchall()
+            if len(returned) == len(chunk):  # all new (the usual case): no need to tell which
+                fresh = chunk
+            else:
+                keys = {tuple(k) for k in returned}
+                fresh = []
+                for r in chunk:
+                    key = (r[0], r[2], r[3], r[4])
+                    if key in keys:
+                        keys.discard(key)
+                        fresh.append(r)
+            unlisted = {(r[0], r[2], r[3]) for r in fresh} - self._listed
+            if unlisted:
+                c.executemany("INSERT OR IGNORE INTO replica_series VALUES (?, ?, ?)", unlisted)
+                self._listed |= unlisted  # forgotten if the transaction fails (see transaction)
+            new += fresh
         return new
 
+    @contextlib.contextmanager
     def transaction(self):
         """`with replica.transaction() as con:` one durable transaction on this thread's connection."""
-        return sqlite_state.transaction(self._con(), f"replica {self.path}")
+        try:
+            with sqlite_state.transaction(self._con(), f"replica {self.path}") as con:
+                yield con
+        except BaseException:
+            self._listed.clear()  # what it listed was rolled back
+            raise
 
     def prune(self, now_ms: int) -> int:
         """Forget readings older than the retention. Returns how many. A series whose readings are all gone

@@ -135,6 +135,7 @@ class AlertEngine:
         self.db = db
         self.clock = clock
         self._lock = threading.RLock()
+        self._seen_buf: dict[tuple[str, str, str], float] = {}  # observe_seen_many, until the next tick writes it
         # Deadman silence is counted from the later of the last data and this moment, so a restart
         # (or our own broker outage) does not declare every device offline before data can arrive.
         self._grace_from = clock()
@@ -227,20 +228,55 @@ class AlertEngine:
         self._notify(now)
 
     def observe_seen_many(self, groups: dict[tuple[str, str], dict[str, float]], now: float | None = None) -> None:
-        """Batches arrived: (site, agent) -> {device: latest good reading ts}; one transaction for them all."""
+        """Batches arrived: (site, agent) -> {device: latest good reading ts}.
+
+        Kept in memory and written by the next `tick` (in its transaction, before the deadman reads them) or
+        agent status: the consumer commits no extra transaction per group. A crash loses at most one tick's
+        worth of "last seen", which the next batch of each device restores; deadman silences are minutes."""
         if not groups:
             return
         now = self.clock() if now is None else now
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
-                "reported_offline=0", [(site, "agent", agent, now) for site, agent in groups])
-            db.executemany(
-                "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
-                [(site, "device", d, min(ts, now)) for (site, _agent), devices in groups.items() for d, ts in devices.items()])
+        with self._lock:
+            buf = self._seen_buf
+            for (site, agent), devices in groups.items():
+                buf[(site, "agent", agent)] = now
+                for d, ts in devices.items():
+                    key = (site, "device", d)
+                    t = min(ts, now)
+                    if t > buf.get(key, float("-inf")):
+                        buf[key] = t
+
+    def flush_seen(self) -> None:
+        """Write what observe_seen_many kept (inside the caller's transaction, or its own)."""
+        with self._lock:
+            buf, self._seen_buf = self._seen_buf, {}
+        if not buf:
+            return
+        try:
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts), "
+                    "reported_offline=0", [(*k, t) for k, t in buf.items() if k[1] == "agent"])
+                db.executemany(
+                    "INSERT INTO seen VALUES (?,?,?,?,0) ON CONFLICT DO UPDATE SET last_ts=max(last_ts, excluded.last_ts)",
+                    [(*k, t) for k, t in buf.items() if k[1] == "device"])
+        except BaseException:
+            with self._lock:  # not written: keep them for the next try, newer values first
+                for k, t in buf.items():
+                    if t > self._seen_buf.get(k, float("-inf")):
+                        self._seen_buf[k] = t
+            raise
+
+    def close(self) -> None:
+        """Write what is kept in memory, then close the database."""
+        try:
+            self.flush_seen()
+        finally:
+            self.db.close()
 
     def observe_agent_status(self, site: str, agent: str, online: bool, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        self.flush_seen()  # a status applies after the batches before it
         with self._tx() as db:
             db.execute(
                 "INSERT INTO seen VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET reported_offline=excluded.reported_offline, "
@@ -259,23 +295,22 @@ class AlertEngine:
         """Deadman checks, delayed notifications and reminders. Call periodically."""
         now = self.clock() if now is None else now
         deadman = [r for r in self.rules if isinstance(r, DeadmanRule)]
-        seen: list = []
-        open_keys: set = set()
-        if deadman and self._ingest_up:
-            # only a breach or an open alert can change state: SQLite picks those rows (silent for at least the
-            # shortest rule's silence, reported offline, or with an alert open), so a tick does not walk every
-            # quiet device in Python; the verdicts below are exact
-            cutoff = now - min(r.silence_s for r in deadman)
-            with self._lock:
+        with self._tx():  # what was seen since the last tick, and every verdict of this one, in one commit
+            self.flush_seen()
+            if deadman and self._ingest_up:
+                # only a breach or an open alert can change state: SQLite picks those rows (silent for at least
+                # the shortest rule's silence, reported offline, or with an alert open), so a tick does not walk
+                # every quiet device in Python; the verdicts below are exact. One commit: a site going dark is
+                # thousands of devices.
+                cutoff = now - min(r.silence_s for r in deadman)
                 seen = self.db.execute(
                     "SELECT site, target, name, last_ts, reported_offline FROM seen WHERE reported_offline!=0 OR "
                     "last_ts<=? OR (site, name) IN (SELECT site, subject FROM alerts WHERE state IN ('pending','firing'))",
                     (cutoff,)).fetchall()
-                open_keys = {tuple(r) for r in self.db.execute(
-                    "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")}
-        if seen:
-            with self._tx():  # every verdict of the tick in one commit: a site going dark is thousands of devices
-                self._deadman_verdicts(deadman, seen, open_keys, now)
+                if seen:
+                    open_keys = {tuple(r) for r in self.db.execute(
+                        "SELECT rule, site, subject FROM alerts WHERE state IN ('pending','firing')")}
+                    self._deadman_verdicts(deadman, seen, open_keys, now)
         self._notify(now)
 
     def _deadman_verdicts(self, deadman: list[DeadmanRule], seen: list, open_keys: set, now: float) -> None:

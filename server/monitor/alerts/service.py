@@ -6,7 +6,8 @@
     mon.close()
 
 State lives in three SQLite files: the replica of the series the monitor
-reads (`server.store.replica`), the KPI store, and the alert state + email
+reads (`server.store.replica`) with the KPIs' rollups of it
+(`server.monitor.kpi.rollups`), the KPI store, and the alert state + email
 outbox. So a restart continues where it stopped, and nothing depends on which
 time-series store ingest writes to. Time comes from the injected clock.
 """
@@ -27,6 +28,7 @@ from greenmine.server.ingest.validation import reading_rows
 from greenmine.server.store.replica import SeriesReplica
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.monitor.kpi.engine import KpiEngine
+from greenmine.server.monitor.kpi.periods import SLOT_S
 from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
 from greenmine.server.notify.config import NotifyConfig
 from greenmine.server.notify.eml import EmlDirTransport
@@ -72,6 +74,7 @@ class Monitor:
         self.kpi_store = KpiStore(kpi_db, on_moved=on_moved)
         self.replica = replica
         self.kpis = KpiEngine(kpi or KpiConfig(), sites, StoreSource(replica), self.kpi_store)
+        self.rollups = self.kpis.use_rollups(replica)  # in the replica's file: committed with its readings
         self.alerts = AlertEngine(self.alerts_cfg, sites, open_db(alerts_db, on_moved=on_moved), default_recipients=default_recipients, clock=clock,
                                   kpi_values=self.kpi_store.values)
         if smtp is not None:
@@ -84,6 +87,7 @@ class Monitor:
             replica.metrics = self.replica_metrics
         self.notifier = Notifier(notify, open_db(alerts_db), transport, templates=Templates(templates_dir, console_url=console_url), clock=clock)
         self._next_run = float("-inf")
+        self._slot = None  # the SLOT_S slot of the last run: every KPI period ends on a slot edge
 
     @classmethod
     def from_config(cls, cfg, *, sites: list[SiteConfig] | None = None, clock: Callable[[], float] = time.time,
@@ -138,8 +142,13 @@ class Monitor:
             self.kpis.note_batch(site, by_metric)
         for site, span in spans.items():  # before the rows are stored: it looks up the reads around them
             self.kpis.note_counter_reads(site, span)
-        with self.replica.transaction() as con:
-            new = self.replica.add(rows, con)
+        try:
+            with self.replica.transaction() as con:
+                new = self.replica.add(rows, con)
+                self.rollups.add(new, con)
+        except BaseException:
+            self.rollups.forget()  # its cache ran ahead of what was rolled back
+            raise
         rule_metrics = self.alerts.metric_rule_metrics
         for site, _agent, device, metric, ts_ms, value, unit, _quality in new:
             if metric in rule_metrics:
@@ -168,12 +177,19 @@ class Monitor:
     def tick(self, force: bool = False, unlocked: Callable[[], AbstractContextManager] = nullcontext) -> int:
         """Run closed KPI periods, deadman checks, reminders and mail delivery. Returns emails sent.
 
+        Runs every `alerts.tick_interval_s`, and at once when a 15-minute slot edge has passed since the last
+        run: every KPI period ends on one, so a closed period is computed within a call of its end.
+
         `unlocked()`: a context in which the caller lets `on_messages` run while the closed periods are computed
         (the monitor role releases its lock); the rest runs where the caller called it."""
         now = self.clock()
-        if not force and now < self._next_run:
+        slot = int(now // SLOT_S)
+        if not force and now < self._next_run and slot == self._slot:
             return self.notifier.deliver(now) if self.notifier.has_due(now) else 0
         self._next_run = now + self.alerts_cfg.tick_interval_s
+        self._slot = slot
+        for site, by_metric in self.rollups.rebuild_stale().items():  # meters that got late reads
+            self.kpis.note_batch(site, by_metric)
         due = self.kpis.take_due(now)
         with unlocked():
             values = self.kpis.compute_due(due, now)
@@ -185,5 +201,5 @@ class Monitor:
     def close(self) -> None:
         self.replica.close()
         self.kpi_store.close()
-        self.alerts.db.close()
+        self.alerts.close()
         self.notifier.db.close()

@@ -3,7 +3,8 @@
 KPIs read the monitor's replica of the series they need (`server.store.replica`), whichever store ingest
 writes to. `recompute` first refills the replica from the SQLite store where the store is SQLite (it can
 be read back, also past the replica's retention); with InfluxDB/VictoriaMetrics it uses what the replica
-holds (`monitor.replica_retention_days`).
+holds (`monitor.replica_retention_days`). It then rebuilds the site's rollups (`server.monitor.kpi.rollups`)
+from the replica's reads, from the first day's look-back on, and computes from them.
 
 Recomputing overwrites the stored values of those periods (e.g. after late
 data or a corrected meter config); it does not raise alerts.
@@ -99,12 +100,14 @@ def _recompute(args) -> int:
     replica = SeriesReplica(cfg.resolve(cfg.monitor.replica_path), retention_days=cfg.monitor.replica_retention_days)
     try:
         engine = KpiEngine(cfg.kpi, cfg.sites, StoreSource(replica), store)
+        rollups = engine.use_rollups(replica)
         replica.metrics = engine.metrics
         start = periods.day(days[0], site.timezone).start - cfg.kpi.counter_lookback_s
         end = periods.day(days[-1], site.timezone).end + 2 * cfg.kpi.counter_interval_s
         if isinstance(cfg.store, SqliteStoreConfig):
             n = _refill(replica, cfg, site.id, engine.metrics, start, end)
             print(f"replica refilled from the SQLite store: {n} readings new to it")
+        rollups.rebuild(site.id, start)  # from the raw reads, whatever the monitor made of them
         if not any(replica.query_series(site.id, d, m, int(start * 1000), int(end * 1000))
                    for _s, d, m in replica.series(site.id) if m in engine.metrics):
             where = ("the monitor's replica" if not isinstance(cfg.store, SqliteStoreConfig)

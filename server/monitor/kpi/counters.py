@@ -89,7 +89,16 @@ class CounterTracker:
     def feed(self, ts: float, value: float) -> tuple[list[Increment], list[CounterEvent]]:
         """Take one reading (in time order). Returns the increments and events it produced."""
         st = self.state
-        if "base" not in st:
+        base = st.get("base")
+        if base is not None and 0 <= base <= value and not st.get("suspect") and ts > st["base_ts"]:
+            # the common case, decided as _judge / _step / _emit decide it: a total that went up (or stayed),
+            # within the max rate when there is one
+            start = st["base_ts"]
+            limit = self.spec.max_rate_per_s
+            if limit is None or value - base <= limit * (ts - start):
+                st["base"], st["base_ts"] = value, ts
+                return [Increment(start, ts, value - base, IncrementFlag.OK)], []
+        if base is None:
             st.update(base=value, base_ts=ts)
             return [], []
         if ts <= st["base_ts"] or (st.get("suspect") and ts <= st["suspect"][1]):

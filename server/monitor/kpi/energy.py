@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from greenmine.server.monitor.kpi.config import DEFAULT_ENERGY_METRICS, DEFAULT_KGCE_PER_UNIT
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData
-from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
+from greenmine.server.monitor.kpi.periods import Period
 
 _SUFFIX = {"day": "daily", "month": "monthly"}
 #: the default citation; a site's own is `limits.energy_intensity_standard` ({limit} is the limit)
@@ -35,7 +35,7 @@ def energy_kpis(
     suffix = _SUFFIX.get(period.kind, period.kind)
 
     def comp(meters: list[MeterData]) -> float:
-        vals = [completeness(m.read_ts, period.start, period.end, interval_s) for m in meters]
+        vals = [m.completeness(period.start, period.end, interval_s) for m in meters]
         return min(vals) if vals else 0.0
 
     def kv(kpi, subject, value, unit, c, devices, **kw) -> KpiValue:
@@ -56,10 +56,10 @@ def energy_kpis(
         energy_meters += meters
         amount = 0.0
         for m in meters:
-            v = allocate(m.incs, period.start, period.end)
+            v = m.used(period.start, period.end)
             amount += v
             if kind == "electricity":
-                c = completeness(m.read_ts, period.start, period.end, interval_s)
+                c = m.completeness(period.start, period.end, interval_s)
                 out.append(kv(f"energy_kwh_{suffix}", m.device, v, "kWh", c, [m.device]))
         if kind == "electricity":
             out.append(kv(f"energy_kwh_{suffix}", "site", amount, "kWh", comp(meters), [m.device for m in meters]))
@@ -72,7 +72,7 @@ def energy_kpis(
     out.append(kv(f"energy_kgce_{suffix}", "site", kgce_total, "kgce", c_energy, devices,
                   extra={"by_type": by_type, "kgce_per_unit": {k: kgce_per_unit[k] for k in by_type}}))
     if ore:
-        tonnes = sum(allocate(m.incs, period.start, period.end) for m in ore)
+        tonnes = sum(m.used(period.start, period.end) for m in ore)
         c = min(c_energy, comp(ore))
         out.append(kv(
             f"energy_intensity_{suffix}", "site", kgce_total / tonnes if tonnes > 0 else None, "kgce/t", c,

@@ -2,10 +2,18 @@
 local calendar period, stores the results, and returns them for the alerts.
 
     engine = KpiEngine(kpi_cfg, sites, source, store)
+    engine.use_rollups(replica)                    # the monitor: periods summed from its rollups
     engine.note_data(site, metric, [ts, ...])      # after each committed batch
     values = engine.run_due(now)                   # closed dirty periods + rolling 24 h
                                                    # (or take_due / compute_due / finish_due, see run_due)
     engine.compute(site, period)                   # recompute any past period
+
+Where the periods' numbers come from: the monitor's rollups (`rollups.py`,
+per meter and 15-minute slot, built from the stream) when `use_rollups` was
+called and the configured intervals fit a slot; otherwise (`kpi recompute`
+without a monitor, the energy uplink, intervals that do not divide 15
+minutes) a replay of the raw reads through `source`. Both give the same
+values for calendar periods (tests/server/monitor/kpi/test_rollups.py).
 
 The engine holds no state of its own besides the store, so several server
 processes may run it for different sites.
@@ -24,7 +32,7 @@ from greenmine.server.monitor.kpi import dust, noise, periods, water
 from greenmine.server.monitor.kpi.config import KpiConfig
 from greenmine.server.monitor.kpi.counters import CounterTracker
 from greenmine.server.monitor.kpi.energy import energy_kpis
-from greenmine.server.monitor.kpi.model import KpiValue, MeterData, Sample
+from greenmine.server.monitor.kpi.model import KpiValue, MeterData, Sample, SampleStats, sample_stats
 from greenmine.server.monitor.kpi.periods import SLOT_S, Period
 from greenmine.server.monitor.kpi.rounding import judged
 from greenmine.server.monitor.kpi.store import KpiStore, Point, ReadingSource
@@ -51,6 +59,26 @@ class KpiEngine:
         #: (site, device, metric) -> (width_bits, scale) the agents reported; loaded from the store on first use
         self._widths: dict[tuple[str, str, str], tuple[int, float]] | None = None
         self._disagreed: set[tuple[str, str, str]] = set()
+        self.rollups = None  # see use_rollups
+
+    def use_rollups(self, replica):
+        """Compute from rollups kept in `replica`'s file (`rollups.Rollups`), which the caller feeds with the
+        readings new to the replica. Returns them; their `usable` is False (raw replay) when the counter or
+        sample interval does not divide a 15-minute slot into at most 62 parts."""
+        from greenmine.server.monitor.kpi.rollups import Rollups
+
+        cfg = self.cfg
+        self.rollups = Rollups(replica, counters=self._counters, samples=(dust.TSP, dust.PM10, *self._noisy),
+                               spec=self.counter_spec, counter_interval_s=cfg.counter_interval_s,
+                               sample_interval_s=cfg.sample_interval_s, lookback_s=cfg.counter_lookback_s)
+        if not self.rollups.usable:
+            log.info("kpi: counter_interval_s %g / sample_interval_s %g do not divide 900 s into at most 62 "
+                     "intervals: periods are computed from raw reads", cfg.counter_interval_s, cfg.sample_interval_s)
+        return self.rollups
+
+    @property
+    def _rolled(self) -> bool:
+        return self.rollups is not None and self.rollups.usable
 
     # --- counter widths from the agents' status -------------------------------
 
@@ -247,25 +275,23 @@ class KpiEngine:
                                intensity_standard=site.limits.energy_intensity_standard, **common)
         if period.kind == "hour":
             for metric, limit in ((dust.TSP, site.limits.dust_tsp_limit_mgm3), (dust.PM10, cfg.dust_pm10_limit_mgm3)):
-                out += dust.hourly_average(site_id, period, metric, self._samples(site_id, metric, period),
-                                           limit_mgm3=limit, standard=site.limits.dust_standard,
-                                           interval_s=cfg.sample_interval_s, **common)
+                out += dust.hourly_average(site_id, period, metric, self._stats(site_id, metric, period),
+                                           limit_mgm3=limit, standard=site.limits.dust_standard, **common)
             lt = datetime.fromtimestamp(period.start, ZoneInfo(site.timezone))
             night = noise.is_night_hour(lt.hour, cfg.noise.day_start_h, cfg.noise.night_start_h)
-            out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
+            out += noise.leq_kpis(site_id, period, self._stats(site_id, noise.LAEQ, period),
                                   noise_class=site.limits.noise_class, night=night,
-                                  standard=site.limits.noise_standard, interval_s=cfg.sample_interval_s, **common)
+                                  standard=site.limits.noise_standard, **common)
         if period.kind in ("noise_day", "noise_night"):
             night = period.kind == "noise_night"
-            out += noise.leq_kpis(site_id, period, self._samples(site_id, noise.LAEQ, period),
+            out += noise.leq_kpis(site_id, period, self._stats(site_id, noise.LAEQ, period),
                                   noise_class=site.limits.noise_class, night=night,
-                                  standard=site.limits.noise_standard, interval_s=cfg.sample_interval_s, **common)
+                                  standard=site.limits.noise_standard, **common)
             if night:
-                out += noise.lmax_night(site_id, period, self._samples(site_id, cfg.noise.lmax_metric, period),
+                out += noise.lmax_night(site_id, period, self._stats(site_id, cfg.noise.lmax_metric, period),
                                         noise_class=site.limits.noise_class, standard=site.limits.noise_standard,
                                         frequent_over_db=cfg.noise.lmax_frequent_over_db,
-                                        sporadic_over_db=cfg.noise.lmax_sporadic_over_db,
-                                        interval_s=cfg.sample_interval_s, **common)
+                                        sporadic_over_db=cfg.noise.lmax_sporadic_over_db, **common)
         out = [self._judged(v) for v in out]
         if self.store is not None and out:
             self.store.put_values(out, now if now is not None else period.end)
@@ -296,8 +322,11 @@ class KpiEngine:
     def _good(self, site_id: str, metric: str, start: float, end: float) -> list[Point]:
         return [p for p in self.source.points(site_id, metric, start, end) if p.quality == "good"]
 
-    def _samples(self, site_id: str, metric: str, period: Period) -> list[Sample]:
-        return [Sample(p.device, p.ts, p.value) for p in self._good(site_id, metric, period.start, period.end)]
+    def _stats(self, site_id: str, metric: str, period: Period) -> list[SampleStats]:
+        if self._rolled:
+            return self.rollups.sample_stats(site_id, metric, period.start, period.end)
+        samples = [Sample(p.device, p.ts, p.value) for p in self._good(site_id, metric, period.start, period.end)]
+        return sample_stats(samples, period.start, period.end, self.cfg.sample_interval_s)
 
     def meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
         """The per-meter increments of `metric` over any `period` by the counter rules above: for the energy
@@ -305,7 +334,10 @@ class KpiEngine:
         return self._meters(site_id, metric, period)
 
     def _meters(self, site_id: str, metric: str, period: Period) -> list[MeterData]:
-        """Increments per device, replaying reads from before the period to find the counter baseline."""
+        """Increments per device, from the rollups or replaying reads from before the period to find the
+        counter baseline."""
+        if self._rolled:
+            return self.rollups.meters(site_id, metric, period.start, period.end)
         start = period.start - self.cfg.counter_lookback_s
         end = period.end + 2 * self.cfg.counter_interval_s  # the read closing the last interval, and the next
         by_dev: dict[str, list[Point]] = {}

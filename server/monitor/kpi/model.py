@@ -7,7 +7,10 @@ devices and the data completeness.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from greenmine.server.monitor.kpi.periods import SLOT_S, allocate, completeness
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,55 @@ def info(kpi: str) -> KpiInfo:
 
 @dataclass(frozen=True)
 class MeterData:
-    """One meter's increments and the times it was read (for completeness) over a window."""
+    """One meter's increments and the times it was read (for completeness) over a window, from a replay of
+    its reads (`KpiEngine`, `kpi recompute`)."""
 
     device: str
     incs: list = field(default_factory=list)  # list[Increment]
     read_ts: list = field(default_factory=list)  # list[float]
+
+    def used(self, start: float, end: float) -> float:
+        """Consumption inside [start, end)."""
+        return allocate(self.incs, start, end)
+
+    def completeness(self, start: float, end: float, interval_s: float) -> float:
+        """Share of the expected read intervals in [start, end) that hold a read (0..1)."""
+        return completeness(self.read_ts, start, end, interval_s)
+
+
+@dataclass(frozen=True)
+class SlotMeterData:
+    """One meter from the monitor's rollups (`server.monitor.kpi.rollups`): per SLOT_S slot, the consumption
+    in it and a bitmask of the `interval_s` read intervals that hold a read. Answers like MeterData: exactly
+    for a period whose edges fall on slots (every calendar period does), prorated by time inside a slot
+    otherwise (the rolling 24 h)."""
+
+    device: str
+    slots: tuple = ()  # ((slot_start, consumption, mask), ...) in time order
+    interval_s: float = 60.0
+
+    def used(self, start: float, end: float) -> float:
+        out = 0.0
+        for s, inc, _mask in self.slots:
+            if not inc or s >= end or s + SLOT_S <= start:
+                continue
+            if start <= s and s + SLOT_S <= end:
+                out += inc
+            else:
+                out += inc * (min(s + SLOT_S, end) - max(s, start)) / SLOT_S
+        return out
+
+    def completeness(self, start: float, end: float, interval_s: float) -> float:
+        expected = max(1, round((end - start) / interval_s))
+        n = 0
+        for s, _inc, mask in self.slots:
+            if s >= end or s + SLOT_S <= start:
+                continue
+            if start <= s and s + SLOT_S <= end:
+                n += mask.bit_count()
+            else:
+                n += sum(1 for b in range(mask.bit_length()) if mask >> b & 1 and start <= s + b * self.interval_s < end)
+        return min(1.0, n / expected)
 
 
 @dataclass(frozen=True)
@@ -130,3 +177,45 @@ class Sample:
     device: str
     ts: float
     value: float
+
+
+def energy(level_db: float) -> float:
+    """10^(L/10), the sound energy a level stands for (what Leq averages); levels are clamped to
+    -100..300 dB so a hostile value neither overflows nor vanishes."""
+    return 10.0 ** (min(300.0, max(-100.0, level_db)) / 10.0)
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """One monitor's samples over a period, as the dust and noise KPIs read them: count, sum, energy sum,
+    the largest value and when it came first, and the share of expected intervals that hold a sample."""
+
+    device: str
+    n: int
+    total: float
+    esum: float  # sum of energy(value): Leq = 10 log10(esum / n)
+    top: float
+    top_ts: float
+    completeness: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n
+
+    @property
+    def leq(self) -> float:
+        return 10.0 * math.log10(self.esum / self.n)
+
+
+def sample_stats(samples: list[Sample], start: float, end: float, interval_s: float) -> list[SampleStats]:
+    """Per device, the stats of its samples inside [start, end), in device order."""
+    by: dict[str, list[Sample]] = {}
+    for s in samples:
+        if start <= s.ts < end:
+            by.setdefault(s.device, []).append(s)
+    out = []
+    for dev, ss in sorted(by.items()):
+        top = max(ss, key=lambda s: (s.value, -s.ts))
+        out.append(SampleStats(dev, len(ss), sum(s.value for s in ss), sum(energy(s.value) for s in ss), top.value,
+                               top.ts, completeness([s.ts for s in ss], start, end, interval_s)))
+    return out

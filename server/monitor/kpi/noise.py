@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from greenmine.server.monitor.kpi.model import KpiValue, Sample
-from greenmine.server.monitor.kpi.periods import Period, completeness
+from greenmine.server.monitor.kpi.model import KpiValue, SampleStats, energy
+from greenmine.server.monitor.kpi.periods import Period
 
 LAEQ = "noise_laeq_db"
 
@@ -29,7 +29,7 @@ def leq(levels: list[float]) -> float:
     """Energy-average equivalent level of equally weighted samples."""
     if not levels:
         raise ValueError("Leq of no samples")
-    return 10.0 * math.log10(sum(10.0 ** (x / 10.0) for x in levels) / len(levels))
+    return 10.0 * math.log10(sum(energy(x) for x in levels) / len(levels))
 
 
 def limit_db(noise_class: int, night: bool) -> float:
@@ -55,27 +55,25 @@ def is_night_hour(local_hour: int, day_start_h: int = 6, night_start_h: int = 22
 def leq_kpis(
     site: str,
     period: Period,
-    samples: list[Sample],
+    stats: list[SampleStats],
     *,
     noise_class: int,
     night: bool,
     standard: str = STANDARD,
-    interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
 ) -> list[KpiValue]:
-    """Leq per monitor over `period` (an hour, a day period or a night period)."""
+    """Leq per monitor over `period` (an hour, a day period or a night period), from `model.sample_stats` of it."""
     kpi = {"hour": "noise_leq_hourly", "noise_day": "noise_leq_day", "noise_night": "noise_leq_night"}[period.kind]
     lim = limit_db(noise_class, night)
     out = []
-    for dev, ss in sorted(_by_device(samples, period).items()):
-        c = completeness([s.ts for s in ss], period.start, period.end, interval_s)
-        levels = [s.value for s in ss]
+    for st in stats:
+        c = st.completeness
         out.append(KpiValue(
-            site=site, kpi=kpi, subject=dev, period_kind=period.kind, period_start=period.start, period_end=period.end,
-            period_label=period.label, value=leq(levels), unit="dB(A)", completeness=c,
-            complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=(dev,), limit=lim, comparison=">",
+            site=site, kpi=kpi, subject=st.device, period_kind=period.kind, period_start=period.start,
+            period_end=period.end, period_label=period.label, value=st.leq, unit="dB(A)", completeness=c,
+            complete=c * 100.0 >= completeness_min_pct - 1e-9, devices=(st.device,), limit=lim, comparison=">",
             standard=standard_text(noise_class, night, standard=standard),
-            extra={"arithmetic_mean_db": sum(levels) / len(levels), "samples": len(levels), "night": night},
+            extra={"arithmetic_mean_db": st.mean, "samples": st.n, "night": night},
         ))
     return out
 
@@ -83,21 +81,19 @@ def leq_kpis(
 def lmax_night(
     site: str,
     night: Period,
-    samples: list[Sample],
+    stats: list[SampleStats],
     *,
     noise_class: int,
     standard: str = STANDARD,
     frequent_over_db: float = 10.0,
     sporadic_over_db: float = 15.0,
-    interval_s: float = 60.0,
     completeness_min_pct: float = 90.0,
 ) -> list[KpiValue]:
     """Night Lmax per monitor, judged against limit + 10 (frequent); limit + 15 (sporadic) in `extra`."""
     base = limit_db(noise_class, True)
     out = []
-    for dev, ss in sorted(_by_device(samples, night).items()):
-        c = completeness([s.ts for s in ss], night.start, night.end, interval_s)
-        top = max(s.value for s in ss)
+    for st in stats:
+        c, top, dev = st.completeness, st.top, st.device
         out.append(KpiValue(
             site=site, kpi="noise_lmax_night", subject=dev, period_kind=night.kind, period_start=night.start,
             period_end=night.end, period_label=night.label, value=top, unit="dB(A)", completeness=c,
@@ -108,15 +104,7 @@ def lmax_night(
                 "sporadic_limit_db": base + sporadic_over_db,
                 "over_frequent": top > base + frequent_over_db,
                 "over_sporadic": top > base + sporadic_over_db,
-                "lmax_ts": max(ss, key=lambda s: s.value).ts,
+                "lmax_ts": st.top_ts,
             },
         ))
     return out
-
-
-def _by_device(samples: list[Sample], period: Period) -> dict[str, list[Sample]]:
-    by: dict[str, list[Sample]] = {}
-    for s in samples:
-        if period.start <= s.ts < period.end:
-            by.setdefault(s.device, []).append(s)
-    return by

@@ -10,7 +10,7 @@ An incomplete period is reported but not judged.
 from __future__ import annotations
 
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData
-from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
+from greenmine.server.monitor.kpi.periods import Period
 
 REUSED = "water_reused_m3_total"
 FRESH = "water_fresh_m3_total"
@@ -30,10 +30,10 @@ def reuse_rate(
     standard: str = STANDARD,
     kpi: str | None = None,
 ) -> KpiValue:
-    v_reused = sum(allocate(m.incs, period.start, period.end) for m in reused)
-    v_fresh = sum(allocate(m.incs, period.start, period.end) for m in fresh)
+    v_reused = sum(m.used(period.start, period.end) for m in reused)
+    v_fresh = sum(m.used(period.start, period.end) for m in fresh)
     meters = reused + fresh
-    per_meter = {m.device: completeness(m.read_ts, period.start, period.end, interval_s) for m in meters}
+    per_meter = {m.device: m.completeness(period.start, period.end, interval_s) for m in meters}
     comp = min(per_meter.values()) if reused and fresh else 0.0
     total = v_reused + v_fresh
     value = 100.0 * v_reused / total if total > 0 else None

@@ -20,7 +20,7 @@ from greenmine.server.monitor.kpi import periods, water
 from greenmine.server.monitor.kpi.energy import energy_kpis
 from greenmine.server.monitor.kpi.engine import KpiEngine
 from greenmine.server.monitor.kpi.model import KpiValue, MeterData
-from greenmine.server.monitor.kpi.periods import Period, allocate, completeness
+from greenmine.server.monitor.kpi.periods import Period
 from greenmine.server.uplink.energy.config import EnterpriseConfig, Source, StatType
 from greenmine.server.uplink.energy.queue import Record
 
@@ -57,8 +57,8 @@ class ItemValues:
         if not meters:
             return None
         interval = self.engine.cfg.counter_interval_s
-        total = sum(allocate(m.incs, period.start, period.end) for m in meters)
-        return total, min(completeness(m.read_ts, period.start, period.end, interval) for m in meters)
+        total = sum(m.used(period.start, period.end) for m in meters)
+        return total, min(m.completeness(period.start, period.end, interval) for m in meters)
 
     def kpis(self, site: str, stat: StatType, period: Period) -> list[KpiValue]:
         eng = self.engine

@@ -233,7 +233,7 @@ def test_restart_and_own_outage_do_not_declare_devices_offline(db_path):
     clock = Clock()
     eng = make(db_path, clock)
     eng.observe_seen_many({("s1", "gw1"): {"flow1": T0}})
-    eng.db.close()
+    eng.close()  # a stop writes what the engine kept in memory
     clock.t = T0 + 3600  # the server was down for an hour
     eng = make(db_path, clock)
     eng.tick()

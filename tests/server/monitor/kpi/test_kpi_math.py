@@ -9,7 +9,7 @@ from greenmine.server.monitor.kpi import periods
 from greenmine.server.monitor.kpi.counters import increments
 from greenmine.server.monitor.kpi.dust import TSP, hourly_average
 from greenmine.server.monitor.kpi.energy import energy_kpis
-from greenmine.server.monitor.kpi.model import MeterData, Sample
+from greenmine.server.monitor.kpi.model import MeterData, Sample, sample_stats
 from greenmine.server.monitor.kpi.noise import leq, leq_kpis, lmax_night
 from greenmine.server.monitor.kpi.water import reuse_rate
 
@@ -142,7 +142,7 @@ def test_dust_hourly_average_per_monitor_against_limit():
     ss = [Sample("d1", local(13, 0), 0.8), Sample("d1", local(13, 20), 1.2), Sample("d1", local(13, 40), 1.3),
           Sample("d2", local(13, 0), 0.2), Sample("d2", local(13, 20), 0.3), Sample("d2", local(13, 40), 0.4),
           Sample("d1", local(14, 0), 9.9)]
-    out = {k.subject: k for k in hourly_average("s1", h, TSP, ss, limit_mgm3=1.0, interval_s=1200)}
+    out = {k.subject: k for k in hourly_average("s1", h, TSP, sample_stats(ss, h.start, h.end, 1200), limit_mgm3=1.0)}
     assert out["d1"].value == pytest.approx(1.1) and out["d1"].breached is True
     assert out["d2"].value == pytest.approx(0.3) and out["d2"].breached is False
     assert "GB 16297-1996" in out["d1"].standard
@@ -162,7 +162,7 @@ def test_night_leq_over_midnight_breaches_though_arithmetic_mean_passes():
     ss = [Sample("n1", night.start + i * 3600, v) for i, v in enumerate(levels)]
     # day-period samples either side must not count
     ss += [Sample("n1", local(21), 80), Sample("n1", local(6, d=date(2026, 11, 28)), 80)]
-    (v,) = leq_kpis("s1", night, ss, noise_class=2, night=True, interval_s=3600)
+    (v,) = leq_kpis("s1", night, sample_stats(ss, night.start, night.end, 3600), noise_class=2, night=True)
     # (7 x 1e4 + 1e6) / 8 = 133750 -> 51.26 dB(A) > 50; arithmetic mean 42.5 would pass
     assert v.value == pytest.approx(51.263, abs=1e-3)
     assert v.extra["arithmetic_mean_db"] == pytest.approx(42.5)
@@ -174,14 +174,14 @@ def test_day_leq_class_limits():
     d = periods.noise_day(D, SH)
     ss = [Sample("n1", d.start + i * 3600, 62) for i in range(16)]
     for cls, lim, breached in [(0, 50, True), (2, 60, True), (3, 65, False), (4, 70, False)]:
-        (v,) = leq_kpis("s1", d, ss, noise_class=cls, night=False, interval_s=3600)
+        (v,) = leq_kpis("s1", d, sample_stats(ss, d.start, d.end, 3600), noise_class=cls, night=False)
         assert (v.limit, v.breached) == (lim, breached)
 
 
 def test_night_lmax_frequent_and_sporadic():
     night = periods.noise_night(D, SH)
     ss = [Sample("n1", night.start + i * 3600, v) for i, v in enumerate([40, 40, 62, 40, 40, 40, 40, 40])]
-    (v,) = lmax_night("s1", night, ss, noise_class=2, interval_s=3600)
+    (v,) = lmax_night("s1", night, sample_stats(ss, night.start, night.end, 3600), noise_class=2)
     # class 2 night 50: frequent Lmax limit 60, sporadic 65
     assert v.value == 62 and v.limit == 60 and v.breached is True
     assert v.extra["over_frequent"] is True and v.extra["over_sporadic"] is False
