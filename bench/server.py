@@ -25,22 +25,29 @@ What it does, all on loopback:
    2-core machine the two processes, the broker and this script share the
    cores.
 
-6. the monitor keeps up: `greenmine server run --role monitor` in its own
-   process (its own session and replica), on an accelerated `[clock]` from
-   21:58 to 00:02 site-local, so the hours, the noise day and the day close,
-   while this script publishes pre-built batches of `--monitor-sites` sites
-   of 10 gateways (one batch per gateway per simulated minute), stamped with
-   the simulated "now", at the SQLite ingest rate just measured. The clock
+6. the monitor: (a) its capacity: `greenmine server run --role monitor` in
+   its own process (its own session and replica) is stopped (SIGSTOP) while
+   the stream of (b) is published to its session, then continued and timed
+   until it has committed every batch (`monitor.capacity`, and
+   `capacity_vs_sqlite_ingest` against step 4's per-process rate); (b) it
+   keeps up: a fresh monitor on an accelerated `[clock]` from 21:58 to 00:02
+   site-local, so the hours, the noise day and the day close, while this
+   script publishes pre-built batches of `--monitor-sites` sites of 10
+   gateways (one batch per gateway per simulated minute), stamped with the
+   simulated "now", at half the capacity of (a) (the rate the sizing table
+   plans a monitor for; `--monitor-rate` sets another). The clock
    runs `speed` = rate x 60 / gateways times faster than real time, so a
-   simulated hour holds 3600 / speed seconds of the ingest rate, and its KPIs
+   simulated hour holds 3600 / speed seconds of the stream, and its KPIs
    must be computed in 60 / speed real seconds: stricter than real time for
    the closing work and equal to it for the stream. For every KPI period that
    ends in the window, the lag is the time from the period's end to when its
    value first appeared in the monitor's KPI store (polled every 20 ms), in
    simulated seconds (`monitor.max_lag_sim_s`; target <= 60: periods close
-   within one simulated minute of their end) and real ones. The role ticks at
-   least twice per `alerts.tick_interval_s` of its clock, at most every
-   0.05 s real, so the floor is about 0.05 x speed simulated seconds.
+   within one simulated minute of their end) and real ones. The monitor
+   computes closed periods at each 15-minute edge of its clock (every period
+   ends on one) and its role ticks at least twice per
+   `alerts.tick_interval_s` of the clock, at most every 0.05 s real, so the
+   floor is about 0.05 x speed simulated seconds.
    `consumed_behind_s` is how long after the last publish the monitor had
    committed every batch (`greenmine_role_messages_total{role="monitor"}`).
 
@@ -288,21 +295,9 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readings: int) -> dict:
-    """Step 6: `n_sites` sites of 10 gateways, each sending a batch per simulated minute, on a clock
-    accelerated so that the stream is `rate_msgs_s`, to a `greenmine server run --role monitor` process;
-    how late, in simulated and real seconds, each KPI period closes."""
-    import urllib.error
-    import urllib.request
-    from zoneinfo import ZoneInfo
-
-    tz = ZoneInfo("Asia/Shanghai")
-    base = datetime(2026, 11, 20, 21, 58, tzinfo=tz).timestamp()
-    end = datetime(2026, 11, 21, 0, 2, tzinfo=tz).timestamp()
-    agents = [(f"bench-site{i:03d}", f"gw{k}") for i in range(n_sites) for k in range(10)]
+def monitor_stream(base: float, end: float, agents: list[tuple[str, str]], n_readings: int) -> list[tuple[float, str, bytes]]:
+    """One batch per gateway per simulated minute from `base` to `end`, each stamped with its simulated time."""
     interval = 60.0  # simulated seconds between one gateway's batches
-    speed = rate_msgs_s * interval / len(agents)
-    # the stream, built before the clock starts so that publishing costs this process little
     stream: list[tuple[float, str, bytes]] = []
     j = 0
     while base + j * interval < end:
@@ -320,18 +315,26 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readin
             }
             stream.append((t, f"greenmine/v1/{site}/{agent}/telemetry", json.dumps(doc_).encode()))
         j += 1
+    return stream
+
+
+def monitor_config(tmp: Path, port: int, name: str, agents: list[tuple[str, str]], clock: dict) -> tuple[Path, int]:
+    """A `--role monitor` config of its own (session, replica, KPI and alert state) for the bench's sites."""
     http_port = free_port()
-    real0 = time.time() + 5.0  # when simulated time is `base`: after the monitor has started and subscribed
-    doc = server_doc(tmp, port, "monitor", {"kind": "sqlite", "path": str(tmp / "monitor-unused.sqlite")}, "full")
+    doc = server_doc(tmp, port, name, {"kind": "sqlite", "path": str(tmp / f"{name}-unused.sqlite")}, "full")
     doc["http_port"] = http_port
     doc["sites"] = [{"id": site, "timezone": "Asia/Shanghai", "recipients": ["officer@example.test"]}
                     for site in dict.fromkeys(s for s, _ in agents)]
-    doc["monitor"] = {"replica_path": str(tmp / "monitor-replica.sqlite")}
-    doc["notify"] = {"eml_dir": str(tmp / "monitor-mail")}
-    doc["clock"] = {"mode": "accelerated", "sim_start": datetime.fromtimestamp(base, tz).isoformat(),
-                    "real_start_epoch_s": real0, "speed": speed}
-    config = write_toml(tmp / "monitor.toml", doc)
-    kpi_db = tmp / "monitor-alerts" / "kpi.sqlite"
+    doc["monitor"] = {"replica_path": str(tmp / f"{name}-replica.sqlite")}
+    doc["notify"] = {"eml_dir": str(tmp / f"{name}-mail")}
+    doc["clock"] = clock
+    return write_toml(tmp / f"{name}.toml", doc), http_port
+
+
+def _monitor_http(http_port: int):
+    import urllib.error
+    import urllib.request
+
     url = f"http://127.0.0.1:{http_port}"
 
     def get(path: str) -> str:
@@ -348,6 +351,66 @@ def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readin
 
     def consumed() -> float:
         return _metric(get("/metrics"), 'greenmine_role_messages_total{role="monitor"}') or 0.0
+
+    return health, consumed
+
+
+def _monitor_window(n_sites: int) -> tuple[float, float, list[tuple[str, str]]]:
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Shanghai")
+    base = datetime(2026, 11, 20, 21, 58, tzinfo=tz).timestamp()
+    end = datetime(2026, 11, 21, 0, 2, tzinfo=tz).timestamp()
+    return base, end, [(f"bench-site{i:03d}", f"gw{k}") for i in range(n_sites) for k in range(10)]
+
+
+def monitor_drain(tmp: Path, port: int, n_sites: int, n_readings: int) -> dict:
+    """Step 6a: the monitor's capacity. Its session gets step 6's whole stream as a backlog (the process is
+    stopped while it is published); from SIGCONT to the last batch committed, on a real-time clock just after
+    the stream (no period closes while it drains)."""
+    from zoneinfo import ZoneInfo
+
+    base, end, agents = _monitor_window(n_sites)
+    stream = monitor_stream(base, end, agents, n_readings)
+    clock = {"mode": "accelerated", "sim_start": datetime.fromtimestamp(end + 60, ZoneInfo("Asia/Shanghai")).isoformat(),
+             "real_start_epoch_s": time.time(), "speed": 1.0}
+    config, http_port = monitor_config(tmp, port, "monitor-drain", agents, clock)
+    health, consumed = _monitor_http(http_port)
+    proc = spawn_greenmine(["server", "run", "--config", str(config), "--role", "monitor"], tmp / "monitor-drain.log")
+    try:
+        wait_for(lambda: health().get("monitor_subscribed"), 30, what="monitor subscribed")
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            publish(port, [(topic, body) for _t, topic, body in stream])
+        finally:
+            t0 = time.perf_counter()
+            os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: consumed() >= len(stream), 300, what="monitor drained its backlog", interval_s=0.05)
+        dt = time.perf_counter() - t0
+    finally:
+        stop_process(proc, 30)
+    return {"msgs": len(stream), "seconds": round(dt, 2), "msgs_per_s": round(len(stream) / dt),
+            "readings_per_s": round(len(stream) * n_readings / dt)}
+
+
+def monitor_lag(tmp: Path, port: int, rate_msgs_s: float, n_sites: int, n_readings: int) -> dict:
+    """Step 6b: `n_sites` sites of 10 gateways, each sending a batch per simulated minute, on a clock
+    accelerated so that the stream is `rate_msgs_s`, to a `greenmine server run --role monitor` process;
+    how late, in simulated and real seconds, each KPI period closes."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Shanghai")
+    base, end, agents = _monitor_window(n_sites)
+    interval = 60.0
+    speed = rate_msgs_s * interval / len(agents)
+    # the stream, built before the clock starts so that publishing costs this process little
+    stream = monitor_stream(base, end, agents, n_readings)
+    real0 = time.time() + 5.0  # when simulated time is `base`: after the monitor has started and subscribed
+    config, http_port = monitor_config(tmp, port, "monitor", agents, {
+        "mode": "accelerated", "sim_start": datetime.fromtimestamp(base, tz).isoformat(), "real_start_epoch_s": real0,
+        "speed": speed})
+    kpi_db = tmp / "monitor-alerts" / "kpi.sqlite"
+    health, consumed = _monitor_http(http_port)
 
     first_seen: dict[tuple, tuple[float, float]] = {}
     stop = threading.Event()
@@ -464,7 +527,8 @@ def main() -> int:
     ap.add_argument("--monitor-sites", type=int, default=50,
                     help="step 6: sites of 10 gateways each, one batch per gateway per simulated minute (default 50)")
     ap.add_argument("--monitor-rate", type=float, metavar="MSGS_S",
-                    help="step 6: the stream's rate in messages/s (default: the SQLite ingest rate of step 4)")
+                    help="step 6b: the stream's rate in messages/s (default: half the monitor's capacity of step 6a, "
+                         "the rate the sizing plans one monitor for)")
     ap.add_argument("--vm-seconds", type=float, default=8.0, help="step 7: how long to post to VictoriaMetrics")
     args = ap.parse_args()
     n, r = args.messages, args.readings
@@ -493,7 +557,11 @@ def main() -> int:
             vm_s = drain_server(vm_cfg, n * r)
             raw_last_s = drain_raw(broker.port, n, "bench-raw-2")
             shared_s = drain_shared(tmp, broker.port, msgs, n * r, args.synchronous)
-            monitor = monitor_lag(tmp, broker.port, args.monitor_rate or n / sqlite_s, args.monitor_sites, r)
+            capacity_m = monitor_drain(tmp, broker.port, args.monitor_sites, r)
+            monitor = monitor_lag(tmp, broker.port, args.monitor_rate or capacity_m["msgs_per_s"] / 2,
+                                  args.monitor_sites, r)
+            monitor["capacity"] = capacity_m
+            monitor["capacity_vs_sqlite_ingest"] = round(capacity_m["msgs_per_s"] * sqlite_s / n, 3)
             capacity = vm_capacity(vm, args.vm_seconds)
         finally:
             vm.stop()

@@ -111,6 +111,11 @@ class StreamConsumer:
                                    subscriptions=subscriptions_for(sites), resolve=resolve)
 
     @property
+    def waiting(self) -> int:
+        """Messages received and not yet taken into a group: a backlog when it stays large."""
+        return self._q.qsize()
+
+    @property
     def connected(self) -> bool:
         return self.mqtt.connected
 

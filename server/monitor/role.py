@@ -78,6 +78,9 @@ class MonitorRole:
 
     def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         with self._lock:
+            if self.consumer.waiting >= self.consumer.max_group // 2:
+                # half a group more already waits: we are behind the stream, silence may be ours
+                self.monitor.alerts.behind(self.clock())
             self.monitor.on_messages(batches, statuses)
 
     def on_connection(self, up: bool) -> None:

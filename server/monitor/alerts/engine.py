@@ -284,6 +284,12 @@ class AlertEngine:
                 (site, "agent", agent, now, 0 if online else 1))
         self.tick(now)
 
+    def behind(self, now: float | None = None) -> None:
+        """We are draining a backlog of the stream: a device's silence may be ours. Silence counts from now
+        on (as after a restart), so a monitor that fell behind does not declare every device offline."""
+        now = self.clock() if now is None else now
+        self._grace_from = max(self._grace_from, now)
+
     def ingest_connected(self, up: bool, now: float | None = None) -> None:
         """Our own link to the broker went down/up: deadman checks pause, and restart their grace on recovery."""
         now = self.clock() if now is None else now

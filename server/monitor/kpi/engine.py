@@ -238,14 +238,17 @@ class KpiEngine:
         return due
 
     def compute_due(self, due: list[tuple[str, Period, int]], now: float) -> list[KpiValue]:
+        """Compute `due` (and the rolling 24 h when it is time); their values are stored in one commit."""
         out: list[KpiValue] = []
         for site_id, p, _gen in due:
             if site_id in self.sites:
-                out += self.compute(site_id, p, now=now)
+                out += self.compute(site_id, p, now=now, store=False)
         if now >= self._next_rolling:
             self._next_rolling = now + self.cfg.rolling_every_s
             for site_id in self.sites:
-                out += self.compute(site_id, periods.rolling24h(now), now=now)
+                out += self.compute(site_id, periods.rolling24h(now), now=now, store=False)
+        if self.store is not None and out:
+            self.store.put_values(out, now)
         return out
 
     def finish_due(self, due: list[tuple[str, Period, int]]) -> None:
@@ -254,7 +257,8 @@ class KpiEngine:
 
     # --- computing ----------------------------------------------------------
 
-    def compute(self, site_id: str, period: Period, now: float | None = None) -> list[KpiValue]:
+    def compute(self, site_id: str, period: Period, now: float | None = None, store: bool = True) -> list[KpiValue]:
+        """Every KPI of `site_id` over `period`, stored (unless `store` is False) and returned."""
         site = self.sites[site_id]
         cfg = self.cfg
         common = dict(completeness_min_pct=cfg.completeness_min_pct)
@@ -293,7 +297,7 @@ class KpiEngine:
                                         frequent_over_db=cfg.noise.lmax_frequent_over_db,
                                         sporadic_over_db=cfg.noise.lmax_sporadic_over_db, **common)
         out = [self._judged(v) for v in out]
-        if self.store is not None and out:
+        if store and self.store is not None and out:
             self.store.put_values(out, now if now is not None else period.end)
         return out
 

@@ -283,3 +283,20 @@ def test_a_failed_step_inside_a_batch_rolls_back_only_itself(db_path):
     names = [r[0] for r in eng.db.execute("SELECT name FROM seen ORDER BY name")]
     assert names == ["kept"]
     eng.db.close()
+
+
+def test_a_monitor_behind_the_stream_does_not_declare_devices_offline(db_path):
+    """Draining a backlog, the newest readings taken are older than the deadman's silence: that silence is
+    ours. Silence counts from when the monitor was last behind; a device really silent fires after that."""
+    clock = Clock()
+    eng = make(db_path, clock)
+    eng.observe_seen_many({("s1", "gw1"): {"flow1": T0}})
+    clock.t = T0 + 900  # 15 minutes on, the monitor still takes readings of T0 from its backlog
+    eng.behind()
+    eng.observe_seen_many({("s1", "gw1"): {"flow1": T0 + 1}})
+    eng.tick()
+    assert eng.alerts() == []
+    clock.t += 300  # caught up, and the device sent nothing since: now it is silent
+    eng.tick()
+    assert sorted((a.rule, a.subject) for a in eng.alerts()) == [("agent_offline", "gw1"), ("device_offline", "flow1")]
+    eng.close()
