@@ -33,6 +33,7 @@ from greenmine.latch import Latch
 from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.monitor.alerts.service import Monitor
+from greenmine.server.monitor.kpi.periods import SLOT_S
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,11 @@ class MonitorRole:
         judged = [s for s in cfg.sites if (sites is None or s.id in sites) and cfg.monitor.judges(s.id, partition)]
         self.site_ids = frozenset(s.id for s in judged)
         self.clock = clock
+        speed = cfg.clock.speed if cfg.clock.mode is ClockMode.ACCELERATED else 1.0
         if tick_s is None:
-            speed = cfg.clock.speed if cfg.clock.mode is ClockMode.ACCELERATED else 1.0
             tick_s = min(1.0, max(0.05, cfg.alerts.tick_interval_s / (2 * speed)))
         self.tick_s = tick_s
+        self._speed = speed  # simulated seconds per real one, to wake at the next 15-minute edge
         self.monitor = Monitor.from_config(cfg, sites=judged, clock=clock, on_moved=on_moved)
         few = len(self.site_ids) <= _MAX_SITE_FILTERS
         self.consumer = StreamConsumer(
@@ -121,9 +123,16 @@ class MonitorRole:
         finally:
             self._lock.acquire()
 
+    def _wait(self) -> float:
+        """Real seconds to the next tick: `tick_s`, or less to wake just after the next 15-minute edge of the
+        clock, where KPI periods end (`Monitor.tick` computes them then)."""
+        now = self.clock()
+        to_edge = ((now // SLOT_S + 1) * SLOT_S - now) / self._speed
+        return min(self.tick_s, to_edge + 0.001)
+
     def _run(self) -> None:
         latch = Latch(log)
-        while not self._stop.wait(self.tick_s):
+        while not self._stop.wait(self._wait()):
             try:
                 with self._lock:
                     link, self._link = self._link, None
