@@ -96,6 +96,11 @@ class SeriesReplica:
     def _con(self) -> sqlite3.Connection:
         return self._cons.get()
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the replica's file, for state kept beside the readings that must commit
+        with them (the monitor's rollups, `server.monitor.kpi.rollups`)."""
+        return self._cons.get()
+
     def wants(self, metric: str) -> bool:
         return self.metrics is None or metric in self.metrics
 

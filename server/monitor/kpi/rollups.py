@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS rollup_meta (key TEXT PRIMARY KEY, value TEXT NOT NUL
 _CACHE_MAX = 500_000
 _COLS = {"rollup_counter": "inc, mask", "rollup_sample": "n, total, esum, top, top_ts, mask"}
 _FOREVER_MS = 2**62
+_PUT_METER = ("INSERT OR REPLACE INTO rollup_meter (site, device, metric, last_ts, base, base_ts, suspect_value, "
+              "suspect_ts, suspect_kind, stale_from) VALUES (?,?,?,?,?,?,?,?,?,?)")  # the order of _Meter.row
 
 
 class _Meter:
@@ -122,13 +124,13 @@ class Rollups:
         self._meters: dict[tuple, _Meter] = {}  # (site, device, metric) -> state
         self._loaded: dict[tuple, int] = {}  # (table, site, metric) -> the first slot whose rows are all cached
         self._loaded_sites: set[str] = set()  # sites whose meter states are all cached
-        con = replica._con()
+        con = replica.connection()
         con.executescript(_SCHEMA)
         if self.usable:
             self._build_once(con)
 
     def _con(self) -> sqlite3.Connection:
-        return self.replica._con()
+        return self.replica.connection()
 
     # --- write side --------------------------------------------------------
 
@@ -220,9 +222,7 @@ class Rollups:
             con.executemany("INSERT OR REPLACE INTO rollup_sample VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                             [(*k, *r, r[5].bit_count()) for k in touched_s for r in (rows[k],)])
         if touched_m:
-            con.executemany("INSERT OR REPLACE INTO rollup_meter (site, device, metric, last_ts, base, base_ts, "
-                            "suspect_value, suspect_ts, suspect_kind, stale_from) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                            [self._meters[k].row(k) for k in touched_m])
+            con.executemany(_PUT_METER, [self._meters[k].row(k) for k in touched_m])
 
     def _counter_row(self, con, key: tuple) -> list:
         r = self._counter_rows.get(key)
@@ -299,13 +299,10 @@ class Rollups:
     def _replay(self, con, site: str, device: str, metric: str, from_ts: float) -> list[int]:
         """Rewrite one meter's consumption and masks from the read before `from_ts` on; the slots changed."""
         from_ms = int(math.floor(from_ts * 1000))
-        prev = con.execute("SELECT max(ts_ms) FROM series_replica WHERE site=? AND device=? AND metric=? AND ts_ms<? "
-                           "AND quality='good'", (site, device, metric, from_ms)).fetchone()[0]
+        prev = self.replica.neighbours(site, device, metric, from_ms, from_ms)[0]
         lo = prev / 1000.0 if prev is not None else from_ts
         slot0 = int(lo // SLOT_S)
-        start_ms = int((slot0 * SLOT_S - self.lookback_s) * 1000)
-        pts = con.execute("SELECT ts_ms, value FROM series_replica WHERE site=? AND device=? AND metric=? AND ts_ms>=? "
-                          "AND quality='good' ORDER BY ts_ms", (site, device, metric, start_ms)).fetchall()
+        pts = self._good_reads(site, device, metric, int((slot0 * SLOT_S - self.lookback_s) * 1000))
         tracker = CounterTracker(self.spec(site, device, metric))
         inc: dict[int, float] = {}
         mask: dict[int, int] = {}
@@ -331,8 +328,7 @@ class Rollups:
                         [(site, metric, s, device, inc.get(s, 0.0), mask.get(s, 0)) for s in sorted(slots)
                          if inc.get(s, 0.0) or mask.get(s, 0)])
         m = _Meter(pts[-1][0] / 1000.0 if pts else None, tracker.state)
-        con.execute("INSERT OR REPLACE INTO rollup_meter (site, device, metric, last_ts, base, base_ts, suspect_value, "
-                    "suspect_ts, suspect_kind, stale_from) VALUES (?,?,?,?,?,?,?,?,?,?)", m.row((site, device, metric)))
+        con.execute(_PUT_METER, m.row((site, device, metric)))
         return sorted(changed)
 
     def rebuild(self, site: str | None = None, from_ts: float = -math.inf) -> None:
@@ -359,9 +355,7 @@ class Rollups:
         con.execute("DELETE FROM rollup_sample WHERE site=? AND metric=? AND slot>=? AND device=?",
                     (site, metric, slot0, device))
         acc: dict[int, list] = {}
-        for ts_ms, v in con.execute(
-                "SELECT ts_ms, value FROM series_replica WHERE site=? AND device=? AND metric=? AND ts_ms>=? "
-                "AND quality='good' ORDER BY ts_ms", (site, device, metric, slot0 * SLOT_S * 1000)):
+        for ts_ms, v in self._good_reads(site, device, metric, slot0 * SLOT_S * 1000):
             ts = ts_ms / 1000.0
             slot = int(ts // SLOT_S)
             r = acc.get(slot)
@@ -376,10 +370,16 @@ class Rollups:
         con.executemany("INSERT INTO rollup_sample VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         [(site, metric, s, device, *r, r[5].bit_count()) for s, r in acc.items()])
 
+    def _good_reads(self, site: str, device: str, metric: str, start_ms: int) -> list[tuple[int, float]]:
+        """(ts_ms, value) of the series' good readings from `start_ms` on, in time order (this thread's connection:
+        inside a transaction it sees what the transaction wrote)."""
+        return [(p.ts_ms, p.value) for p in self.replica.query_series(site, device, metric, start_ms, _FOREVER_MS)
+                if p.quality == "good"]
+
     def _build_once(self, con) -> None:
         if con.execute("SELECT 1 FROM rollup_meta WHERE key='built'").fetchone():
             return
-        if con.execute("SELECT 1 FROM series_replica LIMIT 1").fetchone():
+        if self.replica.series():
             log.info("rollups: building them from the %d readings the replica holds", self.replica.count())
             self.rebuild()
         with sqlite_state.transaction(con, f"rollups {self.replica.path}"):

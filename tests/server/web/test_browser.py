@@ -46,8 +46,6 @@ def browser(tmp_path):
 
 def rendered(driver, tmp_path, name: str) -> None:
     """The page rendered: no error text, something drawn, and a screenshot that is not blank."""
-    from PIL import Image  # noqa: F401 - only if available
-
     body = driver.find_element("tag name", "body").text
     for word in ERROR_TEXT:
         assert word not in body, f"{name}: error text {word!r} on the page"
@@ -56,23 +54,6 @@ def rendered(driver, tmp_path, name: str) -> None:
     assert driver.save_screenshot(str(path)), name
     png = path.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, f"{name}: screenshot empty"
-
-
-def _no_pil_rendered(driver, tmp_path, name):
-    body = driver.find_element("tag name", "body").text
-    for word in ERROR_TEXT:
-        assert word not in body, f"{name}: error text {word!r} on the page"
-    assert not driver.find_elements("css selector", ".err"), f"{name}: an error message is shown"
-    path = tmp_path / f"{name}.png"
-    assert driver.save_screenshot(str(path)), name
-    png = path.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, f"{name}: screenshot empty"
-
-
-try:
-    import PIL  # noqa: F401
-except ImportError:
-    rendered = _no_pil_rendered  # noqa: F811
 
 
 def chart_drawn(driver, ident: str, *, limit: bool = True) -> None:
