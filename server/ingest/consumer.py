@@ -45,13 +45,14 @@ from greenmine.backoff import Backoff
 from greenmine.latch import Latch
 from greenmine.schemas import (
     AgentStatus,
+    FlatTelemetry,
     TelemetryBatch,
     TopicKind,
     WireError,
     WireLimits,
     WireRejectReason,
     parse_status,
-    parse_telemetry,
+    parse_telemetry_flat,
     parse_topic,
     subscription,
 )
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 
 
 class StreamHandler(Protocol):
-    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
         """Commit a group durably (idempotently); raise to have it retried. Called on the consumer's thread."""
 
     def on_connection(self, up: bool) -> None:
@@ -173,9 +174,9 @@ class StreamConsumer:
                 self.mqtt.ack(d)
             self.messages += len(group)
 
-    def _validate(self, group: list[Delivery]) -> tuple[list[TelemetryBatch], list[AgentStatus]]:
+    def _validate(self, group: list[Delivery]) -> tuple[list[FlatTelemetry | TelemetryBatch], list[AgentStatus]]:
         now = datetime.fromtimestamp(self._clock(), timezone.utc)
-        batches: list[TelemetryBatch] = []
+        batches: list[FlatTelemetry | TelemetryBatch] = []
         statuses: list[AgentStatus] = []
         for d in group:
             try:
@@ -184,7 +185,7 @@ class StreamConsumer:
                     self.ignored["other_partition"] += 1
                     continue
                 if topic.kind is TopicKind.TELEMETRY:
-                    msg = parse_telemetry(d.payload, limits=self.limits, now=now)
+                    msg = parse_telemetry_flat(d.payload, limits=self.limits, now=now)
                     out = batches
                 else:
                     if not d.payload:
@@ -202,7 +203,7 @@ class StreamConsumer:
                 log.warning("%s: cannot read a message on %s: %r", self.name, d.topic, exc)
         return batches, statuses
 
-    def _commit(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> bool:
+    def _commit(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> bool:
         if not batches and not statuses:
             return True
         backoff = Backoff(0.1, 5.0)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from greenmine.server.errors import SpoolError
-from greenmine.server.store.base import StoredReading
+from greenmine.server.store.base import Row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -72,8 +72,10 @@ class SpooledBatch(NamedTuple):
     n_readings: int
     body: bytes
 
-    def readings(self) -> list[StoredReading]:
-        return list(map(StoredReading._make, unpack_readings(self.body)))
+    def readings(self) -> list[Row]:
+        """The batch's readings: tuples in StoredReading's field order (`server.store.base.Row`)."""
+        rows = unpack_readings(self.body)
+        return rows if not rows or type(rows[0]) is tuple else list(map(tuple, rows))  # JSON (earlier versions) gives lists
 
 
 def pack_readings(rows: Iterable[tuple]) -> bytes:

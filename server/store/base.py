@@ -7,6 +7,12 @@ acknowledged writes in memory (InfluxDB, VictoriaMetrics) also implements
 `RestartAware`, so that the writer can tell when it restarted and lost them.
 It is driven by one writer thread; writes must be idempotent on a reading's
 identity (site, device, metric, ts), because the spool delivers at least once.
+
+A sink is handed rows: plain tuples in `StoredReading`'s field order, as the
+spool unpickles them (building a NamedTuple per reading would cost the writer
+a tenth of its time). A sink indexes them; `StoredReading` (a NamedTuple of the
+same shape) is also accepted, and `StoredReading._make(row)` names the fields
+where speed does not matter (an error message).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ class StoredReading(NamedTuple):
         return datetime.fromtimestamp(self.ts_ms / 1000, timezone.utc)
 
 
+#: A reading as the writer hands it to sinks and listeners: a tuple in StoredReading's field order (site, agent,
+#: device, metric, ts_ms, value, unit, quality); a StoredReading is one too.
+Row = tuple
+
+
 @runtime_checkable
 class Sink(Protocol):
     #: the `sink` label of greenmine_readings_written_total
@@ -43,8 +54,9 @@ class Sink(Protocol):
     #: how often the writer calls `maintain`; None: never
     maintenance_interval_s: float | None
 
-    def write(self, readings: Sequence[StoredReading]) -> None:
-        """Store every reading, or raise StoreUnavailable / StoreRejected. Idempotent."""
+    def write(self, readings: Sequence[Row]) -> None:
+        """Store every reading (rows in StoredReading's field order), or raise StoreUnavailable / StoreRejected.
+        Idempotent."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot take writes now."""

@@ -46,7 +46,7 @@ from influxdb_client.service.write_service import WriteService
 from influxdb_client.rest import ApiException
 
 from greenmine.server.errors import StoreRejected, StoreUnavailable
-from greenmine.server.store.base import QUALITY_CODES, StoreStart, StoredReading
+from greenmine.server.store.base import QUALITY_CODES, Row, StoreStart
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,32 @@ def escape_tag(text: str) -> str:
     return text.translate(_ESCAPE_TAG)
 
 
-def build_lines(readings: Sequence[StoredReading], precision: str = "ms") -> tuple[list[str], list[tuple[StoredReading, str]]]:
-    """Line protocol for `readings`, and the readings that cannot be written with why (empty names)."""
+def build_lines(readings: Sequence[Row], precision: str = "ms",
+                heads: dict[tuple[str, str, str, str], str] | None = None) -> tuple[list[str], list[tuple[Row, str]]]:
+    """Line protocol for `readings` (rows in StoredReading's field order), and the readings that cannot be written
+    with why (empty names).
+
+    `heads`: a cache of each series' escaped measurement and tags, (metric, device, site, unit) -> head, that the
+    caller keeps between calls (a series is escaped once, not once per write); default: one for this call."""
     div = 1000 if precision == "s" else 1
     lines: list[str] = []
-    bad: list[tuple[StoredReading, str]] = []
-    cache: dict[tuple[str, str, str, str], str] = {}
+    append = lines.append
+    bad: list[tuple[Row, str]] = []
+    cache: dict[tuple[str, str, str, str], str] = {} if heads is None else heads
+    codes = QUALITY_CODES
     for r in readings:
-        key = (r.metric, r.device, r.site, r.unit)
+        site, _agent, device, metric, ts_ms, value, unit, quality = r
+        key = (metric, device, site, unit)
         head = cache.get(key)
         if head is None:
-            if not (r.metric and r.device and r.site):
+            if not (metric and device and site):
                 bad.append((r, "empty metric, device or site"))
                 continue
-            head = f"{escape_measurement(r.metric)},device={escape_tag(r.device)},site={escape_tag(r.site)}"
-            if r.unit:
-                head += f",unit={escape_tag(r.unit)}"
+            head = f"{escape_measurement(metric)},device={escape_tag(device)},site={escape_tag(site)}"
+            if unit:
+                head += f",unit={escape_tag(unit)}"
             cache[key] = head
-        lines.append(f"{head} value={float(r.value)!r},quality={QUALITY_CODES.get(r.quality, 1)}i {r.ts_ms // div}")
+        append(f"{head} value={float(value)!r},quality={codes.get(quality, 1)}i {ts_ms // div}")
     return lines, bad
 
 
@@ -119,9 +127,15 @@ class InfluxSink:
         self._http = urllib3.PoolManager(num_pools=1, timeout=urllib3.Timeout(total=min(timeout_ms, 5000) / 1000), retries=False)
         self._token = token
         self._service = WriteService(self._client.api_client)
+        self._heads: dict[tuple[str, str, str, str], str] = {}  # build_lines' series cache, bounded by HEADS_MAX
 
-    def write(self, readings: Sequence[StoredReading]) -> None:
-        lines, bad = build_lines(readings, self.precision)
+    #: most series whose escaped line heads are kept between writes (beyond it the cache starts again)
+    HEADS_MAX = 100_000
+
+    def write(self, readings: Sequence[Row]) -> None:
+        if len(self._heads) > self.HEADS_MAX:
+            self._heads.clear()
+        lines, bad = build_lines(readings, self.precision, self._heads)
         for i in range(0, len(lines), self.batch_size):
             self._post("\n".join(lines[i : i + self.batch_size]))
         if bad:

@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 from greenmine.sqlite import PerThread, create_private
 from greenmine.server.errors import StoreRejected, StoreUnavailable
-from greenmine.server.store.base import StoredReading
+from greenmine.server.store.base import Row, StoredReading
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class SqliteStore(SqliteReader):
         if migrate:
             log.info("sqlite store %s: migrated %d raw readings to the series/labels/samples layout", self.path, n)
 
-    def write(self, readings: Sequence[StoredReading]) -> None:
+    def write(self, readings: Sequence[Row]) -> None:
         if not readings:
             return
         with self._wlock:

@@ -33,10 +33,10 @@ time rewrites the window too (it may have restarted in between). The
 SQLite store is durable when its commit returns (synchronous FULL), so its
 batches are deleted at once.
 
-Listeners (`add_listener(fn)`) are called on the writer thread with the
-`Sequence[StoredReading]` of every write the store has taken, after the write
-(StoredReading is a NamedTuple: a listener may index its rows). Delivery to
-them is at least once: a batch rewritten after a crash is passed again.
+Listeners (`add_listener(fn)`) are called on the writer thread with the rows
+of every write the store has taken, after the write: tuples in StoredReading's
+field order (`server.store.base.Row`), as the sink got them. Delivery to them
+is at least once: a batch rewritten after a crash is passed again.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from greenmine.server.metrics import Metrics
 from greenmine.server.spool.batches import SpooledBatch
 from greenmine.server.spool.deadletter import STORE_REJECTED, DeadLetter
 from greenmine.server.spool.spool import SpoolStage
-from greenmine.server.store.base import RestartAware, Sink, StoredReading
+from greenmine.server.store.base import RestartAware, Row, Sink, StoredReading
 from greenmine.supervisor import Policy, Supervisor
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 #: reports it in whole seconds); what it takes meanwhile is written again once it is older.
 YOUNG_S = 2.0
 
-Listener = Callable[[Sequence[StoredReading]], None]
+Listener = Callable[[Sequence[Row]], None]
 
 
 class Writer:
@@ -244,7 +244,7 @@ class Writer:
             except Exception as exc:  # noqa: BLE001 - pruned next time
                 log.debug("writer: cannot prune the spool: %s", exc)
 
-    def _store(self, readings: list[StoredReading]) -> None:
+    def _store(self, readings: list[Row]) -> None:
         t0 = time.perf_counter()
         self.sink.write(readings)
         m = self.metrics
@@ -280,6 +280,7 @@ class Writer:
         now_ms = int(self._clock() * 1000)
         partial = exc.rejected
         if partial is not None:  # the sink wrote all but these
+            partial = [(StoredReading._make(r), why) for r, why in partial]
             dead = [
                 self.spool.dead_letters.letter(
                     telemetry_topic(r.site, r.agent) if _ok_ids(r) else "greenmine/v1/?/?/telemetry",
@@ -290,7 +291,7 @@ class Writer:
             self.spool.delete(batches, dead)
             self._count_dead(dead)
             bad = {(r.site, r.device, r.metric, r.ts_ms) for r, _ in partial}
-            self._notify([r for b in batches for r in b.readings() if (r.site, r.device, r.metric, r.ts_ms) not in bad])
+            self._notify([r for b in batches for r in b.readings() if (r[0], r[2], r[3], r[4]) not in bad])
             return
         if len(batches) == 1:
             b = batches[0]
@@ -310,7 +311,7 @@ class Writer:
         for dl in dead:
             self.metrics.rejected.labels(dl.reason).inc()
 
-    def _notify(self, readings: Sequence[StoredReading]) -> None:
+    def _notify(self, readings: Sequence[Row]) -> None:
         for fn in self._listeners:
             try:
                 fn(readings)

@@ -300,7 +300,7 @@ class WholeSecondStore:
         return StoreStart(1_800_000_000.0, self.age_s)
 
     def write(self, readings) -> None:
-        self.rows.update((r.device, r.metric, r.ts_ms) for r in readings)
+        self.rows.update((r[2], r[3], r[4]) for r in readings)  # rows in StoredReading order
 
     def restart_unseen(self) -> None:
         self.rows = set()

@@ -26,6 +26,19 @@ def test_line_shape_and_precision():
     assert build_lines([reading()], "s")[0][0].endswith(f" {TS // 1000}")
 
 
+def test_plain_rows_and_a_series_cache_kept_between_writes():
+    """The writer hands sinks plain tuples in StoredReading's order; the sink escapes each series once and keeps
+    its line head for the next write, which gives the same lines."""
+    heads: dict = {}
+    rows = [tuple(reading(device="m 1")), tuple(reading(device="m2", value=7, quality="bad"))]
+    first, _ = build_lines(rows, "ms", heads)
+    assert first == build_lines(rows)[0] == [f"power_kw,device=m\\ 1,site=gs-demo,unit=kW value=1.5,quality=0i {TS}",
+                                             f"power_kw,device=m2,site=gs-demo,unit=kW value=7.0,quality=1i {TS}"]
+    assert heads == {("power_kw", "m 1", "gs-demo", "kW"): "power_kw,device=m\\ 1,site=gs-demo,unit=kW",
+                     ("power_kw", "m2", "gs-demo", "kW"): "power_kw,device=m2,site=gs-demo,unit=kW"}
+    assert build_lines(rows, "ms", heads)[0] == first
+
+
 def test_unit_is_a_tag_escaped_and_omitted_when_empty():
     lines, bad = build_lines([reading(unit="m3/h"), reading(unit="mg/m3 (std)"), reading(unit="")])
     assert bad == []

@@ -43,7 +43,7 @@ def test_agent_states_and_batches_survive_a_reopen_and_rejections_keep_only_thei
     try:
         assert spool.agents.load() == [info]
         assert spool.queue.depth() == (1, 1, len(body))
-        assert spool.queue.peek(10)[0].readings()[0].metric == "power_kw"
+        assert spool.queue.peek(10)[0].readings()[0][3] == "power_kw"
         assert spool.dead_letters.counts() == {"not_json": 1}
     finally:
         spool.close()

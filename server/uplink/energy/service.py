@@ -35,7 +35,7 @@ from greenmine.server.monitor.kpi.energy import day_month_deviation
 from greenmine.server.monitor.kpi.engine import KpiEngine
 from greenmine.server.monitor.kpi.periods import Period
 from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
-from greenmine.server.uplink.energy.client import CentreClient, EnergyError, Rejected, StaleCredentials, TransportError
+from greenmine.server.uplink.energy.client import CentreClient, EnergyError, Rejected, StaleCredentials
 from greenmine.server.uplink.energy.config import (
     CentreConfig, EnterpriseConfig, PlatformProfile, StatType, check_centre, load_profile,
 )
