@@ -192,7 +192,7 @@ class App:
         self.metrics.bind_spool(self.spool.queue.depth, self.spool.queue.full, self.spool.queue.retained)
         self.agents = AgentRegistry(self.spool.agents.load(), on_change=self._agent_gauge)
         self.mqtt = MqttSubscriber(cfg.mqtt, self.ingestor_submit, self._connection, resolve=cfg.resolve)
-        self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack,
+        self.ingestor = Ingestor(ing, [s.id for s in cfg.sites], self.spool, self.agents, self.metrics, self.mqtt.ack_all,
                                  queue_size=cfg.mqtt.receive_maximum + 1000, clock=clock, limits=cfg.wire_limits(),
                                  supervisor=self.supervisor)
         self.writer = Writer(self.spool, self.sink, self.metrics, ing, clock=clock, supervisor=self.supervisor)

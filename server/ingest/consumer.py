@@ -45,14 +45,13 @@ from greenmine.backoff import Backoff
 from greenmine.latch import Latch
 from greenmine.schemas import (
     AgentStatus,
-    FlatTelemetry,
     TelemetryBatch,
     TopicKind,
     WireError,
     WireLimits,
     WireRejectReason,
     parse_status,
-    parse_telemetry_flat,
+    parse_telemetry,
     parse_topic,
     subscription,
 )
@@ -64,7 +63,7 @@ log = logging.getLogger(__name__)
 
 
 class StreamHandler(Protocol):
-    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         """Commit a group durably (idempotently); raise to have it retried. Called on the consumer's thread."""
 
     def on_connection(self, up: bool) -> None:
@@ -170,13 +169,12 @@ class StreamConsumer:
             batches, statuses = self._validate(group)
             if not self._commit(batches, statuses):
                 return  # stopping: the group stays unacknowledged
-            for d in group:
-                self.mqtt.ack(d)
+            self.mqtt.ack_all(group)
             self.messages += len(group)
 
-    def _validate(self, group: list[Delivery]) -> tuple[list[FlatTelemetry | TelemetryBatch], list[AgentStatus]]:
+    def _validate(self, group: list[Delivery]) -> tuple[list[TelemetryBatch], list[AgentStatus]]:
         now = datetime.fromtimestamp(self._clock(), timezone.utc)
-        batches: list[FlatTelemetry | TelemetryBatch] = []
+        batches: list[TelemetryBatch] = []
         statuses: list[AgentStatus] = []
         for d in group:
             try:
@@ -185,7 +183,7 @@ class StreamConsumer:
                     self.ignored["other_partition"] += 1
                     continue
                 if topic.kind is TopicKind.TELEMETRY:
-                    msg = parse_telemetry_flat(d.payload, limits=self.limits, now=now)
+                    msg = parse_telemetry(d.payload, limits=self.limits, now=now)
                     out = batches
                 else:
                     if not d.payload:
@@ -203,7 +201,7 @@ class StreamConsumer:
                 log.warning("%s: cannot read a message on %s: %r", self.name, d.topic, exc)
         return batches, statuses
 
-    def _commit(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> bool:
+    def _commit(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> bool:
         if not batches and not statuses:
             return True
         backoff = Backoff(0.1, 5.0)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from greenmine.clock import ClockMode
 from greenmine.latch import Latch
-from greenmine.schemas import AgentStatus, FlatTelemetry, TelemetryBatch
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.monitor.alerts.service import Monitor
 from greenmine.server.monitor.kpi.periods import SLOT_S
@@ -78,7 +78,7 @@ class MonitorRole:
 
     # --- StreamHandler (the consumer's thread; paho's for on_connection) ----
 
-    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         with self._lock:
             if self.consumer.waiting >= self.consumer.max_group // 2:
                 # half a group more already waits: we are behind the stream, silence may be ours

@@ -24,6 +24,7 @@ messages stay in the broker's session, the broker stops sending once
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -51,6 +52,11 @@ CREATE TABLE IF NOT EXISTS spool (
 
 #: rows per multi-row statement (at most 6 parameters each, well under SQLite's 32766)
 _CHUNK = 500
+
+
+@functools.lru_cache(maxsize=_CHUNK)
+def _insert_sql(rows: int) -> str:
+    return f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {','.join(['(?,?,?,?,?,?)'] * rows)}"
 
 
 class SpoolEntry(NamedTuple):
@@ -175,11 +181,7 @@ class BatchQueue:
         # multi-row statements rather than executemany: one GIL round trip per chunk instead of per row
         for i in range(0, len(entries), _CHUNK):
             chunk = entries[i : i + _CHUNK]
-            row = "(?,?,?,?,?,?)"
-            con.execute(
-                f"INSERT INTO spool (received_ms, site, agent, seq, n_readings, body) VALUES {','.join([row] * len(chunk))}",
-                list(itertools.chain.from_iterable(chunk)),
-            )
+            con.execute(_insert_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
     def remove(self, con: sqlite3.Connection, batches: Sequence[SpooledBatch]) -> None:
         for i in range(0, len(batches), _CHUNK):

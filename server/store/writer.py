@@ -41,6 +41,7 @@ is at least once: a batch rewritten after a crash is passed again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -180,7 +181,7 @@ class Writer:
             log.debug("writer: maintenance failed: %s", exc)
 
     def _write(self, batches: list[SpooledBatch]) -> None:
-        readings = [r for b in batches for r in b.readings()]
+        readings = list(itertools.chain.from_iterable(map(SpooledBatch.readings, batches)))
         self._store(readings)
         if self.window_s:
             self.spool.queue.written(batches, int(time.monotonic() * 1000))  # real time, even on a simulated clock

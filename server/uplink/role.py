@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from greenmine.schemas import AgentStatus, FlatTelemetry, TelemetryBatch
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.spool.agents import AgentRegistry
 from greenmine.server.ingest.validation import reading_rows
@@ -47,7 +47,7 @@ class UplinkRole:
     def connected(self) -> bool:
         return self.consumer.connected
 
-    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         with self.replica.transaction() as con:
             self.replica.add(rows, con)

@@ -10,7 +10,6 @@ import pytest
 from greenmine.schemas import (
     AgentState,
     AgentStatus,
-    FlatTelemetry,
     Quality,
     Reading,
     TelemetryBatch,
@@ -19,7 +18,6 @@ from greenmine.schemas import (
     WireRejectReason as R,
     parse_status,
     parse_telemetry,
-    parse_telemetry_flat,
 )
 
 NOW = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
@@ -240,27 +238,6 @@ def test_parse_telemetry_fast_path_agrees_with_the_reference_path(i):
 
     ref = outcome(lambda: _parse_slow(payload, limits, NOW))
     assert outcome(lambda: parse_telemetry(payload, limits=limits, now=NOW)) == ref
-    # the server's hot path: the same verdicts and reasons, and the same readings as plain dicts
-    flat = outcome(lambda: parse_telemetry_flat(payload, limits=limits, now=NOW))
-    if ref[0] == "ok":
-        batch = ref[1]
-        assert flat[0] == "ok", flat
-        assert (flat[1].site, flat[1].agent, flat[1].seq, flat[1].sent_at) == (batch.site, batch.agent, batch.seq, batch.sent_at)
-        assert flat[1].readings == [{**r.model_dump(), "quality": r.quality.value} for r in batch.readings]
-        assert all(type(r["quality"]) is str for r in flat[1].readings)
-    else:
-        assert flat == ref
-
-
-def test_the_flat_reading_type_is_derived_from_the_model():
-    """ReadingDict has Reading's fields with their constraints and defaults (so the two cannot drift)."""
-    from greenmine.schemas import ReadingDict
-
-    assert set(ReadingDict.__annotations__) == set(Reading.model_fields)
-    assert set(FlatTelemetry.model_fields) == set(TelemetryBatch.model_fields)
-    doc = good_doc(readings=[{"device": "d", "metric": "m", "ts": "2026-11-27T08:00:00Z", "value": 1}])
-    assert parse_telemetry_flat(json.dumps(doc), now=NOW).readings[0] == {
-        "device": "d", "metric": "m", "ts": datetime(2026, 11, 27, 8, tzinfo=timezone.utc), "value": 1, "unit": "", "quality": "good"}
 
 
 # --- issue 13: strict types, integer bounds, too old, too deep -----------------------------------------------

@@ -100,7 +100,7 @@ def test_a_message_the_spool_refuses_twice_is_dead_lettered_as_poison_and_the_re
     stage = OutOfRangeSpool(spool)
     acked: list[int] = []
     metrics = Metrics("sqlite")
-    ing = Ingestor(IngestConfig(), [SITE], stage, AgentRegistry(), metrics, lambda d: acked.append(d.mid) or True,
+    ing = Ingestor(IngestConfig(), [SITE], stage, AgentRegistry(), metrics, lambda group: acked.extend(d.mid for d in group),
                    queue_size=100)
     try:
         for mid, seq in enumerate((12, 13, 14)):  # queued before the thread starts: one group
@@ -114,6 +114,43 @@ def test_a_message_the_spool_refuses_twice_is_dead_lettered_as_poison_and_the_re
         assert json.loads(row[5])["seq"] == 13 and "too large" in row[4], row[4]  # sqlite3's OverflowError, mapped
         assert metrics.value("greenmine_ingest_rejected_total", reason="poison") == 1
         assert ing.supervisor.snapshot()["ingest"] == {"alive": True, "policy": "fatal", "crashes": 0, "last_error": None}
+    finally:
+        ing.stop()
+        spool.close()
+
+
+def test_a_full_ingest_queue_holds_paho_thread_until_the_ingest_thread_makes_room(tmp_path):
+    """The hand-off from paho's thread is bounded: a broker ignoring receive_maximum makes submit wait (pushing
+    back on the TCP connection) instead of queueing without limit, and it goes on once ingest takes the group."""
+    from greenmine.server.config import IngestConfig
+    from greenmine.server.ingest.ingestor import Ingestor
+    from greenmine.server.ingest.mqtt import Delivery
+    from greenmine.server.metrics import Metrics
+    from greenmine.server.spool.agents import AgentRegistry
+    from greenmine.server.spool.spool import Spool
+
+    spool = Spool(tmp_path / "spool.sqlite")
+    acked: list[int] = []
+    ing = Ingestor(IngestConfig(), [SITE], spool, AgentRegistry(), Metrics("sqlite"), lambda group: acked.extend(d.mid for d in group),
+                   queue_size=3)
+    now = datetime.now(timezone.utc)
+    submitted: list[int] = []
+
+    def paho_thread() -> None:
+        for mid in range(5):
+            ing.submit(Delivery(topic(), dumps(batch(mid, n=1, t0=now)), mid, 1, 0))
+            submitted.append(mid)
+
+    t = threading.Thread(target=paho_thread, daemon=True)
+    try:
+        t.start()
+        wait_for(lambda: len(submitted) == 3, 10, what="three queued")
+        t.join(0.3)  # the fourth waits for room: nothing takes from the queue yet
+        assert t.is_alive() and submitted == [0, 1, 2]
+        ing.start()
+        wait_for(lambda: sorted(acked) == [0, 1, 2, 3, 4], 10, what="all five acknowledged")
+        t.join(5)
+        assert not t.is_alive() and spool.queue.depth()[0] == 5
     finally:
         ing.stop()
         spool.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from greenmine.server.monitor.alerts.config import AlertsConfig
 from greenmine.server.monitor.alerts.engine import AlertEngine, open_db
-from greenmine.schemas import AgentStatus, FlatTelemetry, TelemetryBatch
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.config import SiteConfig, SmtpConfig
 from greenmine.server.ingest.validation import reading_rows
 from greenmine.server.store.replica import SeriesReplica
@@ -108,7 +108,7 @@ class Monitor:
             console_url=cfg.web.public_url if getattr(cfg, "web", None) is not None else None, **kw,
         )
 
-    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         """One group of messages from the monitor's own consumer of the stream (`server.ingest.consumer`),
         committed durably before it returns (the consumer acknowledges them then).
 

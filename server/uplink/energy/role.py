@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from greenmine.schemas import AgentStatus, FlatTelemetry, TelemetryBatch
+from greenmine.schemas import AgentStatus, TelemetryBatch
 from greenmine.server.ingest.consumer import StreamConsumer
 from greenmine.server.ingest.validation import reading_rows
 from greenmine.server.store.base import StoredReading
@@ -55,7 +55,7 @@ class EnergyRole:
     def connected(self) -> bool:
         return self.consumer.connected
 
-    def on_messages(self, batches: list[FlatTelemetry | TelemetryBatch], statuses: list[AgentStatus]) -> None:
+    def on_messages(self, batches: list[TelemetryBatch], statuses: list[AgentStatus]) -> None:
         rows = [StoredReading._make(t) for b in batches for t in reading_rows(b)]
         with self.replica.transaction() as con:
             self.replica.add(rows, con)
