@@ -376,3 +376,22 @@ def test_a_store_restarted_within_its_first_second_loses_nothing(tmp_path, mosqu
         wait_for(lambda: len(store.rows) == messages * n, 10, what="the young store's writes written again")
         assert app.metrics.value("greenmine_store_restarts_total", sink="influxdb") == 0  # not seen, not counted
         wait_for(lambda: app.spool.queue.retained()[0] == 0, 10, what="the window pruned once the store is older")
+
+
+def test_every_ack_of_a_group_acknowledged_at_once_reaches_the_broker(tmp_path, mosquitto, publisher):
+    """ack_all queues a group's PUBACKs with paho's wake-up held back, then wakes its loop once: the broker must
+    still get every one of them, or it stops sending once receive_maximum messages are unacknowledged (here 10
+    of 300) and the store stalls."""
+    cfg = _cfg(tmp_path, mosquitto.port)
+    cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"receive_maximum": 10})})
+    now = datetime.now(timezone.utc)
+    with running(cfg, roles=("ingest",)) as app:
+        assert getattr(app.mqtt._client, "_sockpairW", None) is not None  # paho 2.x: the batched path is taken
+        for seq in range(300):
+            publisher.publish(topic(), dumps(batch(seq, n=2, t0=now)))
+        reader = SqliteReader(cfg.resolve(cfg.store.path))
+        try:
+            wait_for(lambda: reader.count() == 600, 30, what="all 300 messages stored")
+        finally:
+            reader.close()
+        assert app.metrics.value("greenmine_ingest_messages_total", result="accepted") == 300
