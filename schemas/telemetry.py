@@ -145,6 +145,8 @@ def _window(limits: WireLimits, now: datetime | None) -> tuple[datetime, datetim
         if now is not None:
             _last_window = (limits, now, window)
     return window
+
+
 _TS = operator.attrgetter("ts")
 
 

@@ -150,9 +150,9 @@ class Ingestor:
 
     # --- validation --------------------------------------------------------
 
-    def classify(self, d: Delivery, now_ms: int, pending: dict, now: datetime | None = None) -> SpoolEntry | AgentInfo | DeadLetter:
+    def classify(self, d: Delivery, now_ms: int, now: datetime, pending: dict) -> SpoolEntry | AgentInfo | DeadLetter:
         """A batch to spool for a telemetry message; an agent state for a status message; or a dead letter.
-        `now`: `now_ms` as a datetime (computed once per group). Never raises."""
+        `now` is `now_ms` as a datetime (the group's: computed once for all its messages). Never raises."""
         try:
             topic = self._topics.get(d.topic)
             if topic is None:  # each agent publishes on two topics: parse each once
@@ -163,8 +163,6 @@ class Ingestor:
             if topic.site not in self.sites and not self.accept_unknown:
                 raise WireError(WireRejectReason.UNKNOWN_SITE, f"site {topic.site!r} is not configured (ingest.unknown_site = reject)")
             if topic.kind is TopicKind.TELEMETRY:
-                if now is None:
-                    now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
                 seq, rows = validate_telemetry(topic.site, topic.agent, d.payload, self.limits, now)
                 return SpoolEntry(now_ms, topic.site, topic.agent, seq, len(rows), pack_readings(rows))
             status: AgentStatus = parse_status(d.payload, limits=self.limits)
@@ -206,16 +204,15 @@ class Ingestor:
                 group.append(self._q.get_nowait())
             except queue.Empty:
                 break
-        if len(group) + self._q.qsize() >= self._queue_size - 1:  # paho's thread may be waiting for room
-            with self._room:
-                self._room.notify_all()
+        with self._room:  # once per group: paho's thread may be waiting for room
+            self._room.notify_all()
         return group
 
     def _handle(self, group: list[Delivery]) -> None:
         now_ms = int(self._clock() * 1000)
         now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
         pending: dict = {}  # agent states prepared earlier in this group
-        outs = [self.classify(d, now_ms, pending, now) for d in group]
+        outs = [self.classify(d, now_ms, now, pending) for d in group]
         if any(isinstance(out, SpoolEntry) for out in outs) and not self._wait_for_room():
             return  # aborted while full: nothing acknowledged, the broker keeps the messages
         try:

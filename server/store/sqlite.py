@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 from greenmine.sqlite import PerThread, create_private
 from greenmine.server.errors import StoreRejected, StoreUnavailable
-from greenmine.server.store.base import Row, StoredReading
+from greenmine.server.store.base import Row
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ class SqliteStore(SqliteReader):
             except sqlite3.Error as exc:
                 raise _translate(exc, "write") from exc
 
-    def _rows(self, readings: Sequence[StoredReading], created: list[tuple[dict, tuple]]) -> tuple[list, list]:
+    def _rows(self, readings: Sequence[Row], created: list[tuple[dict, tuple]]) -> tuple[list, list]:
         """samples rows (series, ts_ms, value, label) of StoredReading-shaped tuples, in their order, and their
         (series, label) ids."""
         # one dict lookup per reading, in C: (site, device, metric, unit, quality, agent) -> (series, label)
