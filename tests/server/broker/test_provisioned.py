@@ -19,6 +19,7 @@ from greenmine.mqtttls import TlsConfig, ssl_context
 from greenmine.server.broker import certs
 from greenmine.server.broker.conf import Sizing
 from greenmine.server.broker.dynsec import DynsecError, Endpoint, connect
+from greenmine.server.ingest.mqtt import BufferedSocket
 from greenmine.server.store.sqlite import SqliteReader
 from tests.server.conftest import ROOT, SITE, batch, dumps, running, server_doc, topic
 from tests.support.services import ProvisionedMosquitto, need_root, wait_for
@@ -323,6 +324,9 @@ def test_real_agent_over_tls_stores_with_its_own_credentials_and_another_sites_a
 
         own, other = agent_config("own", SITE), agent_config("other", OTHER)
         with running(cfg) as app:
+            # the server reads TLS through its buffer: SSL's own pending bytes count too (paho waits in select otherwise)
+            sock = app.mqtt._client._sock
+            assert isinstance(sock, BufferedSocket) and isinstance(sock._sock, ssl.SSLSocket)
             intruder = spawn_greenmine(["agent", "run", "--config", str(other)], tmp_path / "other.log")
             try:
                 wait_for(lambda: "connected to broker" in (tmp_path / "other.log").read_text(), 20,
