@@ -9,7 +9,9 @@ library, with `raise ... from exc`.
      ├── SpoolError                the local spool cannot be opened or written (locked by another process, disk, corrupt)
      │    └── SpoolRejected        this data cannot be stored (a value out of SQLite's range, a constraint,
      │                             or any other exception inside the transaction): retrying it cannot succeed
-     └── BrokerError               the MQTT client cannot be set up (bad TLS file, refused at start)
+     ├── BrokerError               the MQTT client cannot be set up (bad TLS file, refused at start)
+     └── StateInUse                a role's state file is another process's (two monitors on one replica,
+                                   `kpi recompute` beside the running monitor)
 """
 
 from __future__ import annotations
@@ -48,3 +50,13 @@ class SpoolRejected(SpoolError):
 
 class BrokerError(ServerError):
     """The MQTT connection cannot be set up."""
+
+
+class StateInUse(ServerError):
+    """Another process owns this state file (`greenmine.filelock`): `what` ("replica /path"), `holder` ("process
+    4711 (monitor)")."""
+
+    def __init__(self, what: str, holder: str, hint: str = "") -> None:
+        super().__init__(f"{what} is in use by {holder}" + (f"; {hint}" if hint else ""))
+        self.what = what
+        self.holder = holder

@@ -32,8 +32,6 @@ Another process opening the same spool file is refused (an flock on
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import sqlite3
 import logging
 import threading
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from greenmine import sqlite as state
+from greenmine.filelock import FileLock
 from greenmine.server.errors import SpoolError, SpoolRejected
 from greenmine.server.spool.agents import SCHEMA as _AGENTS_SCHEMA
 from greenmine.server.spool.agents import AgentInfo, AgentStates, AgentTable
@@ -80,7 +79,7 @@ class Spool:
     ) -> None:
         self.path = Path(path)
         self.moved_aside: state.MovedAside | None = None  # a damaged file found at open (moved aside, counted)
-        self._lock_fd: int | None = None
+        self._lock = FileLock(f"{self.path}.lock")
         self._in: sqlite3.Connection | None = None
         self._out: sqlite3.Connection | None = None
         self.queue: BatchQueue | None = None
@@ -89,8 +88,9 @@ class Spool:
         self._wlock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if lock:
-                self._take_lock()
+            if lock and not self._lock.acquire("ingest"):
+                raise SpoolError(f"spool {self.path} is in use by another server process, {self._lock.holder()}; "
+                                 "give each process its own ingest.spool_path")
             # ingest thread: inserts. Checked at open: a damaged or empty file is moved aside (under the lock).
             self._in, self.moved_aside = state.open_or_move_aside(
                 self.path, "spool", log=logging.getLogger(__name__), on_moved=on_moved,
@@ -106,18 +106,6 @@ class Spool:
             raise SpoolError(f"spool {self.path}: {exc}") from exc
         self.dead_letters = DeadLetterTable(self._out, keep_bytes=keep_bytes, max_rows=dead_letter_max_rows)
         self.agents = AgentTable(self._out)
-
-    def _take_lock(self) -> None:
-        lock_path = f"{self.path}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SpoolError(
-                f"spool {self.path} is in use by another server process; give each process its own ingest.spool_path"
-            ) from None
-        self._lock_fd = fd
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # see the module docstring for why FULL is the default
@@ -175,6 +163,4 @@ class Spool:
             if con is not None:
                 con.close()
         self._in = self._out = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()

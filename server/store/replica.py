@@ -21,7 +21,12 @@ SQLite file, fed by its own consumer of the broker (`server.ingest.consumer`):
   whichever store ingest writes to.
 
 The file is the role's: one writer (the consumer's thread), readers on any
-thread (one connection each, WAL).
+thread (one connection each, WAL). A writer opens it with `owner` set (the
+monitor, uplink and energy roles, `kpi recompute`) and holds an flock on
+`<replica>.lock` until `close()`: a second owner is refused with a
+`StateInUse` naming the process that holds it, so two monitors never write
+one replica and `kpi recompute` never rebuilds rollups under a running
+monitor. Readers (the console, `energy preview`) pass no owner.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from datetime import datetime
 from pathlib import Path
 
 from greenmine import sqlite as sqlite_state
-from greenmine.server.errors import StoreUnavailable
+from greenmine.filelock import FileLock
+from greenmine.server.errors import StateInUse, StoreUnavailable
 from greenmine.server.store.base import StoredReading
 from greenmine.server.store.sqlite import Point, Rollup, to_ms
 
@@ -67,8 +73,24 @@ def _insert_sql(n: int) -> str:
 
 class SeriesReplica:
     def __init__(self, path: str | Path, *, metrics: Iterable[str] | None = None, retention_days: float = 62.0,
-                 on_moved: Callable[[sqlite_state.MovedAside], None] | None = None) -> None:
+                 on_moved: Callable[[sqlite_state.MovedAside], None] | None = None, owner: str | None = None) -> None:
+        """`owner`: what writes it ("monitor", "kpi recompute"): the file is this process's until `close()`, and
+        StateInUse is raised if another process has it. None: a reader."""
         self.path = Path(path)
+        self._lock = FileLock(f"{self.path}.lock")
+        if owner is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._lock.acquire(owner):
+                raise StateInUse(f"replica {self.path}", self._lock.holder(),
+                                 "each process that writes a replica needs its own (the role's replica_path, or "
+                                 "`server run --instance NAME`)")
+        try:
+            self._setup(metrics, retention_days, on_moved)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _setup(self, metrics, retention_days: float, on_moved) -> None:
         self.metrics = frozenset(metrics) if metrics is not None else None
         self.retention_ms = int(retention_days * 86_400_000)
         # Checked once at open: a damaged or empty replica is moved aside and refilled from the stream.
@@ -204,3 +226,4 @@ class SeriesReplica:
 
     def close(self) -> None:
         self._cons.close()
+        self._lock.release()

@@ -36,7 +36,8 @@ class UplinkRole:
         self.agents = AgentRegistry()
         metrics = {m.metric for p in cfg.hj212 for m in p.metrics}
         self.replica = SeriesReplica(cfg.resolve(cfg.uplink.replica_path), metrics=metrics,
-                                     retention_days=cfg.uplink.replica_retention_days, on_moved=on_moved)
+                                     retention_days=cfg.uplink.replica_retention_days, on_moved=on_moved,
+                                     owner="uplink")
         self.hj212 = Hj212Service(cfg, self.agents, self.replica, client_options=client_options, on_moved=on_moved)
         self.sites = frozenset(p.site for p in cfg.hj212)
         self.consumer = StreamConsumer(cfg.mqtt, cfg.wire_limits(), self, client_id=cfg.uplink_client_id, sites=self.sites,

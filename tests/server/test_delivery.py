@@ -159,7 +159,9 @@ def test_two_servers_on_a_shared_subscription_split_the_stream(tmp_path, mosquit
     b = make_config(tmp_path, mosquitto.port, name="b", mqtt={"shared_group": "ingest"})
     reader = SqliteReader(a.resolve(a.store.path))
     try:
-        with running(a) as app_a, running(b) as app_b:
+        # ingest roles: two monitors from these configs would share one replica, which the second is refused
+        # (an instance of its own, `--instance`, gives each its own)
+        with running(a, roles=("ingest",)) as app_a, running(b, roles=("ingest",)) as app_b:
             _stream(publisher, range(400), 5)
             wait_for(lambda: reader.count() == 2000, 15, what="every reading stored")
             took = [x.metrics.value("greenmine_ingest_messages_total", result="accepted") for x in (app_a, app_b)]

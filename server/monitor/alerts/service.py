@@ -99,7 +99,7 @@ class Monitor:
         kpi_db = kpi_db_path(cfg)
         replica = kw.pop("replica", None) or SeriesReplica(cfg.resolve(cfg.monitor.replica_path),
                                                            retention_days=cfg.monitor.replica_retention_days,
-                                                           on_moved=kw.get("on_moved"))
+                                                           on_moved=kw.get("on_moved"), owner="monitor")
         return cls(
             sites=cfg.sites if sites is None else sites, replica=replica, kpi_db=kw.pop("kpi_db", kpi_db), alerts_db=alerts_db,
             kpi=cfg.kpi, alerts=cfg.alerts, notify=cfg.notify, smtp=cfg.smtp, eml_dir=cfg.resolve(cfg.notify.eml_dir),

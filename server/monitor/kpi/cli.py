@@ -7,7 +7,9 @@ holds (`monitor.replica_retention_days`). It then rebuilds the site's rollups (`
 from the replica's reads, from the first day's look-back on, and computes from them.
 
 Recomputing overwrites the stored values of those periods (e.g. after late
-data or a corrected meter config); it does not raise alerts.
+data or a corrected meter config); it does not raise alerts. It takes the
+replica for itself (`SeriesReplica(owner=...)`): while the monitor that
+writes it runs, it refuses, naming that process, and exits 1.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def _fmt(v) -> str:
 
 def _recompute(args) -> int:
     from greenmine.server.config import SqliteStoreConfig
+    from greenmine.server.errors import StateInUse
     from greenmine.server.monitor.kpi import periods
     from greenmine.server.monitor.kpi.engine import KpiEngine
     from greenmine.server.monitor.kpi.store import KpiStore, StoreSource
@@ -96,8 +99,19 @@ def _recompute(args) -> int:
     days = _dates(args)
     path = _kpi_db(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        replica = SeriesReplica(cfg.resolve(cfg.monitor.replica_path), retention_days=cfg.monitor.replica_retention_days,
+                                owner="kpi recompute")
+    except StateInUse as exc:
+        import sys
+
+        print(f"greenmine kpi recompute: {exc.what} is in use by {exc.holder}. Stop the monitor that judges site {site.id} first (with systemd: "
+              "systemctl stop greenmine-monitor@NAME, or greenmine-server where one process runs every role), run "
+              "this again, then start it again: a running "
+              "monitor keeps the rollups of its open slots in memory and would write them back over the rebuilt ones",
+              file=sys.stderr)
+        return 1
     store = KpiStore(path)
-    replica = SeriesReplica(cfg.resolve(cfg.monitor.replica_path), retention_days=cfg.monitor.replica_retention_days)
     try:
         engine = KpiEngine(cfg.kpi, cfg.sites, StoreSource(replica), store)
         rollups = engine.use_rollups(replica)

@@ -40,7 +40,7 @@ class EnergyRole:
         self.clock = clock
         e = cfg.energy
         self.replica = SeriesReplica(cfg.resolve(e.replica_path), metrics=replica_metrics(cfg),
-                                     retention_days=e.replica_retention_days)
+                                     retention_days=e.replica_retention_days, owner="energy")
         try:
             self.service = EnergyService(cfg, self.replica, clock=clock)
         except BaseException:
