@@ -7,6 +7,7 @@ added here as their models land, each in its own module.
 
 from __future__ import annotations
 
+import os
 import string
 from enum import Enum
 from pathlib import Path
@@ -271,7 +272,23 @@ class ServerConfig(FileConfig):
         for i, w in enumerate(self.alerts.maintenance):
             if w.site not in seen:
                 raise ValueError(f'alerts.maintenance[{i}] "{w.site}": not a configured site')
+        self._own_files()
         return self
+
+    def _own_files(self) -> None:
+        """Every role's state is a file of its own: a spool, a replica or the alert state shared by two roles would
+        be refused at start (each is locked by the process that writes it) or mix their rows."""
+        files = {"ingest.spool_path": self.ingest.spool_path, "monitor.replica_path": self.monitor.replica_path,
+                 "uplink.replica_path": self.uplink.replica_path, "energy.replica_path": self.energy.replica_path,
+                 "alerts.db_path": self.alerts.db_path}
+        if isinstance(self.store, SqliteStoreConfig):
+            files["store.path"] = self.store.path
+        owner: dict[Path, str] = {}
+        for name, path in files.items():
+            key = Path(os.path.normpath(path))  # both relative to this file's folder, or both absolute
+            if key in owner:
+                raise ValueError(f'{name} "{path}" is the file of {owner[key]} too: each needs a file of its own')
+            owner[key] = name
 
     def wire_limits(self) -> WireLimits:
         """The wire bounds of every role: `[ingest]`'s, with the store's retention as the oldest reading kept."""
