@@ -10,6 +10,7 @@ pydantic-core and a rejected one still gets its exact reason.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -132,19 +133,16 @@ class WireLimits:
 
 _OLDEST = datetime(1, 1, 2, tzinfo=timezone.utc)  # a day after datetime.min, so any offset stays in range
 
-#: the last (limits, now, window) of `_window`: ingest validates a whole group of messages at one `now`
-_last_window: tuple[Any, Any, tuple[datetime, datetime]] = (None, None, (_OLDEST, _OLDEST))
+
+@functools.lru_cache(maxsize=8)
+def _window_at(limits: WireLimits, now: datetime) -> tuple[datetime, datetime]:
+    return limits.window(now)
 
 
 def _window(limits: WireLimits, now: datetime | None) -> tuple[datetime, datetime]:
-    """`limits.window(now)`, computed once for a run of calls with the same limits and `now` objects."""
-    global _last_window
-    last_limits, last_now, window = _last_window  # one tuple: another thread's update is seen whole or not at all
-    if now is None or last_now is not now or last_limits is not limits:
-        window = limits.window(now)
-        if now is not None:
-            _last_window = (limits, now, window)
-    return window
+    """`limits.window(now)`, computed once per (limits, now): ingest validates a whole group of messages at one
+    `now`. Without a `now` it is the current time's, never cached."""
+    return limits.window(None) if now is None else _window_at(limits, now)
 
 
 _TS = operator.attrgetter("ts")
